@@ -1,0 +1,78 @@
+"""Plotting and report helpers shared by the experiment notebooks.
+
+Owns the look of every figure (one style, deterministic SVG through `utils.save_svg`) and
+the small pieces each report needs: mean and standard deviation across seeds, a band plot
+(mean with a band of plus or minus one standard deviation), a boxplot with every value
+shown, and markdown tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; notebooks still show figures inline via display()
+import matplotlib.pyplot as plt
+import numpy as np
+
+STYLE = {
+    "font.size": 11,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.frameon": False,
+    "svg.fonttype": "path",
+}
+plt.rcParams.update(STYLE)
+COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def mean_std(rows: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) standard deviation across runs: rows [runs, points]."""
+    array = np.asarray(rows, dtype=float)
+    return array.mean(0), array.std(0)
+
+
+def band(ax, x: Sequence[float], rows: Sequence[Sequence[float]], label: str, color: str, **line) -> None:
+    """Mean across rows with a shaded band of plus or minus one standard deviation."""
+    mean, std = mean_std(rows)
+    ax.plot(x, mean, label=label, color=color, **line)
+    lower = mean - std
+    if ax.get_yscale() == "log":
+        # A log axis cannot show values <= 0: clip the band's lower edge at a tenth of the mean.
+        lower = np.maximum(lower, mean / 10)
+    ax.fill_between(x, lower, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+def boxplot(ax, groups: Sequence[Sequence[float]], labels: Sequence[str], colors: Sequence[str]) -> None:
+    """Boxes without fliers, every value overlaid as a dot (as the reference study drew them)."""
+    boxes = ax.boxplot(groups, showfliers=False, patch_artist=True, widths=0.6)
+    ax.set_xticks(range(1, len(labels) + 1), labels)
+    for patch, color in zip(boxes["boxes"], colors, strict=False):
+        patch.set_facecolor(color)
+        patch.set_alpha(0.35)
+    for median in boxes["medians"]:
+        median.set_color("black")
+    jitter = np.random.default_rng(0)  # fixed, so the SVG bytes repeat
+    for position, values in enumerate(groups, start=1):
+        offsets = jitter.uniform(-0.12, 0.12, len(values))
+        ax.scatter(position + offsets, values, s=6, color="black", zorder=3)
+
+
+def subplots(n_rows: int, n_cols: int, width: float = 4.2, height: float = 3.4, **kwargs):
+    return plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False, **kwargs)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    """A number for a report: 3 significant digits, scientific when small."""
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits - 1}e}"

@@ -1,0 +1,273 @@
+"""Grids of runs: presets, where results go, and one runner with three backends.
+
+Owns:
+- `choose_preset` (the notebooks' `PRESET` environment variable, validated) and
+  `results_dir` (`cpu` -> `results/experiment N/`, `full` -> `results/experiment N/full/`,
+  `smoke` -> the ignored `scratch/` folder, so CI never touches committed results);
+- `RunSpec`, one run of a grid (model x b x seed), and `execute_run`, which trains it,
+  validates it (levels 1 and 2, extrapolation, error per position) and writes its JSON;
+- `run_grid`, which runs the specs that have no result yet: in-process ("inline"), in a
+  local process pool ("pool": one worker per core, one torch thread per worker) or on a
+  Slurm cluster through submitit ("submitit"; its local executor in tests). Every run
+  writes its own JSON atomically, finished runs are skipped on re-run, and a crashed run
+  does not lose the others.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import multiprocessing
+import os
+import platform
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tasks import task_from_dict
+from transformer import ModelConfig, count_parameters
+from utils import (
+    TrainConfig,
+    build_model,
+    heldout_prompts,
+    prediction_errors,
+    read_json,
+    save_run,
+    train,
+    validate,
+    write_json,
+)
+
+ROOT = Path(__file__).resolve().parent
+PRESETS = ("smoke", "cpu", "full")
+BACKENDS = ("inline", "pool", "submitit")
+
+
+def choose_preset(presets: dict[str, Any], default: str = "cpu") -> tuple[str, Any]:
+    """Read `PRESET` from the environment and return (name, presets[name])."""
+    name = os.environ.get("PRESET", default)
+    if name not in presets:
+        raise ValueError(f"PRESET={name!r} is not allowed; choose one of {tuple(presets)}")
+    return name, presets[name]
+
+
+def results_dir(experiment: int, preset: str) -> Path:
+    """Where a notebook writes: committed for cpu/full, scratch for smoke.
+
+    `LOOPED_RESULTS_ROOT` replaces the repository root (the tests use a temporary folder).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r} is not allowed; choose one of {PRESETS}")
+    root = Path(os.environ.get("LOOPED_RESULTS_ROOT", ROOT))
+    if preset == "smoke":
+        return root / "scratch" / f"experiment {experiment}"
+    base = root / "results" / f"experiment {experiment}"
+    return base if preset == "cpu" else base / preset
+
+
+def hardware() -> str:
+    """One line naming the machine: CPU model and cores (and the GPU where one is used)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name()}"
+    return text
+
+
+@dataclass(frozen=True)
+class Level2Config:
+    """Seed 000's level-2 protocol and the extrapolation loop counts (see utils.validate)."""
+
+    launches: int = 10
+    batches_per_launch: int = 10
+    batch_size: int = 128
+    seed: int = 4815162342 % 2**31
+    extrapolation_b: tuple[int, ...] = (1, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: a model, a task, how to train it and how to validate it.
+
+    `labels` are free-form fields for grouping results (model name, b, seed, ...);
+    `name` is the file stem of the run's JSON.
+    """
+
+    name: str
+    model: ModelConfig
+    task: dict
+    train: TrainConfig
+    level2: Level2Config = field(default_factory=Level2Config)
+    labels: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "model": self.model.to_dict(),
+            "task": dict(self.task),
+            "train": self.train.to_dict(),
+            "level2": {**asdict(self.level2), "extrapolation_b": list(self.level2.extrapolation_b)},
+            "labels": dict(self.labels),
+        }
+
+    def cost(self) -> float:
+        """Relative compute, to start the largest runs first."""
+        config = self.model
+        per_token = config.n_layers * (12 * config.hidden_dim**2 + 2 * config.hidden_dim * config.mlp_hidden)
+        return float(per_token) * self.train.b * self.train.steps * self.train.batch_size * self.train.n_points
+
+
+def execute_run(spec: RunSpec, out_dir: str | Path, progress: bool = False) -> dict:
+    """Train and validate one run; write `data/<name>.json` and `models/<name>/`. Returns the record.
+
+    An interrupted run resumes from `checkpoints/<name>.ckpt` on the next call.
+    """
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    task = task_from_dict(spec.task)
+    model = build_model(spec.model, spec.train.seed)
+    checkpoint = out_dir / "checkpoints" / f"{spec.name}.ckpt"
+    result = train(model, task, spec.train, run=None, progress=progress, checkpoint=checkpoint)
+    record: dict[str, Any] = {
+        "spec": spec.to_dict(),
+        "parameters": count_parameters(model),
+        "hardware": hardware(),
+        "train": result.to_dict(),
+    }
+    if result.status == "finished":
+        level2 = spec.level2
+        heldout = heldout_prompts(task, spec.train.eval_prompts, spec.train.n_points, spec.train.eval_seed)
+        record["level2"] = validate(
+            model,
+            task,
+            spec.train.b,
+            spec.train.n_points,
+            seed=level2.seed + spec.train.seed,
+            launches=level2.launches,
+            batches_per_launch=level2.batches_per_launch,
+            batch_size=level2.batch_size,
+            extrapolation_b=list(level2.extrapolation_b),
+            heldout=heldout,
+        )
+        errors = prediction_errors(model, *heldout, spec.train.b)  # [b, P]
+        record["position_errors"] = {"last_loop": errors[-1].tolist(), "mean_over_loops": errors.mean(0).tolist()}
+    record["wall_time_s"] = time.perf_counter() - started
+    save_run(out_dir / "models" / spec.name, model, {"model_config": spec.model.to_dict(), "name": spec.name})
+    write_json(out_dir / "data" / f"{spec.name}.json", record)
+    checkpoint.unlink(missing_ok=True)
+    return record
+
+
+def load_result(spec: RunSpec, out_dir: str | Path) -> dict | None:
+    """The saved record of `spec`, or None if it has not run. A record of a different spec
+    under the same name raises, so that nothing computed is silently replaced."""
+    path = Path(out_dir) / "data" / f"{spec.name}.json"
+    if not path.exists():
+        return None
+    record = read_json(path)
+    if record["spec"] != spec.to_dict():
+        raise ValueError(
+            f"{path} holds a run with another configuration than spec {spec.name!r}; "
+            "delete it or write to another results folder"
+        )
+    return record
+
+
+def _pool_worker_init() -> None:
+    # One torch thread per worker: with another process busy, 2 threads can be 20x slower.
+    torch.set_num_threads(1)
+
+
+def _execute_in_worker(spec: RunSpec, out_dir: str) -> dict:
+    torch.set_num_threads(1)
+    return execute_run(spec, out_dir)
+
+
+def run_grid(
+    specs: list[RunSpec],
+    out_dir: str | Path,
+    backend: str = "pool",
+    workers: int | None = None,
+    progress: bool = True,
+    slurm: dict | None = None,
+) -> list[dict]:
+    """Run every spec that has no result in `out_dir` yet and return all records, in order.
+
+    backend: "inline" (this process), "pool" (default; `workers` processes, default one per
+             core, one torch thread each) or "submitit" (Slurm; `slurm` holds executor
+             parameters, and `slurm={"cluster": "local"}` runs submitit's local executor).
+    Runs that crash are reported together in one RuntimeError after every other run has
+    finished and been saved; re-running the grid retries only them.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not allowed; choose one of {BACKENDS}")
+    names = [spec.name for spec in specs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"run names must be unique; repeated: {duplicates}")
+    out_dir = Path(out_dir)
+    records: dict[str, dict] = {}
+    pending = []
+    for spec in specs:
+        record = load_result(spec, out_dir)
+        if record is None:
+            pending.append(spec)
+        else:
+            records[spec.name] = record
+    pending.sort(key=lambda spec: -spec.cost())  # largest first balances the workers
+    failures: dict[str, str] = {}
+    bar = _runs_bar(len(specs), len(records), progress)
+
+    def collect(spec: RunSpec, get_record) -> None:
+        try:
+            records[spec.name] = get_record()
+        except Exception:
+            failures[spec.name] = traceback.format_exc()
+        if bar is not None:
+            bar.update(1)
+
+    if backend == "inline":
+        for spec in pending:
+            collect(spec, lambda spec=spec: execute_run(spec, out_dir, progress=progress))
+    elif backend == "pool" and pending:
+        n_workers = min(workers or os.cpu_count() or 1, len(pending))
+        # spawn, not fork: forking a process whose torch/OpenMP threads already ran can hang.
+        context = multiprocessing.get_context("spawn")
+        with futures.ProcessPoolExecutor(n_workers, mp_context=context, initializer=_pool_worker_init) as pool:
+            jobs = {pool.submit(_execute_in_worker, spec, str(out_dir)): spec for spec in pending}
+            for job in futures.as_completed(jobs):
+                collect(jobs[job], job.result)
+    elif backend == "submitit" and pending:
+        import submitit
+
+        parameters = dict(slurm or {})
+        cluster = parameters.pop("cluster", None)
+        executor = submitit.AutoExecutor(folder=out_dir / "submitit", cluster=cluster)
+        executor.update_parameters(**parameters)
+        jobs = [(executor.submit(_execute_in_worker, spec, str(out_dir)), spec) for spec in pending]
+        for job, spec in jobs:
+            collect(spec, job.result)
+    if bar is not None:
+        bar.close()
+    if failures:
+        details = "\n".join(f"--- {name}\n{text}" for name, text in failures.items())
+        raise RuntimeError(f"{len(failures)} of {len(specs)} runs failed (the others are saved):\n{details}")
+    return [records[name] for name in names]
+
+
+def _runs_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="runs")

@@ -1,0 +1,205 @@
+"""The model: shapes, causality, injection semantics, variants and config errors."""
+
+import pytest
+import torch
+
+from tasks import LinearRegression
+from transformer import (
+    BLOCK_CHOICES,
+    INJECTION_CHOICES,
+    PE_CHOICES,
+    BaseLoopedTransformer,
+    ModelConfig,
+    count_parameters,
+    sinusoidal_table,
+)
+from utils import build_model, make_generator
+
+SMALL = dict(n_dims=4, n_layers=2, n_heads=2, hidden_dim=16, mlp_hidden=32, context=23)
+
+
+def prompts(batch=3, n_points=12, n_dims=4, seed=0):
+    return LinearRegression(n_dims).sample(batch, n_points, make_generator(seed, "train"))
+
+
+def all_variants():
+    for pe in PE_CHOICES:
+        for injection in INJECTION_CHOICES:
+            for block in BLOCK_CHOICES:
+                yield ModelConfig(**SMALL, pe=pe, injection=injection, block=block)
+
+
+@pytest.mark.parametrize("config", list(all_variants()), ids=lambda c: f"{c.pe}-{c.injection}-{c.block}")
+def test_output_shape_and_causality(config):
+    """[b, B, P] out; perturbing any later token (x or y) never changes an earlier prediction."""
+    model = build_model(config, seed=1).eval()
+    tokens, _ = prompts()
+    b = 3
+    preds = model(tokens, b)
+    assert preds.shape == (b, 3, 12)
+    n_tokens = tokens.shape[1]
+    for position in range(1, n_tokens):
+        perturbed = tokens.clone()
+        perturbed[:, position] += torch.randn_like(perturbed[:, position]) * 3
+        changed = model(perturbed, b)
+        # Predictions are read at x positions 0, 2, 4, ...: point i sits at token 2i.
+        earlier_points = [i for i in range(12) if 2 * i < position]
+        torch.testing.assert_close(changed[:, :, earlier_points], preds[:, :, earlier_points], rtol=0, atol=1e-6)
+        # The perturbed token's own prediction (if it is an x) must be able to change.
+        if position % 2 == 0:
+            assert not torch.allclose(changed[:, :, position // 2], preds[:, :, position // 2])
+
+
+def test_non_causal_model_sees_the_future():
+    model = build_model(ModelConfig(**SMALL, causal=False), seed=1).eval()
+    tokens, _ = prompts()
+    perturbed = tokens.clone()
+    perturbed[:, -1] += 1.0
+    assert not torch.allclose(model(tokens, 2)[:, :, 0], model(perturbed, 2)[:, :, 0])
+
+
+def test_add_injection_b1_is_one_block_pass_on_the_embedded_prompt():
+    model = build_model(ModelConfig(**SMALL), seed=2).eval()
+    tokens, _ = prompts()
+    e = model.embed(tokens)
+    expected = model.read_out(model.stack(torch.zeros_like(e) + e))
+    torch.testing.assert_close(model(tokens, 1)[0], expected)
+
+
+def test_add_injection_adds_the_prompt_every_loop():
+    """Loop j = stack(state_{j-1} + e), with the same shared stack every time."""
+    model = build_model(ModelConfig(**SMALL, pe="learned"), seed=3).eval()
+    tokens, _ = prompts()
+    e = model.embed_prompt(tokens)
+    state = torch.zeros_like(e)
+    expected = []
+    for _ in range(4):
+        state = model.stack(state + e)
+        expected.append(model.read_out(state))
+    torch.testing.assert_close(model(tokens, 4), torch.stack(expected))
+
+
+def test_injection_variants_follow_their_rules():
+    tokens, _ = prompts()
+    for injection in ("none", "linear_add", "linear_cat", "each_layer"):
+        model = build_model(ModelConfig(**SMALL, injection=injection), seed=4).eval()
+        e = model.embed_prompt(tokens)
+        stack = model.stack
+        if injection == "none":
+            state = stack(stack(e))
+        elif injection == "linear_add":
+            mix = model.injection.mix
+            state = mix(stack(mix(stack(e) + e)) + e)
+        elif injection == "linear_cat":
+            mix = model.injection.mix
+            first = mix(torch.cat([stack(e), e], -1))
+            state = mix(torch.cat([stack(first), e], -1))
+        else:
+            state = torch.zeros_like(e)
+            for _ in range(2):
+                for layer in stack.layers:
+                    state = layer(state + e)
+        torch.testing.assert_close(model(tokens, 2)[-1], model.read_out(state), msg=injection)
+
+
+def test_seed000_layer_residual_quirk():
+    model = build_model(ModelConfig(**SMALL), seed=5).eval()
+    layer = model.stack.layers[0]
+    x = torch.randn(2, 7, 16)
+    expected = x + layer.mlp(layer.ln2(x + layer.attn(layer.ln1(x))))
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_gpt2_block_is_standard_pre_ln():
+    model = build_model(ModelConfig(**SMALL, block="gpt2"), seed=5).eval()
+    layer = model.stack.layers[0]
+    x = torch.randn(2, 7, 16)
+    h = x + layer.attn(layer.ln1(x))
+    torch.testing.assert_close(layer(x), h + layer.mlp(layer.ln2(h)))
+
+
+def test_attention_matches_explicit_softmax():
+    model = build_model(ModelConfig(**SMALL), seed=6).eval()
+    attn = model.stack.layers[0].attn
+    x = torch.randn(2, 5, 16)
+    q, k, v = attn.qkv(x).view(2, 5, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    scores = q @ k.transpose(-1, -2) / 8**0.5
+    scores = scores.masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), float("-inf"))
+    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 5, 16)
+    torch.testing.assert_close(attn(x), attn.proj(out))
+
+
+def test_sinusoidal_frequencies_standard_and_seed000():
+    standard = sinusoidal_table(50, 16, 10000.0)
+    # channel 2i = sin(pos / 10000^(2i/16)); check channel 2 (i = 1) at position 7
+    assert standard[7, 2].item() == pytest.approx(torch.sin(torch.tensor(7 / 10000 ** (2 / 16))).item(), abs=1e-6)
+    model = build_model(ModelConfig(**SMALL, pe="sinusoidal_seed000"), seed=0)
+    slowest = 1 / torch.log(torch.tensor(10000.0)) ** (14 / 16)
+    assert model.positional.fixed[1, 14].item() == pytest.approx(torch.sin(slowest).item(), abs=1e-6)
+
+
+def test_learned_pe_parameter_count_matches_study():
+    small = dict(n_dims=8, n_layers=2, n_heads=4, hidden_dim=64, mlp_hidden=256, context=127)
+    assert count_parameters(BaseLoopedTransformer(ModelConfig(**small))) == 101_064
+    assert count_parameters(BaseLoopedTransformer(ModelConfig(**small, pe="learned"))) == 109_192
+
+
+def test_grad_window_stops_gradient_before_the_window():
+    """Loops before the last grad_window carry no gradient; values equal the full run's."""
+    model = build_model(ModelConfig(**SMALL), seed=7)
+    tokens, _ = prompts()
+    preds = model(tokens, 5, grad_window=2)  # loops 1-3 without gradient, 4-5 with
+    torch.testing.assert_close(preds.detach(), model(tokens, 5).detach())
+    stack_params = list(model.stack.parameters())
+    outside = torch.autograd.grad(preds[2].sum(), stack_params, allow_unused=True, retain_graph=True)
+    assert all(g is None or not g.any() for g in outside)
+    inside = torch.autograd.grad(preds[3].sum(), stack_params, allow_unused=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in inside)
+
+
+def test_build_model_is_independent_of_global_rng():
+    config = ModelConfig(**SMALL)
+    torch.manual_seed(0)
+    first = build_model(config, seed=11)
+    torch.manual_seed(999)
+    torch.randn(100)
+    second = build_model(config, seed=11)
+    for a, b in zip(first.parameters(), second.parameters(), strict=False):
+        assert torch.equal(a, b)
+    third = build_model(config, seed=12)
+    assert not torch.equal(next(first.parameters()), next(third.parameters()))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(hidden_dim=10, n_heads=4), "hidden_dim=10 must be divisible by ModelConfig.n_heads=4"),
+        (dict(pe="rotary"), "ModelConfig.pe='rotary' is not allowed; choose one of"),
+        (dict(injection="mul"), "ModelConfig.injection='mul' is not allowed; choose one of"),
+        (dict(block="lstm"), "ModelConfig.block='lstm' is not allowed; choose one of"),
+        (dict(n_layers=0), "ModelConfig.n_layers=0 must be an integer >= 1"),
+        (dict(context=2.5), "ModelConfig.context=2.5 must be an integer >= 1"),
+        (dict(causal="yes"), "ModelConfig.causal='yes' must be True or False"),
+    ],
+)
+def test_model_config_errors(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        ModelConfig(**{**SMALL, **overrides})
+
+
+def test_context_too_short_and_bad_b_and_bad_tokens():
+    config = ModelConfig(**{**SMALL, "context": 21})
+    with pytest.raises(ValueError, match="n_points=12 has 23 tokens, more than ModelConfig.context=21"):
+        config.check_prompt(12)
+    model = build_model(config, seed=0)
+    tokens, _ = prompts()
+    with pytest.raises(ValueError, match="tokens have 23 positions, more than ModelConfig.context=21"):
+        model(tokens, 1)
+    model = build_model(ModelConfig(**SMALL), seed=0)
+    for bad_b in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match=r"b=.* must be an integer >= 1"):
+            model(tokens, bad_b)
+    with pytest.raises(ValueError, match="grad_window=0 must be an integer >= 1"):
+        model(tokens, 2, grad_window=0)
+    with pytest.raises(ValueError, match=r"tokens must have shape \[batch, seq, n_dims=4\]"):
+        model(tokens[..., :3], 1)

@@ -1,0 +1,102 @@
+"""The grid runner: backends agree, results are cached and skipped, crashes stay contained."""
+
+import os
+
+import pytest
+
+import runner
+from runner import Level2Config, RunSpec, choose_preset, results_dir, run_grid
+from tasks import LinearRegression
+from transformer import ModelConfig
+from utils import TrainConfig
+
+MODEL = ModelConfig(n_dims=2, n_layers=1, n_heads=2, hidden_dim=8, mlp_hidden=16, context=9)
+LEVEL2 = Level2Config(launches=2, batches_per_launch=1, batch_size=8, extrapolation_b=(1, 3))
+
+
+def spec(seed, b=2, steps=6, name=None):
+    return RunSpec(
+        name=name or f"tiny_{b}_{seed}",
+        model=MODEL,
+        task=LinearRegression(2).to_dict(),
+        train=TrainConfig(steps=steps, batch_size=4, b=b, n_points=5, seed=seed, eval_prompts=16),
+        level2=LEVEL2,
+        labels={"b": b, "seed": seed},
+    )
+
+
+def test_inline_and_pool_give_identical_records(tmp_path):
+    specs = [spec(1), spec(2, b=1)]
+    inline = run_grid(specs, tmp_path / "inline", backend="inline", progress=False)
+    pooled = run_grid(specs, tmp_path / "pool", backend="pool", workers=2, progress=False)
+    for a, b in zip(inline, pooled, strict=True):
+        assert a["train"]["loss"] == b["train"]["loss"]
+        assert a["level2"] == b["level2"]
+        assert a["position_errors"] == b["position_errors"]
+    record = inline[0]
+    assert set(record) >= {"spec", "parameters", "hardware", "train", "level2", "position_errors", "wall_time_s"}
+    assert record["level2"]["extrapolation"]["b"] == [1, 3]
+    assert (tmp_path / "inline" / "data" / "tiny_2_1.json").exists()
+    assert (tmp_path / "inline" / "models" / "tiny_2_1" / "model.pt").exists()
+    assert not list((tmp_path / "inline" / "checkpoints").glob("*"))
+
+
+def test_finished_runs_are_skipped(tmp_path, monkeypatch):
+    run_grid([spec(1)], tmp_path, backend="inline", progress=False)
+    calls = []
+    real = runner.execute_run
+    monkeypatch.setattr(runner, "execute_run", lambda s, *a, **k: calls.append(s.name) or real(s, *a, **k))
+    records = run_grid([spec(1), spec(2)], tmp_path, backend="inline", progress=False)
+    assert calls == ["tiny_2_2"]
+    assert [r["spec"]["name"] for r in records] == ["tiny_2_1", "tiny_2_2"]
+
+
+def test_changed_spec_under_same_name_is_refused(tmp_path):
+    run_grid([spec(1)], tmp_path, backend="inline", progress=False)
+    with pytest.raises(ValueError, match="holds a run with another configuration than spec 'tiny_2_1'"):
+        run_grid([spec(1, steps=7, name="tiny_2_1")], tmp_path, backend="inline", progress=False)
+
+
+def test_a_crashed_run_does_not_lose_the_others(tmp_path):
+    bad = RunSpec(
+        name="bad",
+        model=MODEL,
+        task={"name": "LinearRegression", "n_dims": 3},  # n_dims differs from the model: train raises
+        train=TrainConfig(steps=3, batch_size=4, b=1, n_points=5, eval_prompts=8),
+        level2=LEVEL2,
+    )
+    with pytest.raises(RuntimeError, match=r"1 of 2 runs failed \(the others are saved\)"):
+        run_grid([bad, spec(1)], tmp_path, backend="pool", workers=2, progress=False)
+    assert (tmp_path / "data" / "tiny_2_1.json").exists()
+    assert not (tmp_path / "data" / "bad.json").exists()
+
+
+def test_submitit_local_executor(tmp_path):
+    pytest.importorskip("submitit")
+    records = run_grid(
+        [spec(3)], tmp_path, backend="submitit", slurm={"cluster": "local", "timeout_min": 5}, progress=False
+    )
+    inline = run_grid([spec(3)], tmp_path / "inline", backend="inline", progress=False)
+    assert records[0]["train"]["loss"] == inline[0]["train"]["loss"]
+
+
+def test_grid_errors(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"backend='slurm' is not allowed; choose one of \('inline', 'pool', 'submitit'\)"
+    ):
+        run_grid([spec(1)], tmp_path, backend="slurm")
+    with pytest.raises(ValueError, match=r"run names must be unique; repeated: \['tiny_2_1'\]"):
+        run_grid([spec(1), spec(1)], tmp_path, backend="inline")
+
+
+def test_presets_and_results_dirs(monkeypatch, tmp_path):
+    monkeypatch.setenv("PRESET", "huge")
+    with pytest.raises(ValueError, match=r"PRESET='huge' is not allowed; choose one of \('smoke', 'cpu'\)"):
+        choose_preset({"smoke": 1, "cpu": 2})
+    monkeypatch.delenv("PRESET")
+    assert choose_preset({"smoke": 1, "cpu": 2}) == ("cpu", 2)
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    assert results_dir(1, "cpu") == tmp_path / "results" / "experiment 1"
+    assert results_dir(1, "full") == tmp_path / "results" / "experiment 1" / "full"
+    assert results_dir(1, "smoke") == tmp_path / "scratch" / "experiment 1"
+    assert os.environ["LOOPED_RESULTS_ROOT"] == str(tmp_path)

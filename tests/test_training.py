@@ -1,0 +1,246 @@
+"""Training and validation: determinism, resume, divergence, logging, saving and errors."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tasks import LinearRegression
+from transformer import ModelConfig
+from utils import (
+    TrainConfig,
+    build_model,
+    evaluate,
+    extrapolate,
+    heldout_prompts,
+    load_run,
+    save_run,
+    save_svg,
+    train,
+    validate,
+)
+
+MODEL = ModelConfig(n_dims=3, n_layers=1, n_heads=2, hidden_dim=16, mlp_hidden=32, context=15)
+TASK = LinearRegression(n_dims=3)
+
+
+def config(**overrides):
+    base = dict(steps=12, batch_size=8, lr=3e-3, b=3, n_points=8, seed=5, eval_prompts=32, eval_every=0.25)
+    return TrainConfig(**{**base, **overrides})
+
+
+def run(train_config, checkpoint=None, task=TASK):
+    model = build_model(MODEL, train_config.seed)
+    result = train(model, task, train_config, progress=False, checkpoint=checkpoint)
+    return model, result
+
+
+def test_same_seed_same_losses_and_weights():
+    first_model, first = run(config())
+    second_model, second = run(config())
+    assert first.loss == second.loss and first.evals == second.evals
+    for a, b in zip(first_model.parameters(), second_model.parameters(), strict=False):
+        assert torch.equal(a, b)
+    _, other = run(config(seed=6))
+    assert other.loss != first.loss
+
+
+def test_validation_schedule_and_metrics():
+    _, result = run(config(steps=10, eval_every=0.2))
+    assert [entry["step"] for entry in result.evals] == [0, 2, 4, 6, 8, 10]
+    assert result.status == "finished" and len(result.loss) == 10
+    for entry in result.evals:
+        assert set(entry) == {"step", "reference", "last_loop"}
+
+
+class Interrupting:
+    """A task that raises after `limit` samples, like a kill in the middle of training."""
+
+    def __init__(self, task, limit):
+        self.task, self.limit, self.calls = task, limit, 0
+        self.n_dims = task.n_dims
+
+    def sample(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls > self.limit:
+            raise KeyboardInterrupt("simulated interruption")
+        return self.task.sample(*args, **kwargs)
+
+
+@pytest.mark.parametrize("checkpoint_every", [0, 5])
+def test_resume_after_interruption_is_bit_identical(tmp_path, checkpoint_every):
+    train_config = config(steps=20, checkpoint_every=checkpoint_every)
+    reference_model, reference = run(train_config)
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run(train_config, checkpoint=path, task=Interrupting(TASK, limit=13))
+    assert path.exists()
+    resumed_model, resumed = run(train_config, checkpoint=path)
+    assert resumed.loss == reference.loss
+    assert resumed.evals == reference.evals
+    for a, b in zip(reference_model.state_dict().values(), resumed_model.state_dict().values(), strict=False):
+        assert torch.equal(a, b)
+
+
+def test_non_finite_loss_stops_and_keeps_history():
+    class Exploding:
+        n_dims = 3
+
+        def __init__(self):
+            self.calls = 0
+
+        def sample(self, batch_size, n_points, generator=None):
+            tokens, ys = TASK.sample(batch_size, n_points, generator)
+            if batch_size == 32:  # the held-out set is drawn once with eval_prompts=32; skip it
+                return tokens, ys
+            self.calls += 1
+            if self.calls == 6:
+                ys = ys * float("nan")
+            return tokens, ys
+
+    model = build_model(MODEL, 0)
+    with pytest.warns(RuntimeWarning, match="training stopped at step 5: the loss is nan"):
+        result = train(model, Exploding(), config(), progress=False)
+    assert result.status == "diverged"
+    assert len(result.loss) == 5 and all(torch.isfinite(torch.tensor(result.loss)))
+    assert "5 finite losses" in result.message
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_run_none_never_imports_wandb():
+    code = (
+        "import sys; sys.path.insert(0, '.');"
+        "from tasks import LinearRegression; from transformer import ModelConfig;"
+        "from utils import TrainConfig, build_model, train;"
+        "m = build_model(ModelConfig(3, 1, 2, 16, 32, 15), 0);"
+        "train(m, LinearRegression(3), TrainConfig(steps=2, batch_size=4, b=2, n_points=8, eval_prompts=8), run=None);"
+        "assert 'wandb' not in sys.modules, 'wandb was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("conftest").ROOT))
+
+
+def test_run_object_receives_logs():
+    class Recorder:
+        def __init__(self):
+            self.entries = []
+
+        def log(self, data, step):
+            self.entries.append((step, data))
+
+    recorder = Recorder()
+    train(build_model(MODEL, 0), TASK, config(steps=4, eval_every=0.5), run=recorder, progress=False)
+    assert [s for s, d in recorder.entries if "train/loss" in d] == [1, 2, 3, 4]
+    assert [s for s, d in recorder.entries if "eval/reference" in d] == [0, 2, 4]
+
+
+def test_short_training_lowers_the_loss():
+    """In-context learning of y = w x (d = 1): training loss and held-out error both fall."""
+    model = build_model(ModelConfig(n_dims=1, n_layers=1, n_heads=2, hidden_dim=32, mlp_hidden=64, context=11), 5)
+    train_config = TrainConfig(steps=800, batch_size=32, lr=3e-3, b=2, n_points=6, seed=5, eval_prompts=512)
+    result = train(model, LinearRegression(1), train_config, progress=False)
+    first, last = sum(result.loss[:100]) / 100, sum(result.loss[-100:]) / 100
+    assert last < 0.9 * first
+    assert result.evals[-1]["last_loop"] < 0.8 * result.evals[0]["last_loop"]
+
+
+@pytest.mark.parametrize(
+    "loss, supervise, grad_window", [("mae", "all", None), ("huber", "last", None), ("mse", "all", 2)]
+)
+def test_other_objectives_train(loss, supervise, grad_window):
+    _, result = run(config(loss=loss, supervise=supervise, grad_window=grad_window, clip_grad_norm=1.0))
+    assert result.status == "finished" and len(result.loss) == 12
+
+
+def test_evaluate_extrapolate_and_validate_agree():
+    model = build_model(MODEL, 0)
+    heldout = heldout_prompts(TASK, 64, 8, seed=1)
+    curve = extrapolate(model, heldout, [1, 2, 4])
+    for index, b in enumerate([1, 2, 4]):
+        metrics = evaluate(model, heldout, b)
+        assert curve["reference"][index] == pytest.approx(metrics["reference"], rel=1e-5)
+        assert curve["last_loop"][index] == pytest.approx(metrics["last_loop"], rel=1e-5)
+    level2 = validate(
+        model,
+        TASK,
+        b=2,
+        n_points=8,
+        seed=3,
+        launches=4,
+        batches_per_launch=2,
+        batch_size=16,
+        extrapolation_b=[1, 2],
+        heldout=heldout,
+    )
+    stds = level2["launches"]["std"]
+    assert len(stds) == 4 and all(0 <= s < 2 for s in stds)
+    assert (
+        level2["launches"]
+        == validate(model, TASK, b=2, n_points=8, seed=3, launches=4, batches_per_launch=2, batch_size=16)["launches"]
+    )
+    assert level2["extrapolation"]["b"] == [1, 2]
+    # The zero predictor scores std^2 (per dimension, y = x.w has variance d std^2): error grows with std.
+    order = sorted(range(4), key=lambda i: stds[i])
+    assert level2["launches"]["reference"][order[-1]] > level2["launches"]["reference"][order[0]]
+
+
+def test_save_and_load_run_round_trip(tmp_path):
+    model = build_model(MODEL, 0)
+    save_run(tmp_path / "r", model, {"model_config": MODEL.to_dict(), "metrics": {"x": 1.0}})
+    loaded, record = load_run(tmp_path / "r")
+    assert record["metrics"] == {"x": 1.0}
+    tokens, _ = TASK.sample(2, 8)
+    torch.testing.assert_close(loaded(tokens, 2), model(tokens, 2))
+    assert not list(tmp_path.glob("r/.*tmp"))
+
+
+def test_svg_bytes_are_deterministic(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def draw(path):
+        fig, ax = plt.subplots()
+        ax.plot([1, 2, 3], [1, 4, 9], label="a")
+        ax.fill_between([1, 2, 3], [0, 3, 8], [2, 5, 10], alpha=0.3)
+        ax.set_yscale("log")
+        ax.legend()
+        save_svg(fig, path)
+        plt.close(fig)
+        return path.read_bytes()
+
+    assert draw(tmp_path / "a.svg") == draw(tmp_path / "b.svg")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(steps=0), "TrainConfig.steps=0 must be an integer >= 1"),
+        (dict(lr=0), "TrainConfig.lr=0 must be > 0"),
+        (dict(b=3, grad_window=4), "TrainConfig.grad_window=4 must be None or an integer in 1..b=3"),
+        (dict(loss="l3"), "TrainConfig.loss='l3' is not allowed; choose one of"),
+        (dict(supervise="first"), "TrainConfig.supervise='first' is not allowed; choose one of"),
+        (dict(clip_grad_norm=0), "TrainConfig.clip_grad_norm=0 must be None or > 0"),
+        (dict(device="tpu"), "TrainConfig.device='tpu' is not allowed; choose 'cpu', 'cuda' or 'cuda:N'"),
+        (dict(threads=0), "TrainConfig.threads=0 must be None"),
+        (dict(eval_every=0), r"TrainConfig.eval_every=0 must be in \(0, 1\]"),
+        (dict(seed=-1), "TrainConfig.seed=-1 must be an integer >= 0"),
+    ],
+)
+def test_train_config_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config(**overrides)
+
+
+def test_train_rejects_bad_inputs_before_training():
+    model = build_model(MODEL, 0)
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="n_points=9 has 17 tokens, more than ModelConfig.context=15"):
+        train(model, TASK, config(n_points=9), progress=False)
+    with pytest.raises(ValueError, match="task.n_dims=4 differs from ModelConfig.n_dims=3"):
+        train(model, LinearRegression(4), config(), progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            train(model, TASK, config(device="cuda"), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=False))

@@ -1,0 +1,494 @@
+"""Training, two-level validation, seeding and saving for looped transformers.
+
+Owns:
+- random streams: `seed_everything`, `stream_seed` and `build_model` (initialisation, training
+  data and validation data each draw from their own stream, so variants with one seed see the
+  same prompts: comparisons are paired);
+- `TrainConfig` and `train` (Adam, the reference loss, level-1 validation at 0% and every
+  `eval_every` of training, checkpoints that resume to bit-identical weights on CPU, a clean
+  stop on a non-finite loss);
+- `prediction_errors`, `evaluate` (level 1), `extrapolate` and `validate` (level 2);
+- atomic writing: `write_json`, `save_run` / `load_run`, `save_svg`.
+
+Metrics are squared errors divided by n_dims. "reference" is seed 000's metric: the query
+error averaged over loops 1..b. "last_loop" is the query error of loop b alone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from transformer import BaseLoopedTransformer, ModelConfig, check_loops
+
+# ----------------------------------------------------------------------------- seeding
+
+STREAMS = {"init": 0, "train": 1, "validation": 2, "level2": 3}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch's global generators (for code outside this library)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A 32-bit seed for one named random stream of a run, independent of the others."""
+    if stream not in STREAMS:
+        raise ValueError(f"stream={stream!r} is not known; choose one of {tuple(STREAMS)}")
+    sequence = np.random.SeedSequence(entropy=int(seed), spawn_key=(STREAMS[stream],))
+    return int(sequence.generate_state(1, dtype=np.uint32)[0])
+
+
+def make_generator(seed: int, stream: str, device: str | torch.device = "cpu") -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(stream_seed(seed, stream))
+    return generator
+
+
+def build_model(config: ModelConfig, seed: int, model_class: type = BaseLoopedTransformer):
+    """Build a model whose initial weights depend only on (config, seed), not on global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(seed, "init"))
+        return model_class(config)
+
+
+# ----------------------------------------------------------------------------- config
+
+LOSS_CHOICES = ("mse", "mae", "huber")
+SUPERVISE_CHOICES = ("all", "last")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything about one training run. Invalid values raise `ValueError` on creation.
+
+    grad_window: loops before the last `grad_window` run without gradient (None: all loops).
+    supervise:   "all" (every loop that carries gradient) or "last" (the final loop only).
+    eval_every:  level-1 validation at 0% and every this fraction of training.
+    eval_prompts, eval_seed: the fixed held-out prompt set (its own seed, shared by all runs).
+    checkpoint_every: steps between checkpoints when `train` is given a checkpoint path
+                      (0: at every level-1 validation).
+    """
+
+    steps: int
+    batch_size: int = 64
+    lr: float = 5e-4
+    b: int = 10
+    n_points: int = 64
+    grad_window: int | None = None
+    loss: str = "mse"
+    huber_delta: float = 1.0
+    supervise: str = "all"
+    clip_grad_norm: float | None = None
+    seed: int = 42
+    device: str = "cpu"
+    threads: int | None = 1
+    eval_every: float = 0.2
+    eval_prompts: int = 640
+    eval_seed: int = 4815162342 % 2**31
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "b", "n_points", "eval_prompts"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value >= 1, f"TrainConfig.{name}={value!r} must be an integer >= 1")
+        _require(self.lr > 0, f"TrainConfig.lr={self.lr!r} must be > 0")
+        _require(
+            self.grad_window is None or (_is_int(self.grad_window) and 1 <= self.grad_window <= self.b),
+            f"TrainConfig.grad_window={self.grad_window!r} must be None or an integer in 1..b={self.b}",
+        )
+        _require(
+            self.loss in LOSS_CHOICES, f"TrainConfig.loss={self.loss!r} is not allowed; choose one of {LOSS_CHOICES}"
+        )
+        _require(
+            self.supervise in SUPERVISE_CHOICES,
+            f"TrainConfig.supervise={self.supervise!r} is not allowed; choose one of {SUPERVISE_CHOICES}",
+        )
+        _require(self.huber_delta > 0, f"TrainConfig.huber_delta={self.huber_delta!r} must be > 0")
+        _require(
+            self.clip_grad_norm is None or self.clip_grad_norm > 0,
+            f"TrainConfig.clip_grad_norm={self.clip_grad_norm!r} must be None or > 0",
+        )
+        _require(_is_int(self.seed) and self.seed >= 0, f"TrainConfig.seed={self.seed!r} must be an integer >= 0")
+        _require(
+            self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:"),
+            f"TrainConfig.device={self.device!r} is not allowed; choose 'cpu', 'cuda' or 'cuda:N'",
+        )
+        _require(
+            self.threads is None or (_is_int(self.threads) and self.threads >= 1),
+            f"TrainConfig.threads={self.threads!r} must be None (leave torch's setting) or an integer >= 1",
+        )
+        _require(0 < self.eval_every <= 1, f"TrainConfig.eval_every={self.eval_every!r} must be in (0, 1]")
+        _require(
+            _is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
+            f"TrainConfig.checkpoint_every={self.checkpoint_every!r} must be an integer >= 0",
+        )
+
+    def eval_steps(self) -> list[int]:
+        """Steps (counted as training steps done) at which level-1 validation runs."""
+        n_evals = round(1 / self.eval_every)
+        return sorted({round(k * self.steps / n_evals) for k in range(n_evals + 1)})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def loss_value(preds: torch.Tensor, ys: torch.Tensor, config: TrainConfig, n_dims: int) -> torch.Tensor:
+    """The training loss over supervised loops: mean over loops, prompts and positions, / n_dims.
+
+    preds [b, B, P] (the loops that carry gradient are the last ones), ys [B, P].
+    """
+    if config.supervise == "last":
+        preds = preds[-1:]  # [1, B, P]
+    elif config.grad_window is not None:
+        preds = preds[-config.grad_window :]  # [T, B, P]
+    target = ys.expand_as(preds)  # [loops, B, P]
+    if config.loss == "mse":
+        loss = F.mse_loss(preds, target)
+    elif config.loss == "mae":
+        loss = F.l1_loss(preds, target)
+    else:
+        loss = F.huber_loss(preds, target, delta=config.huber_delta)
+    return loss / n_dims
+
+
+@torch.no_grad()
+def prediction_errors(
+    model: torch.nn.Module, tokens: torch.Tensor, ys: torch.Tensor, b: int, batch_size: int = 256
+) -> torch.Tensor:
+    """Squared error / n_dims of every loop at every position, averaged over prompts: [b, P]."""
+    check_loops(b)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = torch.zeros(b, ys.shape[1], dtype=torch.float64, device=device)
+    for start in range(0, tokens.shape[0], batch_size):
+        chunk_tokens = tokens[start : start + batch_size].to(device)
+        chunk_ys = ys[start : start + batch_size].to(device)
+        preds = model(chunk_tokens, b)  # [b, B, P]
+        total += (preds - chunk_ys).square().sum(1, dtype=torch.float64)  # [b, P]
+    model.train(was_training)
+    return (total / (tokens.shape[0] * model.config.n_dims)).float().cpu()
+
+
+def summarise_query_errors(query_errors: torch.Tensor) -> dict[str, float]:
+    """From per-loop query errors [b]: the reference metric (mean over loops) and the last loop."""
+    return {"reference": float(query_errors.mean()), "last_loop": float(query_errors[-1])}
+
+
+def evaluate(
+    model: torch.nn.Module, prompts: tuple[torch.Tensor, torch.Tensor], b: int, batch_size: int = 256
+) -> dict[str, float]:
+    """Level-1 validation on a fixed prompt set: {"reference", "last_loop"} at loop count b."""
+    tokens, ys = prompts
+    errors = prediction_errors(model, tokens, ys, b, batch_size)  # [b, P]
+    return summarise_query_errors(errors[:, -1])
+
+
+def extrapolate(
+    model: torch.nn.Module,
+    prompts: tuple[torch.Tensor, torch.Tensor],
+    b_values: list[int],
+    batch_size: int = 256,
+) -> dict[str, list[float]]:
+    """Both metrics at each eval loop count in `b_values` (one run to max b where valid)."""
+    tokens, ys = prompts
+    for b in b_values:
+        check_loops(b, "b_values entry")
+    result: dict[str, list] = {"b": list(b_values), "reference": [], "last_loop": []}
+    if getattr(model, "loops_are_prefix_consistent", False):
+        query = prediction_errors(model, tokens, ys, max(b_values), batch_size)[:, -1]  # [max_b]
+        per_b = [summarise_query_errors(query[:b]) for b in b_values]
+    else:
+        per_b = [evaluate(model, prompts, b, batch_size) for b in b_values]
+    for metrics in per_b:
+        result["reference"].append(metrics["reference"])
+        result["last_loop"].append(metrics["last_loop"])
+    return result
+
+
+def heldout_prompts(task, n_prompts: int, n_points: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed validation set: drawn once on CPU from the validation stream of `seed`."""
+    return task.sample(n_prompts, n_points, make_generator(seed, "validation"))
+
+
+def validate(
+    model: torch.nn.Module,
+    task,
+    b: int,
+    n_points: int,
+    seed: int,
+    launches: int = 10,
+    batches_per_launch: int = 10,
+    batch_size: int = 128,
+    extrapolation_b: list[int] | None = None,
+    heldout: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Level-2 validation: seed 000's protocol, plus extrapolation over eval loop counts.
+
+    Each launch draws a test std ~ U(0, 2) (mean stays 0, as in the study's code) and scores
+    `batches_per_launch * batch_size` fresh prompts at the model's loop count b. `seed` fixes
+    the launches, so every model validated with one seed sees the same stds and prompts.
+    With `extrapolation_b` and `heldout`, also returns `extrapolate` on the held-out set.
+    """
+    for name, value in (("launches", launches), ("batches_per_launch", batches_per_launch), ("batch_size", batch_size)):
+        _require(_is_int(value) and value >= 1, f"validate {name}={value!r} must be an integer >= 1")
+    generator = make_generator(seed, "level2")
+    stds, reference, last_loop = [], [], []
+    for _ in range(launches):
+        std = float(torch.rand((), generator=generator) * 2)
+        tokens, ys = task.with_x_std(std).sample(batches_per_launch * batch_size, n_points, generator)
+        metrics = evaluate(model, (tokens, ys), b, batch_size)
+        stds.append(std)
+        reference.append(metrics["reference"])
+        last_loop.append(metrics["last_loop"])
+    result: dict[str, Any] = {"launches": {"std": stds, "reference": reference, "last_loop": last_loop}}
+    if extrapolation_b:
+        _require(heldout is not None, "validate needs `heldout` prompts when extrapolation_b is given")
+        result["extrapolation"] = extrapolate(model, heldout, extrapolation_b)
+    return result
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. status is "finished" or "diverged" (then `message` says why)."""
+
+    loss: list[float] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    status: str = "running"
+    message: str = ""
+    wall_time_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device={name!r} but CUDA is not available; use 'cpu'")
+    return device
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task, generator, config: TrainConfig) -> float:
+    """One step: sample a batch, run b loops, the loss, and (if it is finite) an optimizer step.
+
+    Returns the loss; a non-finite loss leaves the weights untouched.
+    """
+    tokens, ys = task.sample(config.batch_size, config.n_points, generator)
+    preds = model(tokens, config.b, config.grad_window)  # [b, B, P]
+    loss = loss_value(preds, ys, config, model.config.n_dims)
+    if not torch.isfinite(loss):
+        return loss.item()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+    optimizer.step()
+    return loss.item()
+
+
+def train(
+    model: torch.nn.Module,
+    task,
+    config: TrainConfig,
+    run=None,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+) -> TrainResult:
+    """Train `model` on prompts from `task` with Adam; returns losses and level-1 validations.
+
+    run:        a wandb run (or anything with `.log(dict, step=int)`); None logs nothing and
+                never imports wandb.
+    checkpoint: a file path; when given, state is saved there every `checkpoint_every` steps
+                (and at each validation) and an existing file is resumed from. Resuming gives
+                bit-identical weights on CPU.
+    A non-finite loss stops training with a warning; the result keeps everything so far and
+    has status "diverged".
+    """
+    model.config.check_prompt(config.n_points)
+    if task.n_dims != model.config.n_dims:
+        raise ValueError(f"task.n_dims={task.n_dims} differs from ModelConfig.n_dims={model.config.n_dims}")
+    device = _resolve_device(config.device)
+    if config.threads is not None and device.type == "cpu":
+        torch.set_num_threads(config.threads)
+
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = make_generator(config.seed, "train", device)
+    heldout = tuple(t.to(device) for t in heldout_prompts(task, config.eval_prompts, config.n_points, config.eval_seed))
+    result = TrainResult()
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and checkpoint.exists():
+        _load_checkpoint(checkpoint, model, optimizer, generator, result)
+    eval_steps = set(config.eval_steps())
+    checkpoint_steps = set(
+        range(config.checkpoint_every, config.steps + 1, config.checkpoint_every or config.steps + 1)
+    )
+
+    def validate_now(done: int) -> None:
+        if any(entry["step"] == done for entry in result.evals):
+            return
+        metrics = evaluate(model, heldout, config.b)
+        result.evals.append({"step": done, **metrics})
+        if run is not None:
+            run.log({"eval/reference": metrics["reference"], "eval/last_loop": metrics["last_loop"]}, step=done)
+
+    started = time.perf_counter() - result.wall_time_s
+    bar = _progress_bar(config.steps, len(result.loss), progress)
+    for done in range(len(result.loss), config.steps):
+        if done in eval_steps:
+            validate_now(done)
+            if checkpoint is not None and done > 0 and config.checkpoint_every == 0:
+                _save_checkpoint(checkpoint, model, optimizer, generator, result, started)
+        loss_float = train_step(model, optimizer, task, generator, config)
+        if not math.isfinite(loss_float):
+            result.status = "diverged"
+            result.message = (
+                f"training stopped at step {done}: the loss is {loss_float} (not finite); "
+                f"the {done} finite losses and {len(result.evals)} validations before it are kept"
+            )
+            warnings.warn(result.message, RuntimeWarning, stacklevel=2)
+            break
+        result.loss.append(loss_float)
+        if run is not None:
+            run.log({"train/loss": loss_float}, step=done + 1)
+        if bar is not None:
+            bar.update(1)
+            if done % 50 == 0:
+                bar.set_postfix(loss=f"{loss_float:.4f}")
+        if checkpoint is not None and done + 1 in checkpoint_steps:
+            _save_checkpoint(checkpoint, model, optimizer, generator, result, started)
+    else:
+        if config.steps in eval_steps:
+            validate_now(config.steps)
+        result.status = "finished"
+    if bar is not None:
+        bar.close()
+    result.wall_time_s = time.perf_counter() - started
+    if checkpoint is not None:
+        _save_checkpoint(checkpoint, model, optimizer, generator, result, started)
+    return result
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", leave=False)
+
+
+def _save_checkpoint(path: Path, model, optimizer, generator, result: TrainResult, started: float) -> None:
+    result.wall_time_s = time.perf_counter() - started
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "result": result.to_dict(),
+    }
+    atomic_write_bytes(path, _torch_bytes(state))
+
+
+def _load_checkpoint(path: Path, model, optimizer, generator, result: TrainResult) -> None:
+    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"].cpu())
+    for key, value in state["result"].items():
+        setattr(result, key, value)
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + "\n").encode())
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def save_run(directory: str | Path, model: torch.nn.Module, record: dict) -> None:
+    """Save weights (`model.pt`) and a JSON record (`run.json`, must hold "model_config")."""
+    _require("model_config" in record, "save_run record needs a 'model_config' entry")
+    directory = Path(directory)
+    atomic_write_bytes(directory / "model.pt", _torch_bytes(model.state_dict()))
+    write_json(directory / "run.json", record)
+
+
+def load_run(directory: str | Path, model_class: type = BaseLoopedTransformer):
+    """Rebuild the model of a saved run (weights_only load) and return (model, record)."""
+    directory = Path(directory)
+    record = read_json(directory / "run.json")
+    model = model_class(ModelConfig(**record["model_config"]))
+    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu", weights_only=True))
+    return model, record
+
+
+SVG_HASH_SALT = "looped-transformers"
+
+
+def save_svg(fig, path: str | Path) -> None:
+    """Save a matplotlib figure as SVG, byte-identical for identical figures (atomic write)."""
+    import matplotlib
+
+    buffer = io.BytesIO()
+    with matplotlib.rc_context({"svg.hashsalt": SVG_HASH_SALT}):
+        fig.savefig(buffer, format="svg", metadata={"Date": None}, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
