@@ -183,12 +183,8 @@ def load_result(spec: RunSpec, out_dir: str | Path) -> dict | None:
     return record
 
 
-def _pool_worker_init() -> None:
-    # One torch thread per worker: with another process busy, 2 threads can be 20x slower.
-    torch.set_num_threads(1)
-
-
 def _execute_in_worker(spec: RunSpec, out_dir: str) -> dict:
+    # One torch thread per worker process: with another process busy, 2 threads can be 20x slower.
     torch.set_num_threads(1)
     return execute_run(spec, out_dir)
 
@@ -243,7 +239,7 @@ def run_grid(
         n_workers = min(workers or os.cpu_count() or 1, len(pending))
         # spawn, not fork: forking a process whose torch/OpenMP threads already ran can hang.
         context = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(n_workers, mp_context=context, initializer=_pool_worker_init) as pool:
+        with futures.ProcessPoolExecutor(n_workers, mp_context=context) as pool:
             jobs = {pool.submit(_execute_in_worker, spec, str(out_dir)): spec for spec in pending}
             for job in futures.as_completed(jobs):
                 collect(jobs[job], job.result)

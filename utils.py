@@ -308,14 +308,15 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task, g
     tokens, ys = task.sample(config.batch_size, config.n_points, generator)
     preds = model(tokens, config.b, config.grad_window)  # [b, B, P]
     loss = loss_value(preds, ys, config, model.config.n_dims)
-    if not torch.isfinite(loss):
-        return loss.item()
+    value = loss.item()
+    if not math.isfinite(value):
+        return value
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
     optimizer.step()
-    return loss.item()
+    return value
 
 
 def train(
