@@ -3,7 +3,8 @@
 Owns the look of every figure (one style, deterministic SVG through `utils.save_svg`) and
 the small pieces each report needs: mean and standard deviation across seeds, a band plot
 (mean with a band of plus or minus one standard deviation), a boxplot with every value
-shown, and markdown tables.
+shown, the error-against-examples panel, markdown tables, and the seed-spread comparison
+used by every verdict line (`compare`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,52 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def mean_pm_std(values: Sequence[float]) -> str:
+    """'mean ± std' across seeds for a report, or 'n/a' when there are no values."""
+    values = np.asarray(values, dtype=float)
+    return f"{fmt(values.mean())} ± {fmt(values.std())}" if len(values) else "n/a"
+
+
+def compare(a: Sequence[float], b: Sequence[float]) -> str:
+    """'lower' / 'higher' when a's seed mean is clearly apart from b's (the gap exceeds the two
+    seed standard deviations together), else a sentence saying the spreads overlap."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not len(a) or not len(b):
+        return "cannot tell (runs diverged)"
+    if abs(a.mean() - b.mean()) <= a.std() + b.std():
+        return "too close to tell at this scale (the seed spreads overlap)"
+    return "lower" if a.mean() < b.mean() else "higher"
+
+
+def verdict(name_a: str, a: Sequence[float], name_b: str, b: Sequence[float]) -> str:
+    """A report sentence comparing two groups of seed values with `compare`."""
+    result = compare(a, b)
+    if result in ("lower", "higher"):
+        return f"{name_a} is {result} than {name_b}"
+    return f"{name_a} against {name_b}: {result}"
+
+
+def error_vs_examples(ax, curves: dict[str, Sequence[Sequence[float]]], baselines: dict[str, Sequence[float]]) -> None:
+    """Error per dimension against the number of in-context examples (position i has i).
+
+    curves: label -> rows [runs, P] (None/NaN where a model does not predict); baselines:
+    name -> [P]. Least squares is exact from d examples on, so baselines are floored at 1e-3
+    to keep the models' curves readable on the log axis."""
+    for i, (label, rows) in enumerate(curves.items()):
+        rows = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+        band(ax, range(rows.shape[1]), rows, label, COLORS[i % len(COLORS)])
+    for j, (name, errors) in enumerate(baselines.items()):
+        ax.plot(
+            range(len(errors)),
+            np.maximum(errors, 1e-3),
+            color="black",
+            linestyle=["--", ":", "-."][j % 3],
+            label=name + (" (floored at 1e-3)" if name == "least squares" else ""),
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("in-context examples")
 
 
 def fmt(value: float, digits: int = 3) -> str:

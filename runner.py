@@ -10,12 +10,13 @@ Owns:
   local process pool ("pool": one worker per core, one torch thread per worker) or on a
   Slurm cluster through submitit ("submitit"; its local executor in tests). Every run
   writes its own JSON atomically, finished runs are skipped on re-run, and a crashed run
-  does not lose the others.
+  does not lose the others; `run_grid_timed` also records the grid's wall time.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import math
 import multiprocessing
 import os
 import platform
@@ -120,6 +121,20 @@ class RunSpec:
             "labels": dict(self.labels),
         }
 
+    @classmethod
+    def from_dict(cls, values: dict) -> RunSpec:
+        """The inverse of `to_dict`. Fields added to the configs since a record was written
+        take their defaults, so older records still match the specs that produced them."""
+        level2 = {**values["level2"], "extrapolation_b": tuple(values["level2"]["extrapolation_b"])}
+        return cls(
+            name=values["name"],
+            model=ModelConfig.from_dict(values["model"]),
+            task=dict(values["task"]),
+            train=TrainConfig(**values["train"]),
+            level2=Level2Config(**level2),
+            labels=dict(values["labels"]),
+        )
+
     def cost(self) -> float:
         """Relative compute, to start the largest runs first."""
         config = self.model
@@ -159,13 +174,21 @@ def execute_run(spec: RunSpec, out_dir: str | Path, progress: bool = False) -> d
             extrapolation_b=list(level2.extrapolation_b),
             heldout=heldout,
         )
-        errors = prediction_errors(model, *heldout, spec.train.b)  # [b, P]
-        record["position_errors"] = {"last_loop": errors[-1].tolist(), "mean_over_loops": errors.mean(0).tolist()}
+        errors = prediction_errors(model, *heldout, spec.train.b)  # [b, P]; NaN where never predicted
+        record["position_errors"] = {
+            "last_loop": _nan_to_none(errors[-1].tolist()),
+            "mean_over_loops": _nan_to_none(errors.nanmean(0).tolist()),
+        }
     record["wall_time_s"] = time.perf_counter() - started
     save_run(out_dir / "models" / spec.name, model, {"model_config": spec.model.to_dict(), "name": spec.name})
     write_json(out_dir / "data" / f"{spec.name}.json", record)
     checkpoint.unlink(missing_ok=True)
     return record
+
+
+def _nan_to_none(values: list[float]) -> list[float | None]:
+    # JSON has no NaN: a position a truncated model never predicts is stored as null.
+    return [None if math.isnan(value) else value for value in values]
 
 
 def load_result(spec: RunSpec, out_dir: str | Path) -> dict | None:
@@ -175,7 +198,7 @@ def load_result(spec: RunSpec, out_dir: str | Path) -> dict | None:
     if not path.exists():
         return None
     record = read_json(path)
-    if record["spec"] != spec.to_dict():
+    if RunSpec.from_dict(record["spec"]).to_dict() != spec.to_dict():
         raise ValueError(
             f"{path} holds a run with another configuration than spec {spec.name!r}; "
             "delete it or write to another results folder"
@@ -259,6 +282,21 @@ def run_grid(
         details = "\n".join(f"--- {name}\n{text}" for name, text in failures.items())
         raise RuntimeError(f"{len(failures)} of {len(specs)} runs failed (the others are saved):\n{details}")
     return [records[name] for name in names]
+
+
+def run_grid_timed(
+    specs: list[RunSpec], out_dir: str | Path, backend: str = "pool", **options
+) -> tuple[list[dict], dict]:
+    """`run_grid`, plus `data/grid.json` with the wall time, hardware and backend of the
+    sitting that computed the runs. A re-run from the cache (under half that time) keeps the
+    stored figures, so a report always states what the computation cost."""
+    started = time.perf_counter()
+    records = run_grid(specs, out_dir, backend=backend, **options)
+    seconds = time.perf_counter() - started
+    grid_file = Path(out_dir) / "data" / "grid.json"
+    if not grid_file.exists() or seconds > 0.5 * read_json(grid_file)["wall_time_s"]:
+        write_json(grid_file, {"wall_time_s": seconds, "hardware": hardware(), "backend": backend, "runs": len(specs)})
+    return records, read_json(grid_file)
 
 
 def _runs_bar(total: int, initial: int, enabled: bool):

@@ -142,3 +142,15 @@ BASELINES = {
     "averaging": averaging,
     "3-nearest neighbours": nearest_neighbours,
 }
+
+
+def baseline_position_errors(
+    tokens: torch.Tensor, ys: torch.Tensor, names: tuple[str, ...] = ("least squares", "averaging")
+) -> dict[str, list[float]]:
+    """Squared error / n_dims of each named baseline at every position, averaged over prompts."""
+    unknown = [name for name in names if name not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; choose from {tuple(BASELINES)}")
+    xs = tokens[:, 0::2]  # the x tokens [B, P, d]
+    n_dims = tokens.shape[-1]
+    return {name: ((BASELINES[name](xs, ys) - ys).square().mean(0) / n_dims).tolist() for name in names}

@@ -20,16 +20,19 @@ through `ModelConfig`; nothing copies the model.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 PE_CHOICES = ("none", "learned", "sinusoidal", "sinusoidal_seed000")
-INJECTION_CHOICES = ("add", "none", "linear_add", "linear_cat", "each_layer")
+INJECTION_CHOICES = ("add", "none", "linear_add", "linear_cat", "each_layer", "multiplicative", "ema", "ema_learned")
 BLOCK_CHOICES = ("seed000", "gpt2")
+CONTEXT_KEEP_CHOICES = ("all", "first", "last", "random")
 
 
 def _require_choice(field: str, value: object, allowed: tuple) -> None:
@@ -50,9 +53,15 @@ class ModelConfig:
                | "sinusoidal_seed000" (the reference study's frequencies 1/(ln 10000)^(2i/h));
                added once to the embedded prompt, so it is injected with it every loop.
     causal:    causal attention mask (True) or full bidirectional attention (False).
-    injection: how the embedded prompt e enters each loop (see `Injection` subclasses).
+    injection: how the embedded prompt e enters each loop (see `Injection` subclasses);
+               ema_alpha is the EMA's a (fixed for "ema", the initial value for "ema_learned").
     block:     "seed000": out = x + MLP(LN2(x + Attn(LN1 x))), the reference study's residual;
                "gpt2": the standard pre-LN block, with a final LayerNorm closing the stack.
+    context_*: which in-context examples each loop may attend to (see `ContextSelection`):
+               context_keep "all" (every loop sees the whole prompt) | "first" | "last" |
+               "random" keeps context_n examples from loop context_cut_at on (1: before the
+               first loop); context_shrink > 0 drops that many examples per loop instead, from
+               all of them down to context_n. The query is always kept.
     """
 
     n_dims: int
@@ -65,6 +74,11 @@ class ModelConfig:
     causal: bool = True
     injection: str = "add"
     block: str = "seed000"
+    ema_alpha: float = 0.5
+    context_keep: str = "all"
+    context_n: int | None = None
+    context_cut_at: int = 2
+    context_shrink: int = 0
 
     def __post_init__(self) -> None:
         for field in ("n_dims", "n_layers", "n_heads", "hidden_dim", "mlp_hidden", "context"):
@@ -78,6 +92,25 @@ class ModelConfig:
         _require_choice("block", self.block, BLOCK_CHOICES)
         if not isinstance(self.causal, bool):
             raise ValueError(f"ModelConfig.causal={self.causal!r} must be True or False")
+        if (
+            isinstance(self.ema_alpha, bool)
+            or not isinstance(self.ema_alpha, (int, float))
+            or not (0 <= self.ema_alpha < 1 if self.injection == "ema" else 0 < self.ema_alpha < 1)
+        ):
+            allowed = "[0, 1)" if self.injection == "ema" else "(0, 1)"
+            raise ValueError(f"ModelConfig.ema_alpha={self.ema_alpha!r} must be a number in {allowed}")
+        _require_choice("context_keep", self.context_keep, CONTEXT_KEEP_CHOICES)
+        if self.context_keep == "all":
+            if self.context_n is not None or self.context_shrink:
+                raise ValueError(
+                    "ModelConfig.context_n and context_shrink need context_keep in ('first', 'last', 'random'), "
+                    f"but context_keep='all' (got context_n={self.context_n!r}, context_shrink={self.context_shrink!r})"
+                )
+        else:
+            _require_positive_int("context_n", self.context_n)
+        _require_positive_int("context_cut_at", self.context_cut_at)
+        if isinstance(self.context_shrink, bool) or not isinstance(self.context_shrink, int) or self.context_shrink < 0:
+            raise ValueError(f"ModelConfig.context_shrink={self.context_shrink!r} must be an integer >= 0")
 
     def check_prompt(self, n_points: int) -> None:
         """Raise `ValueError` if a prompt of `n_points` points (2P-1 tokens) does not fit."""
@@ -91,6 +124,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        """The inverse of `to_dict`; fields missing from older records take their defaults."""
+        return cls(**values)
 
 
 def check_loops(b: int, name: str = "b") -> None:
@@ -112,11 +150,16 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(hidden_dim, 3 * hidden_dim)
         self.proj = nn.Linear(hidden_dim, hidden_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """allowed: None (the configured mask) or bool [B, 1, S, S], True where a query may
+        attend to a key; it then replaces the causal mask and must already contain it."""
         batch, seq, hidden = x.shape  # [B, S, h]
         qkv = self.qkv(x).view(batch, seq, 3, self.n_heads, hidden // self.n_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, S, h/heads]
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # [B, heads, S, h/heads]
+        if allowed is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # [B, heads, S, h/heads]
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # [B, heads, S, h/heads]
         out = out.transpose(1, 2).reshape(batch, seq, hidden)  # [B, S, h]
         return self.proj(out)  # [B, S, h]
 
@@ -146,8 +189,8 @@ class Seed000Layer(nn.Module):
         self.ln2 = nn.LayerNorm(config.hidden_dim)
         self.mlp = MLP(config.hidden_dim, config.mlp_hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, S, h] -> [B, S, h]
-        return x + self.mlp(self.ln2(x + self.attn(self.ln1(x))))
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:  # [B, S, h]
+        return x + self.mlp(self.ln2(x + self.attn(self.ln1(x), allowed)))
 
 
 class GPT2Block(nn.Module):
@@ -160,8 +203,8 @@ class GPT2Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.hidden_dim)
         self.mlp = MLP(config.hidden_dim, config.mlp_hidden, approximate="tanh")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, S, h] -> [B, S, h]
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:  # [B, S, h]
+        x = x + self.attn(self.ln1(x), allowed)
         return x + self.mlp(self.ln2(x))
 
 
@@ -178,12 +221,15 @@ class LayerStack(nn.Module):
         self.final_norm = nn.LayerNorm(config.hidden_dim) if config.block == "gpt2" else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, before_each_layer: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        before_each_layer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        allowed: torch.Tensor | None = None,
     ) -> torch.Tensor:  # [B, S, h] -> [B, S, h]
         for layer in self.layers:
             if before_each_layer is not None:
                 x = before_each_layer(x)
-            x = layer(x)
+            x = layer(x, allowed)
         return self.final_norm(x)
 
 
@@ -290,16 +336,126 @@ class EachLayerInjection(Injection):
         return stack(state, before_each_layer=lambda x: x + e)
 
 
+class MultiplicativeInjection(Injection):
+    """s_0 = 1; s <- stack(s * e), element-wise: the paper's multiplicative option (z = f(x * z))."""
+
+    def initial_state(self, e):
+        return torch.ones_like(e)  # [B, S, h]: the first loop sees e itself
+
+    def step(self, state, e, stack):
+        return stack(state * e)
+
+
+class EMAInjection(Injection):
+    """s_0 = 0; s <- stack(a * s + (1 - a) * e): the moving average proposed in seed 002.
+
+    a = 0 makes every loop see only e (no recurrence); add injection is a = 1/2 with the
+    input scaled by 2. With `learned`, a = sigmoid(theta) and theta starts at logit(alpha).
+    """
+
+    def __init__(self, alpha: float, learned: bool) -> None:
+        super().__init__()
+        self.learned = learned
+        if learned:
+            self.logit = nn.Parameter(torch.tensor(math.log(alpha / (1 - alpha))))
+        else:
+            self.register_buffer("fixed_alpha", torch.tensor(float(alpha)))
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return torch.sigmoid(self.logit) if self.learned else self.fixed_alpha
+
+    def step(self, state, e, stack):
+        alpha = self.alpha
+        return stack(alpha * state + (1 - alpha) * e)
+
+
 def build_injection(config: ModelConfig) -> Injection:
-    if config.injection == "add":
-        return AddInjection()
-    if config.injection == "none":
-        return NoInjection()
+    simple = {
+        "add": AddInjection,
+        "none": NoInjection,
+        "each_layer": EachLayerInjection,
+        "multiplicative": MultiplicativeInjection,
+    }
+    if config.injection in simple:
+        return simple[config.injection]()
     if config.injection == "linear_add":
         return LinearAddInjection(config.hidden_dim)
     if config.injection == "linear_cat":
         return LinearCatInjection(config.hidden_dim)
-    return EachLayerInjection()
+    return EMAInjection(config.ema_alpha, learned=config.injection == "ema_learned")
+
+
+# ----------------------------------------------------------------------------- context selection
+
+
+class ContextSelection:
+    """Which in-context examples each loop may attend to (reference study, experiment 5).
+
+    A dropped example is removed from attention by a key mask: its x and y tokens are no
+    key for any other token from that loop on. Kept tokens then compute exactly what they
+    would on the shortened sequence (the PEs added before the cut stay with the tokens, as
+    in the study), and the original order is kept. The query is always kept. Positions of
+    dropped examples are not predicted at that loop: `kept_points` says which are.
+
+    "random" ranks the examples of each prompt by keys drawn from a generator seeded with a
+    checksum of the prompt's first token x_1: every prompt gets its own random subset, the
+    same one on every call (evaluation repeats, resumed training is exact), no prediction
+    depends on a later token, and the subsets of a shrinking schedule are nested. (The study
+    drew one subset for the whole batch and did not re-sort it, which also shuffled the
+    order of the kept examples; here the order is kept.)
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.keep = config.context_keep
+        self.n = config.context_n
+        self.cut_at = config.context_cut_at
+        self.shrink = config.context_shrink
+
+    def examples_at(self, loop: int, n_examples: int) -> int:
+        """How many of `n_examples` examples loop `loop` (0-based) sees."""
+        if self.keep == "all" or loop + 1 < self.cut_at:
+            return n_examples
+        if self.shrink == 0:
+            return min(self.n, n_examples)
+        return max(min(self.n, n_examples), n_examples - self.shrink * (loop + 2 - self.cut_at))
+
+    def random_ranks(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, S, d] -> [B, N]
+        n_examples = (tokens.shape[1] - 1) // 2
+        first_tokens = tokens[:, 0].detach().cpu().numpy()  # [B, d]: x_1 of every prompt
+        keys = torch.empty(tokens.shape[0], n_examples)  # [B, N]
+        generator = torch.Generator()
+        for row, first in enumerate(first_tokens):
+            generator.manual_seed(zlib.crc32(first.tobytes()))
+            keys[row] = torch.rand(n_examples, generator=generator)
+        return keys.argsort(1).argsort(1).to(tokens.device)  # rank of each example's key
+
+    def kept_points(self, tokens: torch.Tensor, b: int) -> list[torch.Tensor | None]:
+        """Per loop: None (every point kept) or bool [B, P], True for the points it sees."""
+        batch, seq = tokens.shape[:2]
+        n_examples = (seq - 1) // 2
+        counts = [self.examples_at(loop, n_examples) for loop in range(b)]
+        if all(count >= n_examples for count in counts):
+            return [None] * b
+        index = torch.arange(n_examples, device=tokens.device).expand(batch, n_examples)  # [B, N]
+        if self.keep == "random":
+            index = self.random_ranks(tokens)  # [B, N]
+        elif self.keep == "last":
+            index = index.flip(1)  # the last example ranks first
+        query = torch.ones(batch, 1, dtype=torch.bool, device=tokens.device)  # [B, 1]
+        return [None if count >= n_examples else torch.cat([index < count, query], 1) for count in counts]
+
+
+def attention_allowed(kept: torch.Tensor, causal: bool) -> torch.Tensor:
+    """bool [B, 1, S, S] from kept points [B, P]: keys of dropped examples are masked; every
+    token still sees itself, so a dropped token's row is never empty."""
+    batch, n_points = kept.shape
+    tokens_kept = torch.cat([kept[:, :-1].repeat_interleave(2, dim=1), kept[:, -1:]], 1)  # [B, S]
+    seq = tokens_kept.shape[1]
+    allowed = tokens_kept[:, None, None, :].expand(batch, 1, seq, seq)  # [B, 1, S, S] by key
+    if causal:
+        allowed = allowed & torch.ones(seq, seq, dtype=torch.bool, device=kept.device).tril()
+    return allowed | torch.eye(seq, dtype=torch.bool, device=kept.device)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -325,6 +481,7 @@ class BaseLoopedTransformer(nn.Module):
         self.positional = PositionalEncoding(config)
         self.stack = LayerStack(config)
         self.injection = build_injection(config)
+        self.context_selection = ContextSelection(config)
         # n_dims outputs with only channel 0 read, as in seed 000 (keeps its parameter count).
         self.readout = nn.Linear(config.hidden_dim, config.n_dims)
 
@@ -354,11 +511,25 @@ class BaseLoopedTransformer(nn.Module):
             check_loops(grad_window, "grad_window")
         e = self.embed_prompt(tokens)  # [B, S, h]
         first_with_grad = 0 if grad_window is None else max(0, b - grad_window)
+        kept = self.context_selection.kept_points(tokens, b)  # per loop: None or [B, P]
         state = self.injection.initial_state(e)  # [B, S, h]
         for loop in range(b):
+            stack = self.stack
+            if kept[loop] is not None:
+                stack = partial(self.stack, allowed=attention_allowed(kept[loop], self.config.causal))
             with torch.set_grad_enabled(torch.is_grad_enabled() and loop >= first_with_grad):
-                state = self.injection.step(state, e, self.stack)  # [B, S, h]
+                state = self.injection.step(state, e, stack)  # [B, S, h]
             yield state
+
+    def predicted_points(self, tokens: torch.Tensor, b: int) -> torch.Tensor | None:
+        """None when every loop predicts at every point, else bool [b, B, P]: False where a
+        loop does not predict (its example was dropped from the context). Losses and metrics
+        average over the True entries only."""
+        kept = self.context_selection.kept_points(tokens, b)
+        if all(mask is None for mask in kept):
+            return None
+        everything = torch.ones(tokens.shape[0], (tokens.shape[1] + 1) // 2, dtype=torch.bool, device=tokens.device)
+        return torch.stack([everything if mask is None else mask for mask in kept])  # [b, B, P]
 
     def forward(self, tokens: torch.Tensor, b: int, grad_window: int | None = None) -> torch.Tensor:
         preds = [self.read_out(state) for state in self.states(tokens, b, grad_window)]

@@ -160,22 +160,32 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- metrics
 
 
-def loss_value(preds: torch.Tensor, ys: torch.Tensor, config: TrainConfig, n_dims: int) -> torch.Tensor:
+def loss_value(
+    preds: torch.Tensor, ys: torch.Tensor, config: TrainConfig, n_dims: int, predicted: torch.Tensor | None = None
+) -> torch.Tensor:
     """The training loss over supervised loops: mean over loops, prompts and positions, / n_dims.
 
     preds [b, B, P] (the loops that carry gradient are the last ones), ys [B, P].
+    predicted: None, or bool [b, B, P] from `model.predicted_points`; then each loop's loss
+    is the mean over the points it predicts, and the loss is the mean over loops.
     """
     if config.supervise == "last":
         preds = preds[-1:]  # [1, B, P]
+        predicted = None if predicted is None else predicted[-1:]
     elif config.grad_window is not None:
         preds = preds[-config.grad_window :]  # [T, B, P]
+        predicted = None if predicted is None else predicted[-config.grad_window :]
     target = ys.expand_as(preds)  # [loops, B, P]
+    reduction = "mean" if predicted is None else "none"
     if config.loss == "mse":
-        loss = F.mse_loss(preds, target)
+        loss = F.mse_loss(preds, target, reduction=reduction)
     elif config.loss == "mae":
-        loss = F.l1_loss(preds, target)
+        loss = F.l1_loss(preds, target, reduction=reduction)
     else:
-        loss = F.huber_loss(preds, target, delta=config.huber_delta)
+        loss = F.huber_loss(preds, target, delta=config.huber_delta, reduction=reduction)
+    if predicted is not None:
+        per_loop = (loss * predicted).sum((1, 2)) / predicted.sum((1, 2))  # [loops]
+        loss = per_loop.mean()
     return loss / n_dims
 
 
@@ -183,19 +193,32 @@ def loss_value(preds: torch.Tensor, ys: torch.Tensor, config: TrainConfig, n_dim
 def prediction_errors(
     model: torch.nn.Module, tokens: torch.Tensor, ys: torch.Tensor, b: int, batch_size: int = 256
 ) -> torch.Tensor:
-    """Squared error / n_dims of every loop at every position, averaged over prompts: [b, P]."""
+    """Squared error / n_dims of every loop at every position, averaged over prompts: [b, P].
+
+    For a model that does not predict every point at every loop (`predicted_points`), each
+    entry averages over the prompts where it predicts; NaN where it never does.
+    """
     check_loops(b)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total = torch.zeros(b, ys.shape[1], dtype=torch.float64, device=device)
+    count = torch.zeros(b, ys.shape[1], dtype=torch.float64, device=device)
+    predicted_points = getattr(model, "predicted_points", None)
     for start in range(0, tokens.shape[0], batch_size):
         chunk_tokens = tokens[start : start + batch_size].to(device)
         chunk_ys = ys[start : start + batch_size].to(device)
         preds = model(chunk_tokens, b)  # [b, B, P]
-        total += (preds - chunk_ys).square().sum(1, dtype=torch.float64)  # [b, P]
+        squared = (preds - chunk_ys).square()  # [b, B, P]
+        predicted = predicted_points(chunk_tokens, b) if predicted_points is not None else None
+        if predicted is None:
+            total += squared.sum(1, dtype=torch.float64)  # [b, P]
+            count += chunk_tokens.shape[0]
+        else:
+            total += torch.where(predicted, squared, 0).sum(1, dtype=torch.float64)  # [b, P]
+            count += predicted.sum(1, dtype=torch.float64)
     model.train(was_training)
-    return (total / (tokens.shape[0] * model.config.n_dims)).float().cpu()
+    return (total / (count * model.config.n_dims)).float().cpu()
 
 
 def summarise_query_errors(query_errors: torch.Tensor) -> dict[str, float]:
@@ -307,7 +330,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task, g
     """
     tokens, ys = task.sample(config.batch_size, config.n_points, generator)
     preds = model(tokens, config.b, config.grad_window)  # [b, B, P]
-    loss = loss_value(preds, ys, config, model.config.n_dims)
+    predicted = model.predicted_points(tokens, config.b) if hasattr(model, "predicted_points") else None
+    loss = loss_value(preds, ys, config, model.config.n_dims, predicted)
     value = loss.item()
     if not math.isfinite(value):
         return value

@@ -22,14 +22,30 @@ def prompts(batch=3, n_points=12, n_dims=4, seed=0):
     return LinearRegression(n_dims).sample(batch, n_points, make_generator(seed, "train"))
 
 
+CONTEXT_VARIANTS = [
+    dict(context_keep=keep, context_n=5, context_cut_at=cut_at, context_shrink=shrink)
+    for keep in ("first", "last", "random")
+    for cut_at, shrink in ((1, 0), (2, 0), (2, 3))
+]
+
+
 def all_variants():
     for pe in PE_CHOICES:
         for injection in INJECTION_CHOICES:
             for block in BLOCK_CHOICES:
                 yield ModelConfig(**SMALL, pe=pe, injection=injection, block=block)
+    for context in CONTEXT_VARIANTS:
+        yield ModelConfig(**SMALL, pe="learned", **context)
 
 
-@pytest.mark.parametrize("config", list(all_variants()), ids=lambda c: f"{c.pe}-{c.injection}-{c.block}")
+def variant_id(config):
+    name = f"{config.pe}-{config.injection}-{config.block}"
+    if config.context_keep != "all":
+        name += f"-{config.context_keep}{config.context_n}-cut{config.context_cut_at}-shrink{config.context_shrink}"
+    return name
+
+
+@pytest.mark.parametrize("config", list(all_variants()), ids=variant_id)
 def test_output_shape_and_causality(config):
     """[b, B, P] out; perturbing any later token (x or y) never changes an earlier prediction."""
     model = build_model(config, seed=1).eval()

@@ -1,0 +1,181 @@
+"""Semantics of the experiment-specific variants: multiplicative and EMA injection, context
+selection (truncation), and the masked loss and metrics that go with it."""
+
+import math
+
+import pytest
+import torch
+
+from runner import Level2Config, RunSpec
+from tasks import LinearRegression
+from transformer import ModelConfig, attention_allowed
+from utils import TrainConfig, build_model, loss_value, make_generator, prediction_errors
+
+SMALL = dict(n_dims=4, n_layers=2, n_heads=2, hidden_dim=16, mlp_hidden=32, context=23)
+
+
+def prompts(batch=3, n_points=12, n_dims=4, seed=0):
+    return LinearRegression(n_dims).sample(batch, n_points, make_generator(seed, "train"))
+
+
+# ----------------------------------------------------------------------------- injection
+
+
+def test_multiplicative_injection_multiplies_the_state_by_the_prompt():
+    model = build_model(ModelConfig(**SMALL, injection="multiplicative"), seed=1).eval()
+    tokens, _ = prompts()
+    e = model.embed_prompt(tokens)
+    first = model.stack(e)  # s_0 = 1, so loop 1 sees e itself
+    second = model.stack(first * e)
+    torch.testing.assert_close(model(tokens, 2), torch.stack([model.read_out(first), model.read_out(second)]))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.9])
+def test_ema_injection_mixes_state_and_prompt(alpha):
+    model = build_model(ModelConfig(**SMALL, injection="ema", ema_alpha=alpha), seed=2).eval()
+    tokens, _ = prompts()
+    e = model.embed_prompt(tokens)
+    state = torch.zeros_like(e)
+    expected = []
+    for _ in range(3):
+        state = model.stack(alpha * state + (1 - alpha) * e)
+        expected.append(model.read_out(state))
+    torch.testing.assert_close(model(tokens, 3), torch.stack(expected))
+    assert not any(p.numel() == 1 for p in model.parameters())  # a fixed a is no parameter
+    if alpha == 0.0:  # no recurrence: every loop computes the same thing
+        torch.testing.assert_close(model(tokens, 3)[0], model(tokens, 3)[2])
+
+
+def test_learned_ema_starts_at_alpha_and_learns_it():
+    model = build_model(ModelConfig(**SMALL, injection="ema_learned", ema_alpha=0.25), seed=3)
+    assert math.isclose(float(model.injection.alpha.detach()), 0.25, rel_tol=1e-6)
+    fixed = build_model(ModelConfig(**SMALL, injection="ema", ema_alpha=0.25), seed=3)
+    tokens, ys = prompts()
+    torch.testing.assert_close(model(tokens, 3), fixed(tokens, 3))  # same weights, same a
+    loss = (model(tokens, 3) - ys).square().mean()
+    loss.backward()
+    assert model.injection.logit.grad is not None and model.injection.logit.grad.abs() > 0
+
+
+# ----------------------------------------------------------------------------- context selection
+
+
+def test_examples_per_loop_schedule():
+    def counts(**context):
+        model = build_model(ModelConfig(**SMALL, **context), seed=0)
+        return [model.context_selection.examples_at(loop, 11) for loop in range(7)]
+
+    assert counts() == [11] * 7
+    assert counts(context_keep="first", context_n=5) == [11, 5, 5, 5, 5, 5, 5]
+    assert counts(context_keep="first", context_n=5, context_cut_at=1) == [5] * 7
+    assert counts(context_keep="random", context_n=5, context_shrink=2) == [11, 9, 7, 5, 5, 5, 5]
+    assert counts(context_keep="last", context_n=20) == [11] * 7  # more than there are: no cut
+
+
+@pytest.mark.parametrize("keep", ["first", "last", "random"])
+def test_kept_points_and_nested_random_subsets(keep):
+    model = build_model(ModelConfig(**SMALL, context_keep=keep, context_n=4, context_shrink=3), seed=0)
+    tokens, _ = prompts(batch=6)
+    predicted = model.predicted_points(tokens, 5)  # [b, B, P]
+    assert predicted.shape == (5, 6, 12)
+    assert predicted[0].all() and predicted[:, :, -1].all()  # loop 1 sees everything; the query always
+    assert predicted[1:, :, :-1].sum(-1).tolist() == [[8] * 6, [5] * 6, [4] * 6, [4] * 6]
+    assert (predicted[2:] <= predicted[1:-1]).all()  # nested: a dropped example never returns
+    examples = predicted[-1, :, :-1]
+    if keep == "first":
+        assert examples[:, :4].all() and not examples[:, 4:].any()
+    elif keep == "last":
+        assert examples[:, -4:].all() and not examples[:, :-4].any()
+    else:
+        assert len({tuple(row.tolist()) for row in examples}) > 1  # each prompt its own subset
+        torch.testing.assert_close(model.predicted_points(tokens, 5), predicted)  # same on every call
+
+
+@pytest.mark.parametrize("keep", ["first", "last", "random"])
+def test_cut_before_the_first_loop_equals_the_shortened_prompt(keep):
+    """Masking dropped examples out of attention is the same computation as deleting them
+    (no PE, so positions do not matter): compare with the plain model on the short prompt."""
+    config = ModelConfig(**SMALL, context_keep=keep, context_n=4, context_cut_at=1)
+    model = build_model(config, seed=5).eval()
+    plain = build_model(ModelConfig(**SMALL), seed=5).eval()
+    tokens, _ = prompts(batch=4)
+    preds = model(tokens, 3)  # [3, B, P]
+    predicted = model.predicted_points(tokens, 3)
+    for row in range(tokens.shape[0]):
+        kept = predicted[0, row].nonzero().squeeze(1)  # point indices, the query last
+        token_index = torch.stack([2 * kept[:-1], 2 * kept[:-1] + 1], 1).flatten()
+        short = tokens[row : row + 1, torch.cat([token_index, 2 * kept[-1:]])]  # [1, 2n+1, d]
+        torch.testing.assert_close(preds[:, row, kept], plain(short, 3)[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_cut_after_the_first_loop_keeps_loop_one_intact():
+    config = ModelConfig(**SMALL, pe="learned", context_keep="first", context_n=4)
+    cut = build_model(config, seed=6).eval()
+    full = build_model(ModelConfig(**SMALL, pe="learned"), seed=6).eval()
+    tokens, _ = prompts()
+    torch.testing.assert_close(cut(tokens, 3)[0], full(tokens, 3)[0])
+    assert not torch.allclose(cut(tokens, 3)[1, :, -1], full(tokens, 3)[1, :, -1])
+
+
+def test_attention_mask_blocks_dropped_keys_and_keeps_self():
+    kept = torch.tensor([[True, False, True]])  # points: example 0 kept, example 1 dropped, query
+    allowed = attention_allowed(kept, causal=True)[0, 0]  # [5, 5] tokens x0 y0 x1 y1 query
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0],  # the dropped x1 still sees itself
+            [1, 1, 0, 1, 0],
+            [1, 1, 0, 0, 1],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(allowed, expected)
+
+
+# ----------------------------------------------------------------------------- masked loss and metrics
+
+
+def test_masked_loss_averages_each_loop_over_its_predicted_points():
+    config = TrainConfig(steps=1, b=2, n_points=3)
+    preds = torch.tensor([[[1.0, 2.0, 3.0]], [[1.0, 5.0, 3.0]]])  # [b=2, B=1, P=3]
+    ys = torch.zeros(1, 3)
+    predicted = torch.tensor([[[True, True, True]], [[True, False, True]]])
+    loss = loss_value(preds, ys, config, n_dims=2, predicted=predicted)
+    expected = ((1 + 4 + 9) / 3 + (1 + 9) / 2) / 2 / 2
+    assert math.isclose(float(loss), expected, rel_tol=1e-6)
+    everything = torch.ones_like(predicted)
+    torch.testing.assert_close(loss_value(preds, ys, config, 2, everything), loss_value(preds, ys, config, 2))
+
+
+def test_prediction_errors_skip_unpredicted_points():
+    model = build_model(ModelConfig(**SMALL, context_keep="first", context_n=4), seed=7)
+    tokens, ys = prompts(batch=5)
+    errors = prediction_errors(model, tokens, ys, 3, batch_size=2)  # [b, P]
+    assert not errors[0].isnan().any()  # loop 1 predicts everywhere
+    assert errors[1:, 4:-1].isnan().all() and not errors[1:, :4].isnan().any() and not errors[:, -1].isnan().any()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(injection="ema", ema_alpha=1.0), "ModelConfig.ema_alpha=1.0 must be a number in [0, 1)"),
+        (dict(injection="ema_learned", ema_alpha=0.0), "ModelConfig.ema_alpha=0.0 must be a number in (0, 1)"),
+        (dict(context_keep="middle"), "ModelConfig.context_keep='middle' is not allowed; choose one of"),
+        (dict(context_keep="first"), "ModelConfig.context_n=None must be an integer >= 1"),
+        (dict(context_n=4), "ModelConfig.context_n and context_shrink need context_keep in"),
+        (dict(context_keep="first", context_n=4, context_cut_at=0), "ModelConfig.context_cut_at=0 must be"),
+        (dict(context_keep="first", context_n=4, context_shrink=-1), "ModelConfig.context_shrink=-1 must be"),
+    ],
+)
+def test_variant_config_errors(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        ModelConfig(**{**SMALL, **overrides})
+
+
+def test_records_written_before_new_fields_still_match_their_spec():
+    spec = RunSpec("r", ModelConfig(**SMALL), LinearRegression(4).to_dict(), TrainConfig(steps=2), Level2Config())
+    stored = spec.to_dict()
+    for new_field in ("ema_alpha", "context_keep", "context_n", "context_cut_at", "context_shrink"):
+        del stored["model"][new_field]
+    assert RunSpec.from_dict(stored).to_dict() == spec.to_dict()
