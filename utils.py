@@ -7,7 +7,8 @@ Owns:
 - `TrainConfig` and `train` (Adam, the reference loss, level-1 validation at 0% and every
   `eval_every` of training, checkpoints that resume to bit-identical weights on CPU, a clean
   stop on a non-finite loss);
-- `prediction_errors`, `evaluate` (level 1), `extrapolate` and `validate` (level 2);
+- `prediction_errors`, `evaluate` (level 1), `extrapolate` and `validate` (level 2), and
+  `label_sensitivity` (does a prediction see its own answer?);
 - atomic writing: `write_json`, `save_run` / `load_run`, `save_svg`.
 
 Metrics are squared errors divided by n_dims. "reference" is seed 000's metric: the query
@@ -219,6 +220,30 @@ def prediction_errors(
             count += predicted.sum(1, dtype=torch.float64)
     model.train(was_training)
     return (total / (count * model.config.n_dims)).float().cpu()
+
+
+@torch.no_grad()
+def label_sensitivity(model: torch.nn.Module, tokens: torch.Tensor, b: int, lag: int = 0) -> torch.Tensor:
+    """How much the prediction at x_i moves when the label y_{i+lag} is shifted by +1: [P-1-lag].
+
+    Mean |change| over prompts of loop b's prediction. With lag=0 this is the model's access to
+    the very answer it predicts (label leakage): exactly 0 under a causal mask, where y_i comes
+    after x_i. lag > 0 shifts a later, unrelated label instead, as a control.
+    """
+    check_loops(b)
+    if isinstance(lag, bool) or not isinstance(lag, int) or lag < 0:
+        raise ValueError(f"label_sensitivity lag={lag!r} must be an integer >= 0")
+    was_training = model.training
+    model.eval()
+    n_points = (tokens.shape[1] + 1) // 2
+    base = model(tokens, b)[-1]  # [B, P]
+    changes = []
+    for i in range(n_points - 1 - lag):
+        shifted = tokens.clone()
+        shifted[:, 2 * (i + lag) + 1, 0] += 1.0  # the y token of point i + lag (its value sits in channel 0)
+        changes.append((model(shifted, b)[-1, :, i] - base[:, i]).abs().mean())
+    model.train(was_training)
+    return torch.stack(changes).cpu()
 
 
 def summarise_query_errors(query_errors: torch.Tensor) -> dict[str, float]:

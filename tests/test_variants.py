@@ -9,7 +9,7 @@ import torch
 from runner import Level2Config, RunSpec
 from tasks import LinearRegression
 from transformer import ModelConfig, attention_allowed
-from utils import TrainConfig, build_model, loss_value, make_generator, prediction_errors
+from utils import TrainConfig, build_model, label_sensitivity, loss_value, make_generator, prediction_errors
 
 SMALL = dict(n_dims=4, n_layers=2, n_heads=2, hidden_dim=16, mlp_hidden=32, context=23)
 
@@ -179,3 +179,15 @@ def test_records_written_before_new_fields_still_match_their_spec():
     for new_field in ("ema_alpha", "context_keep", "context_n", "context_cut_at", "context_shrink"):
         del stored["model"][new_field]
     assert RunSpec.from_dict(stored).to_dict() == spec.to_dict()
+
+
+def test_label_sensitivity_is_zero_under_the_causal_mask_only():
+    tokens, _ = prompts()
+    causal = build_model(ModelConfig(**SMALL, pe="learned"), seed=8)
+    assert label_sensitivity(causal, tokens, 2).abs().max() == 0
+    assert label_sensitivity(causal, tokens, 2, lag=1).abs().max() == 0
+    open_model = build_model(ModelConfig(**SMALL, pe="learned", causal=False), seed=8)
+    own = label_sensitivity(open_model, tokens, 2)
+    assert own.shape == (11,) and (own > 0).all()
+    with pytest.raises(ValueError, match="lag=-1 must be an integer >= 0"):
+        label_sensitivity(open_model, tokens, 2, lag=-1)
