@@ -103,6 +103,7 @@ def error_vs_examples(ax, curves: dict[str, Sequence[Sequence[float]]], baseline
     curves: label -> rows [runs, P] (None/NaN where a model does not predict); baselines:
     name -> [P]. Least squares is exact from d examples on, so baselines are floored at 1e-3
     to keep the models' curves readable on the log axis."""
+    ax.set_yscale("log")  # first, so that the bands are clipped for a log axis
     for i, (label, rows) in enumerate(curves.items()):
         rows = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
         band(ax, range(rows.shape[1]), rows, label, COLORS[i % len(COLORS)])
@@ -114,7 +115,6 @@ def error_vs_examples(ax, curves: dict[str, Sequence[Sequence[float]]], baseline
             linestyle=["--", ":", "-."][j % 3],
             label=name + (" (floored at 1e-3)" if name == "least squares" else ""),
         )
-    ax.set_yscale("log")
     ax.set_xlabel("in-context examples")
 
 
