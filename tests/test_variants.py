@@ -191,3 +191,33 @@ def test_label_sensitivity_is_zero_under_the_causal_mask_only():
     assert own.shape == (11,) and (own > 0).all()
     with pytest.raises(ValueError, match="lag=-1 must be an integer >= 0"):
         label_sensitivity(open_model, tokens, 2, lag=-1)
+
+
+def test_random_truncation_trains_deterministically_and_resumes_exactly(tmp_path):
+    """The random subsets depend only on each prompt, so a rerun and a resumed run repeat exactly."""
+    from utils import train
+
+    config = ModelConfig(**SMALL, pe="learned", context_keep="random", context_n=4, context_shrink=2)
+    task = LinearRegression(4)
+    train_config = TrainConfig(steps=12, batch_size=8, lr=3e-3, b=3, n_points=12, seed=3, eval_prompts=32)
+
+    def run(checkpoint=None, steps=12):
+        model = build_model(config, seed=3)
+        result = train(
+            model,
+            task,
+            TrainConfig(**{**train_config.to_dict(), "steps": steps}),
+            progress=False,
+            checkpoint=checkpoint,
+        )
+        return model, result
+
+    first_model, first = run()
+    _, second = run()
+    assert first.loss == second.loss and first.evals == second.evals
+    path = tmp_path / "run.ckpt"
+    run(checkpoint=path, steps=7)  # a shorter run leaves its checkpoint at step 7 ...
+    resumed_model, resumed = run(checkpoint=path)  # ... which the full run picks up
+    assert resumed.loss == first.loss
+    for a, b in zip(first_model.state_dict().values(), resumed_model.state_dict().values(), strict=False):
+        assert torch.equal(a, b)
