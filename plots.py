@@ -73,9 +73,13 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> s
 
 
 def mean_pm_std(values: Sequence[float]) -> str:
-    """'mean ± std' across seeds for a report, or 'n/a' when there are no values."""
+    """'mean ± std' across seeds for a report; 'n/a' without values; says so when some are not finite."""
     values = np.asarray(values, dtype=float)
-    return f"{fmt(values.mean())} ± {fmt(values.std())}" if len(values) else "n/a"
+    if not len(values):
+        return "n/a"
+    if not np.isfinite(values).all():  # a model whose outputs overflowed at this loop count
+        return f"not finite in {int((~np.isfinite(values)).sum())} of {len(values)} seeds"
+    return f"{fmt(values.mean())} ± {fmt(values.std())}"
 
 
 def compare(a: Sequence[float], b: Sequence[float]) -> str:
@@ -84,6 +88,8 @@ def compare(a: Sequence[float], b: Sequence[float]) -> str:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if not len(a) or not len(b):
         return "cannot tell (runs diverged)"
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return "cannot tell (some errors are not finite: the outputs overflowed)"
     if abs(a.mean() - b.mean()) <= a.std() + b.std():
         return "too close to tell at this scale (the seed spreads overlap)"
     return "lower" if a.mean() < b.mean() else "higher"
