@@ -179,6 +179,7 @@ def execute_run(spec: RunSpec, out_dir: str | Path, progress: bool = False) -> d
             "last_loop": _nan_to_none(errors[-1].tolist()),
             "mean_over_loops": _nan_to_none(errors.nanmean(0).tolist()),
         }
+        record["loop_errors"] = errors[:, -1].tolist()  # the query error of each loop 1..b (held-out)
     record["wall_time_s"] = time.perf_counter() - started
     save_run(out_dir / "models" / spec.name, model, {"model_config": spec.model.to_dict(), "name": spec.name})
     write_json(out_dir / "data" / f"{spec.name}.json", record)

@@ -93,6 +93,9 @@ class TrainConfig:
     eval_prompts, eval_seed: the fixed held-out prompt set (its own seed, shared by all runs).
     checkpoint_every: steps between checkpoints when `train` is given a checkpoint path
                       (0: at every level-1 validation).
+    loops_curriculum: None (every step runs b loops) or (b_start, every): training step t runs
+                      min(b, b_start + t // every) loops, the paper's growing loop count.
+                      Validation always runs b loops.
     """
 
     steps: int
@@ -112,6 +115,7 @@ class TrainConfig:
     eval_prompts: int = 640
     eval_seed: int = 4815162342 % 2**31
     checkpoint_every: int = 0
+    loops_curriculum: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "b", "n_points", "eval_prompts"):
@@ -148,6 +152,24 @@ class TrainConfig:
             _is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
             f"TrainConfig.checkpoint_every={self.checkpoint_every!r} must be an integer >= 0",
         )
+        if self.loops_curriculum is not None:
+            _require(
+                isinstance(self.loops_curriculum, (tuple, list))
+                and len(self.loops_curriculum) == 2
+                and all(_is_int(v) for v in self.loops_curriculum)
+                and 1 <= self.loops_curriculum[0] <= self.b
+                and self.loops_curriculum[1] >= 1,
+                f"TrainConfig.loops_curriculum={self.loops_curriculum!r} must be None or (b_start, every) "
+                f"with 1 <= b_start <= b={self.b} and every >= 1",
+            )
+            object.__setattr__(self, "loops_curriculum", tuple(self.loops_curriculum))  # JSON gives a list
+
+    def loops_at(self, step: int) -> int:
+        """The loop count of training step `step` (0-based)."""
+        if self.loops_curriculum is None:
+            return self.b
+        start, every = self.loops_curriculum
+        return min(self.b, start + step // every)
 
     def eval_steps(self) -> list[int]:
         """Steps (counted as training steps done) at which level-1 validation runs."""
@@ -348,14 +370,16 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task, generator, config: TrainConfig) -> float:
-    """One step: sample a batch, run b loops, the loss, and (if it is finite) an optimizer step.
-
-    Returns the loss; a non-finite loss leaves the weights untouched.
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, task, generator, config: TrainConfig, b: int | None = None
+) -> float:
+    """One step: sample a batch, run b loops (`config.b` unless given), the loss, and (if it is
+    finite) an optimizer step. Returns the loss; a non-finite loss leaves the weights untouched.
     """
+    b = config.b if b is None else b
     tokens, ys = task.sample(config.batch_size, config.n_points, generator)
-    preds = model(tokens, config.b, config.grad_window)  # [b, B, P]
-    predicted = model.predicted_points(tokens, config.b) if hasattr(model, "predicted_points") else None
+    preds = model(tokens, b, config.grad_window)  # [b, B, P]
+    predicted = model.predicted_points(tokens, b) if hasattr(model, "predicted_points") else None
     loss = loss_value(preds, ys, config, model.config.n_dims, predicted)
     value = loss.item()
     if not math.isfinite(value):
@@ -421,7 +445,7 @@ def train(
             validate_now(done)
             if checkpoint is not None and done > 0 and config.checkpoint_every == 0:
                 _save_checkpoint(checkpoint, model, optimizer, generator, result, started)
-        loss_float = train_step(model, optimizer, task, generator, config)
+        loss_float = train_step(model, optimizer, task, generator, config, config.loops_at(done))
         if not math.isfinite(loss_float):
             result.status = "diverged"
             result.message = (

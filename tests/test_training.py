@@ -226,6 +226,12 @@ def test_svg_bytes_are_deterministic(tmp_path):
         (dict(threads=0), "TrainConfig.threads=0 must be None"),
         (dict(eval_every=0), r"TrainConfig.eval_every=0 must be in \(0, 1\]"),
         (dict(seed=-1), "TrainConfig.seed=-1 must be an integer >= 0"),
+        (
+            dict(b=3, loops_curriculum=(4, 10)),
+            r"TrainConfig.loops_curriculum=\(4, 10\) must be None or \(b_start, every\)",
+        ),
+        (dict(loops_curriculum=(1, 0)), r"TrainConfig.loops_curriculum=\(1, 0\) must be None"),
+        (dict(loops_curriculum=5), "TrainConfig.loops_curriculum=5 must be None"),
     ],
 )
 def test_train_config_errors(overrides, message):
@@ -244,3 +250,15 @@ def test_train_rejects_bad_inputs_before_training():
         with pytest.raises(ValueError, match="CUDA is not available"):
             train(model, TASK, config(device="cuda"), progress=False)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=False))
+
+
+def test_loops_curriculum_schedule_and_training():
+    schedule = config(b=4, loops_curriculum=(1, 3))
+    assert [schedule.loops_at(t) for t in range(12)] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert config(b=4).loops_at(0) == 4
+    # A curriculum that never leaves b=1 trains exactly as b=1 does (same data, same model).
+    _, held_at_one = run(config(b=3, loops_curriculum=(1, 1000)))
+    _, plain_one = run(config(b=1))
+    assert held_at_one.loss == plain_one.loss
+    _, growing = run(config(b=3, loops_curriculum=(1, 4)))
+    assert growing.loss[:4] == plain_one.loss[:4] and growing.loss[4:] != plain_one.loss[4:]
