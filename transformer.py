@@ -1,9 +1,9 @@
 """The looped transformer: its configuration, its components and the model that loops them.
 
 Owns `ModelConfig` (every architectural choice, validated), the building blocks (attention,
-the seed-000 layer and the GPT-2 pre-LN block, positional encodings, injection steps) and
-`BaseLoopedTransformer`, which applies one weight-tied stack of layers `b` times and reads a
-prediction out after every loop.
+the seed-000 layer and the GPT-2 pre-LN block, positional encodings, injection steps,
+context selection) and `BaseLoopedTransformer`, which applies one weight-tied stack of
+layers `b` times and reads a prediction out after every loop.
 
 Data flow (shapes: B batch, S = 2P-1 tokens, P points, d = n_dims, h = hidden_dim):
 
@@ -13,8 +13,9 @@ Data flow (shapes: B batch, S = 2P-1 tokens, P points, d = n_dims, h = hidden_di
                        pred[loop] = readout(state)[x positions]  # [B, P]
     return preds [b, B, P]
 
-A variant replaces exactly one component (the PE, the mask, the injection step or the block)
-through `ModelConfig`; nothing copies the model.
+A variant replaces exactly one component (the PE, the mask, the injection step, the block or
+the context selection, which drops examples from the attention of later loops) through
+`ModelConfig`; nothing copies the model.
 """
 
 from __future__ import annotations
