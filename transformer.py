@@ -2,7 +2,7 @@
 
 Owns `ModelConfig` (every architectural choice, validated), the building blocks (attention,
 the seed-000 layer and the GPT-2 pre-LN block, positional encodings, injection steps,
-context selection) and `BaseLoopedTransformer`, which applies one weight-tied stack of
+context and state selection) and `BaseLoopedTransformer`, which applies one weight-tied stack of
 layers `b` times and reads a prediction out after every loop.
 
 Data flow (shapes: B batch, S = 2P-1 tokens, P points, d = n_dims, h = hidden_dim):
@@ -13,9 +13,9 @@ Data flow (shapes: B batch, S = 2P-1 tokens, P points, d = n_dims, h = hidden_di
                        pred[loop] = readout(state)[x positions]  # [B, P]
     return preds [b, B, P]
 
-A variant replaces exactly one component (the PE, the mask, the injection step, the block or
-the context selection, which drops examples from the attention of later loops) through
-`ModelConfig`; nothing copies the model.
+A variant replaces exactly one component through `ModelConfig`: the PE, the mask, the
+injection step, the block, the context selection (drops examples from the attention of later
+loops) or the state selection (limits what one loop hands to the next). Nothing copies the model.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ PE_CHOICES = ("none", "learned", "sinusoidal", "sinusoidal_seed000")
 INJECTION_CHOICES = ("add", "none", "linear_add", "linear_cat", "each_layer", "multiplicative", "ema", "ema_learned")
 BLOCK_CHOICES = ("seed000", "gpt2")
 CONTEXT_KEEP_CHOICES = ("all", "first", "last", "random")
+STATE_KEEP_CHOICES = ("all", "last_in_place", "last_shifted")
 
 
 def _require_choice(field: str, value: object, allowed: tuple) -> None:
@@ -63,6 +64,10 @@ class ModelConfig:
                "random" keeps context_n examples from loop context_cut_at on (1: before the
                first loop); context_shrink > 0 drops that many examples per loop instead, from
                all of them down to context_n. The query is always kept.
+    state_keep, state_fraction: how much of the state is carried into the next loop (see
+               `StateSelection`): "all", or the last round(state_fraction * S) tokens, kept
+               "last_in_place" (seed 001; the rest zeroed) or "last_shifted" to the front
+               (seed 002). state_fraction 0 carries nothing: every loop sees only e.
     """
 
     n_dims: int
@@ -80,6 +85,8 @@ class ModelConfig:
     context_n: int | None = None
     context_cut_at: int = 2
     context_shrink: int = 0
+    state_keep: str = "all"
+    state_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         for field in ("n_dims", "n_layers", "n_heads", "hidden_dim", "mlp_hidden", "context"):
@@ -110,6 +117,13 @@ class ModelConfig:
         else:
             _require_positive_int("context_n", self.context_n)
         _require_positive_int("context_cut_at", self.context_cut_at)
+        _require_choice("state_keep", self.state_keep, STATE_KEEP_CHOICES)
+        if isinstance(self.state_fraction, bool) or not isinstance(self.state_fraction, (int, float)):
+            raise ValueError(f"ModelConfig.state_fraction={self.state_fraction!r} must be a number in [0, 1]")
+        if not 0 <= self.state_fraction <= 1 or (self.state_keep == "all" and self.state_fraction != 1):
+            raise ValueError(
+                f"ModelConfig.state_fraction={self.state_fraction!r} must be in [0, 1], and 1 when state_keep='all'"
+            )
         if isinstance(self.context_shrink, bool) or not isinstance(self.context_shrink, int) or self.context_shrink < 0:
             raise ValueError(f"ModelConfig.context_shrink={self.context_shrink!r} must be an integer >= 0")
 
@@ -447,6 +461,31 @@ class ContextSelection:
         return [None if count >= n_examples else torch.cat([index < count, query], 1) for count in counts]
 
 
+class StateSelection:
+    """Which part of the state is carried from one loop into the next (seeds 001 and 002).
+
+    "last_in_place" keeps the state of the last n = round(state_fraction * S) tokens where
+    they are and zeroes the rest (seed 001's n_last_tokens; the injected prompt stays whole).
+    "last_shifted" moves those n states to positions 0..n-1 and zeroes the rest (seed 002).
+    Shifting hands position i the state of the later position S - n + i, which has seen the
+    tokens after i, including the label y of an x at i: the shifted variant is not causal.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.keep = config.state_keep
+        self.fraction = config.state_fraction
+
+    def carried(self, state: torch.Tensor) -> torch.Tensor:  # [B, S, h] -> [B, S, h]
+        seq = state.shape[1]
+        n = round(self.fraction * seq)
+        if self.keep == "all" or n >= seq:
+            return state
+        last = state[:, seq - n :]  # [B, n, h]
+        if self.keep == "last_in_place":
+            return torch.cat([torch.zeros_like(state[:, : seq - n]), last], 1)  # [B, S, h]
+        return torch.cat([last, torch.zeros_like(state[:, n:])], 1)  # [B, S, h], shifted to the front
+
+
 def attention_allowed(kept: torch.Tensor, causal: bool) -> torch.Tensor:
     """bool [B, 1, S, S] from kept points [B, P]: keys of dropped examples are masked; every
     token still sees itself, so a dropped token's row is never empty."""
@@ -483,6 +522,7 @@ class BaseLoopedTransformer(nn.Module):
         self.stack = LayerStack(config)
         self.injection = build_injection(config)
         self.context_selection = ContextSelection(config)
+        self.state_selection = StateSelection(config)
         # n_dims outputs with only channel 0 read, as in seed 000 (keeps its parameter count).
         self.readout = nn.Linear(config.hidden_dim, config.n_dims)
 
@@ -519,6 +559,8 @@ class BaseLoopedTransformer(nn.Module):
             if kept[loop] is not None:
                 stack = partial(self.stack, allowed=attention_allowed(kept[loop], self.config.causal))
             with torch.set_grad_enabled(torch.is_grad_enabled() and loop >= first_with_grad):
+                if loop > 0:  # the initial state is not carried from a loop, so it is left whole
+                    state = self.state_selection.carried(state)  # [B, S, h]
                 state = self.injection.step(state, e, stack)  # [B, S, h]
             yield state
 

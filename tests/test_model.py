@@ -36,10 +36,14 @@ def all_variants():
                 yield ModelConfig(**SMALL, pe=pe, injection=injection, block=block)
     for context in CONTEXT_VARIANTS:
         yield ModelConfig(**SMALL, pe="learned", **context)
+    for fraction in (0.0, 0.3, 1.0):
+        yield ModelConfig(**SMALL, pe="learned", state_keep="last_in_place", state_fraction=fraction)
 
 
 def variant_id(config):
     name = f"{config.pe}-{config.injection}-{config.block}"
+    if config.state_keep != "all":
+        name += f"-{config.state_keep}{config.state_fraction}"
     if config.context_keep != "all":
         name += f"-{config.context_keep}{config.context_n}-cut{config.context_cut_at}-shrink{config.context_shrink}"
     return name

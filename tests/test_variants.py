@@ -176,7 +176,7 @@ def test_variant_config_errors(overrides, message):
 def test_records_written_before_new_fields_still_match_their_spec():
     spec = RunSpec("r", ModelConfig(**SMALL), LinearRegression(4).to_dict(), TrainConfig(steps=2), Level2Config())
     stored = spec.to_dict()
-    for new_field in ("ema_alpha", "context_keep", "context_n", "context_cut_at", "context_shrink"):
+    for new_field in ("ema_alpha", "context_keep", "context_n", "context_cut_at", "context_shrink", "state_keep"):
         del stored["model"][new_field]
     assert RunSpec.from_dict(stored).to_dict() == spec.to_dict()
 
@@ -221,3 +221,62 @@ def test_random_truncation_trains_deterministically_and_resumes_exactly(tmp_path
     assert resumed.loss == first.loss
     for a, b in zip(first_model.state_dict().values(), resumed_model.state_dict().values(), strict=False):
         assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- state selection
+
+
+@pytest.mark.parametrize("keep", ["last_in_place", "last_shifted"])
+def test_carrying_the_whole_state_is_the_base_model(keep):
+    tokens, _ = prompts()
+    base = build_model(ModelConfig(**SMALL, pe="learned"), seed=9)
+    whole = build_model(ModelConfig(**SMALL, pe="learned", state_keep=keep, state_fraction=1.0), seed=9)
+    torch.testing.assert_close(whole(tokens, 4), base(tokens, 4), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("keep", ["last_in_place", "last_shifted"])
+def test_carrying_nothing_makes_every_loop_the_first(keep):
+    model = build_model(ModelConfig(**SMALL, state_keep=keep, state_fraction=0.0), seed=10)
+    tokens, _ = prompts()
+    preds = model(tokens, 3)
+    torch.testing.assert_close(preds[2], preds[0])
+
+
+def test_in_place_and_shifted_state_follow_their_rules():
+    tokens, _ = prompts()  # 23 tokens; a fraction of 0.3 keeps round(6.9) = 7 of them
+    for keep in ("last_in_place", "last_shifted"):
+        model = build_model(ModelConfig(**SMALL, state_keep=keep, state_fraction=0.3), seed=11).eval()
+        e = model.embed_prompt(tokens)
+        first = model.stack(e)  # add injection, s_0 = 0
+        carried = torch.zeros_like(first)
+        if keep == "last_in_place":
+            carried[:, -7:] = first[:, -7:]
+        else:
+            carried[:, :7] = first[:, -7:]
+        second = model.stack(carried + e)
+        torch.testing.assert_close(model(tokens, 2)[1], model.read_out(second), msg=keep)
+
+
+def test_shifted_state_is_not_causal():
+    """Seed 002's shift hands early positions the state of later ones: a later token moves an
+    earlier prediction (the in-place variant is covered by the causality test of test_model)."""
+    model = build_model(ModelConfig(**SMALL, state_keep="last_shifted", state_fraction=0.5), seed=12).eval()
+    tokens, _ = prompts()
+    perturbed = tokens.clone()
+    perturbed[:, 1] += 3.0  # y_1, the label of the x at position 0: 23 tokens, n = 12, so position 0
+    # receives the state of position 11, which attended to y_1: the prediction at x_1 sees its own label
+    assert not torch.allclose(model(perturbed, 2)[1, :, 0], model(tokens, 2)[1, :, 0])
+    torch.testing.assert_close(model(perturbed, 2)[0, :, 0], model(tokens, 2)[0, :, 0])  # loop 1 is still causal
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(state_keep="first"), "ModelConfig.state_keep='first' is not allowed; choose one of"),
+        (dict(state_keep="last_in_place", state_fraction=1.5), "ModelConfig.state_fraction=1.5 must be in [0, 1]"),
+        (dict(state_fraction=0.5), "ModelConfig.state_fraction=0.5 must be in [0, 1], and 1 when state_keep='all'"),
+    ],
+)
+def test_state_config_errors(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        ModelConfig(**{**SMALL, **overrides})
