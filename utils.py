@@ -96,6 +96,9 @@ class TrainConfig:
     loops_curriculum: None (every step runs b loops) or (b_start, every): training step t runs
                       min(b, b_start + t // every) loops, the paper's growing loop count.
                       Validation always runs b loops.
+    points_curriculum: None or (P_start, every, increment): training step t uses
+                      min(n_points, P_start + increment * (t // every)) points per prompt, the
+                      paper's growing prompt length. Validation always uses n_points.
     """
 
     steps: int
@@ -116,6 +119,7 @@ class TrainConfig:
     eval_seed: int = 4815162342 % 2**31
     checkpoint_every: int = 0
     loops_curriculum: tuple[int, int] | None = None
+    points_curriculum: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "b", "n_points", "eval_prompts"):
@@ -163,6 +167,18 @@ class TrainConfig:
                 f"with 1 <= b_start <= b={self.b} and every >= 1",
             )
             object.__setattr__(self, "loops_curriculum", tuple(self.loops_curriculum))  # JSON gives a list
+        if self.points_curriculum is not None:
+            _require(
+                isinstance(self.points_curriculum, (tuple, list))
+                and len(self.points_curriculum) == 3
+                and all(_is_int(v) for v in self.points_curriculum)
+                and 1 <= self.points_curriculum[0] <= self.n_points
+                and self.points_curriculum[1] >= 1
+                and self.points_curriculum[2] >= 1,
+                f"TrainConfig.points_curriculum={self.points_curriculum!r} must be None or (P_start, every, "
+                f"increment) with 1 <= P_start <= n_points={self.n_points}, every >= 1 and increment >= 1",
+            )
+            object.__setattr__(self, "points_curriculum", tuple(self.points_curriculum))
 
     def loops_at(self, step: int) -> int:
         """The loop count of training step `step` (0-based)."""
@@ -170,6 +186,13 @@ class TrainConfig:
             return self.b
         start, every = self.loops_curriculum
         return min(self.b, start + step // every)
+
+    def points_at(self, step: int) -> int:
+        """The prompt length (points) of training step `step` (0-based)."""
+        if self.points_curriculum is None:
+            return self.n_points
+        start, every, increment = self.points_curriculum
+        return min(self.n_points, start + increment * (step // every))
 
     def eval_steps(self) -> list[int]:
         """Steps (counted as training steps done) at which level-1 validation runs."""
@@ -371,13 +394,20 @@ def _resolve_device(name: str) -> torch.device:
 
 
 def train_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, task, generator, config: TrainConfig, b: int | None = None
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    task,
+    generator,
+    config: TrainConfig,
+    b: int | None = None,
+    n_points: int | None = None,
 ) -> float:
-    """One step: sample a batch, run b loops (`config.b` unless given), the loss, and (if it is
-    finite) an optimizer step. Returns the loss; a non-finite loss leaves the weights untouched.
+    """One step: sample a batch of `n_points`-point prompts, run b loops (`config.b` and
+    `config.n_points` unless given), the loss, and (if it is finite) an optimizer step.
+    Returns the loss; a non-finite loss leaves the weights untouched.
     """
     b = config.b if b is None else b
-    tokens, ys = task.sample(config.batch_size, config.n_points, generator)
+    tokens, ys = task.sample(config.batch_size, config.n_points if n_points is None else n_points, generator)
     preds = model(tokens, b, config.grad_window)  # [b, B, P]
     predicted = model.predicted_points(tokens, b) if hasattr(model, "predicted_points") else None
     loss = loss_value(preds, ys, config, model.config.n_dims, predicted)
@@ -445,7 +475,9 @@ def train(
             validate_now(done)
             if checkpoint is not None and done > 0 and config.checkpoint_every == 0:
                 _save_checkpoint(checkpoint, model, optimizer, generator, result, started)
-        loss_float = train_step(model, optimizer, task, generator, config, config.loops_at(done))
+        loss_float = train_step(
+            model, optimizer, task, generator, config, config.loops_at(done), config.points_at(done)
+        )
         if not math.isfinite(loss_float):
             result.status = "diverged"
             result.message = (

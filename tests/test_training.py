@@ -232,6 +232,8 @@ def test_svg_bytes_are_deterministic(tmp_path):
         ),
         (dict(loops_curriculum=(1, 0)), r"TrainConfig.loops_curriculum=\(1, 0\) must be None"),
         (dict(loops_curriculum=5), "TrainConfig.loops_curriculum=5 must be None"),
+        (dict(n_points=8, points_curriculum=(9, 2, 1)), r"TrainConfig.points_curriculum=\(9, 2, 1\) must be None"),
+        (dict(points_curriculum=(2, 2)), r"TrainConfig.points_curriculum=\(2, 2\) must be None"),
     ],
 )
 def test_train_config_errors(overrides, message):
@@ -262,3 +264,12 @@ def test_loops_curriculum_schedule_and_training():
     assert held_at_one.loss == plain_one.loss
     _, growing = run(config(b=3, loops_curriculum=(1, 4)))
     assert growing.loss[:4] == plain_one.loss[:4] and growing.loss[4:] != plain_one.loss[4:]
+
+
+def test_points_curriculum_schedule_and_training():
+    schedule = config(n_points=8, points_curriculum=(3, 2, 2))
+    assert [schedule.points_at(t) for t in range(8)] == [3, 3, 5, 5, 7, 7, 8, 8]
+    # A curriculum that stays at 4 points trains exactly as 4-point prompts do.
+    _, held_at_four = run(config(n_points=8, points_curriculum=(4, 1000, 1)))
+    _, plain_four = run(config(n_points=4))
+    assert held_at_four.loss == plain_four.loss
