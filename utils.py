@@ -156,29 +156,31 @@ class TrainConfig:
             _is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
             f"TrainConfig.checkpoint_every={self.checkpoint_every!r} must be an integer >= 0",
         )
-        if self.loops_curriculum is not None:
-            _require(
-                isinstance(self.loops_curriculum, (tuple, list))
-                and len(self.loops_curriculum) == 2
-                and all(_is_int(v) for v in self.loops_curriculum)
-                and 1 <= self.loops_curriculum[0] <= self.b
-                and self.loops_curriculum[1] >= 1,
-                f"TrainConfig.loops_curriculum={self.loops_curriculum!r} must be None or (b_start, every) "
-                f"with 1 <= b_start <= b={self.b} and every >= 1",
-            )
-            object.__setattr__(self, "loops_curriculum", tuple(self.loops_curriculum))  # JSON gives a list
-        if self.points_curriculum is not None:
-            _require(
-                isinstance(self.points_curriculum, (tuple, list))
-                and len(self.points_curriculum) == 3
-                and all(_is_int(v) for v in self.points_curriculum)
-                and 1 <= self.points_curriculum[0] <= self.n_points
-                and self.points_curriculum[1] >= 1
-                and self.points_curriculum[2] >= 1,
-                f"TrainConfig.points_curriculum={self.points_curriculum!r} must be None or (P_start, every, "
-                f"increment) with 1 <= P_start <= n_points={self.n_points}, every >= 1 and increment >= 1",
-            )
-            object.__setattr__(self, "points_curriculum", tuple(self.points_curriculum))
+        self._check_schedule(
+            "loops_curriculum", 2, self.b, f"(b_start, every) with 1 <= b_start <= b={self.b} and every >= 1"
+        )
+        self._check_schedule(
+            "points_curriculum",
+            3,
+            self.n_points,
+            f"(P_start, every, increment) with 1 <= P_start <= n_points={self.n_points}, every >= 1 and increment >= 1",
+        )
+
+    def _check_schedule(self, name: str, length: int, ceiling: int, form: str) -> None:
+        """A curriculum is None or `length` integers: a start in 1..ceiling, then values >= 1.
+        Stored as a tuple (a record read back from JSON gives a list)."""
+        value = getattr(self, name)
+        if value is None:
+            return
+        _require(
+            isinstance(value, (tuple, list))
+            and len(value) == length
+            and all(_is_int(v) for v in value)
+            and 1 <= value[0] <= ceiling
+            and all(v >= 1 for v in value[1:]),
+            f"TrainConfig.{name}={value!r} must be None or {form}",
+        )
+        object.__setattr__(self, name, tuple(value))
 
     def loops_at(self, step: int) -> int:
         """The loop count of training step `step` (0-based)."""
