@@ -14,7 +14,9 @@ Data flow (shapes: B batch, S = 2P-1 tokens, P points, d = n_dims, h = hidden_di
     return preds [b, B, P]
 
 A variant replaces exactly one component through `ModelConfig`: the PE, the mask, the
-injection step, the block, the context selection (drops examples from the attention of later
+injection step, the block (a transformer layer or an LSTM layer), the token mixer inside the
+transformer layer (attention or a selective state-space scan), how many distinct stacks the
+loops cycle through (A->B), the context selection (drops examples from the attention of later
 loops) or the state selection (limits what one loop hands to the next). Nothing copies the model.
 """
 
@@ -29,10 +31,12 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 PE_CHOICES = ("none", "learned", "sinusoidal", "sinusoidal_seed000")
 INJECTION_CHOICES = ("add", "none", "linear_add", "linear_cat", "each_layer", "multiplicative", "ema", "ema_learned")
-BLOCK_CHOICES = ("seed000", "gpt2")
+BLOCK_CHOICES = ("seed000", "gpt2", "lstm")
+MIXER_CHOICES = ("attention", "ssm")
 CONTEXT_KEEP_CHOICES = ("all", "first", "last", "random")
 STATE_KEEP_CHOICES = ("all", "last_in_place", "last_shifted")
 
@@ -58,7 +62,15 @@ class ModelConfig:
     injection: how the embedded prompt e enters each loop (see `Injection` subclasses);
                ema_alpha is the EMA's a (fixed for "ema", the initial value for "ema_learned").
     block:     "seed000": out = x + MLP(LN2(x + Attn(LN1 x))), the reference study's residual;
-               "gpt2": the standard pre-LN block, with a final LayerNorm closing the stack.
+               "gpt2": the standard pre-LN block, with a final LayerNorm closing the stack;
+               "lstm": one unidirectional LSTM layer (input = hidden = hidden_dim, zero initial
+               states on every call), so n_layers of them are seed 001's nn.LSTM(num_layers=L).
+    mixer:     the token mixer inside a transformer layer: "attention", or "ssm", a Mamba-style
+               selective state-space scan (`SelectiveSSM`) with ssm_state states per channel.
+               LSTM and SSM are causal by construction: they need causal=True and
+               context_keep="all" (a key mask has no meaning for a recurrence).
+    loop_stacks: how many distinct stacks of n_layers layers the loops cycle through, one per
+               loop: 1 is the looped model, 2 is seed 002's A->B (A, B, A, B, ...).
     context_*: which in-context examples each loop may attend to (see `ContextSelection`):
                context_keep "all" (every loop sees the whole prompt) | "first" | "last" |
                "random" keeps context_n examples from loop context_cut_at on (1: before the
@@ -80,6 +92,9 @@ class ModelConfig:
     causal: bool = True
     injection: str = "add"
     block: str = "seed000"
+    mixer: str = "attention"
+    ssm_state: int = 16
+    loop_stacks: int = 1
     ema_alpha: float = 0.5
     context_keep: str = "all"
     context_n: int | None = None
@@ -89,7 +104,16 @@ class ModelConfig:
     state_fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        for field in ("n_dims", "n_layers", "n_heads", "hidden_dim", "mlp_hidden", "context"):
+        for field in (
+            "n_dims",
+            "n_layers",
+            "n_heads",
+            "hidden_dim",
+            "mlp_hidden",
+            "context",
+            "ssm_state",
+            "loop_stacks",
+        ):
             _require_positive_int(field, getattr(self, field))
         if self.hidden_dim % self.n_heads:
             raise ValueError(
@@ -98,6 +122,11 @@ class ModelConfig:
         _require_choice("pe", self.pe, PE_CHOICES)
         _require_choice("injection", self.injection, INJECTION_CHOICES)
         _require_choice("block", self.block, BLOCK_CHOICES)
+        _require_choice("mixer", self.mixer, MIXER_CHOICES)
+        if self.block == "lstm" and self.mixer != "attention":
+            raise ValueError(
+                f"ModelConfig.mixer={self.mixer!r} needs a transformer block, but block='lstm' has no mixer"
+            )
         if not isinstance(self.causal, bool):
             raise ValueError(f"ModelConfig.causal={self.causal!r} must be True or False")
         if (
@@ -117,6 +146,16 @@ class ModelConfig:
         else:
             _require_positive_int("context_n", self.context_n)
         _require_positive_int("context_cut_at", self.context_cut_at)
+        recurrent = "block='lstm'" if self.block == "lstm" else "mixer='ssm'" if self.mixer == "ssm" else None
+        if recurrent and not self.causal:
+            raise ValueError(
+                f"ModelConfig.causal=False is not allowed with {recurrent}, which is causal by construction"
+            )
+        if recurrent and self.context_keep != "all":
+            raise ValueError(
+                f"ModelConfig.context_keep={self.context_keep!r} is not allowed with {recurrent}: "
+                "a recurrence cannot mask keys; use context_keep='all'"
+            )
         _require_choice("state_keep", self.state_keep, STATE_KEEP_CHOICES)
         if isinstance(self.state_fraction, bool) or not isinstance(self.state_fraction, (int, float)):
             raise ValueError(f"ModelConfig.state_fraction={self.state_fraction!r} must be a number in [0, 1]")
@@ -179,6 +218,64 @@ class SelfAttention(nn.Module):
         return self.proj(out)  # [B, S, h]
 
 
+class SelectiveSSM(nn.Module):
+    """A Mamba-style selective state-space mixer (Gu and Dao 2023, arXiv 2312.00752) in plain PyTorch.
+
+    Per channel c and state n, with input-dependent step dt_t, B_t, C_t (the "selection"):
+        h_t[c, n] = exp(dt_t[c] * A[c, n]) * h_{t-1}[c, n] + dt_t[c] * B_t[n] * u_t[c]
+        y_t[c]    = sum_n C_t[n] * h_t[c, n] + D[c] * u_t[c]
+    where u is the input after a causal depthwise convolution and SiLU, and the output is
+    gated by SiLU(z) of a second input projection. A = -exp(A_log) < 0 and dt > 0 make every
+    decay factor lie in (0, 1), so the recurrence cannot grow without bound (the study's SSM
+    produced NaN). expand = 1 keeps the parameter count close to attention's 4 h^2.
+    The scan runs token by token: it is causal, and at these prompt lengths (S < 130) a
+    sequential loop costs less memory than a parallel scan's [B, S, S, ...] tensor.
+    """
+
+    def __init__(self, hidden_dim: int, d_state: int, d_conv: int = 4, expand: int = 1) -> None:
+        super().__init__()
+        inner = expand * hidden_dim
+        self.d_state = d_state
+        self.dt_rank = math.ceil(hidden_dim / 16)
+        self.in_proj = nn.Linear(hidden_dim, 2 * inner)
+        self.conv = nn.Conv1d(inner, inner, d_conv, groups=inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, inner)
+        # Mamba's initialisation: A = -(1, 2, ..., N) per channel, dt = softplus(bias) spread
+        # log-uniformly over [1e-3, 1e-1] at the start.
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(inner, 1))
+        self.D = nn.Parameter(torch.ones(inner))
+        with torch.no_grad():
+            dt = torch.exp(torch.rand(inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # the inverse of softplus
+        self.out_proj = nn.Linear(inner, hidden_dim)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:  # [B, S, h] -> [B, S, h]
+        if allowed is not None:
+            raise ValueError("SelectiveSSM cannot apply an attention mask; use context_keep='all'")
+        seq = x.shape[1]
+        u, gate = self.in_proj(x).chunk(2, dim=-1)  # each [B, S, inner]
+        u = F.silu(self.conv(u.transpose(1, 2))[..., :seq].transpose(1, 2))  # [B, S, inner], causal conv
+        dt, b_in, c_out = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt))  # [B, S, inner]
+        decay = torch.exp(dt[..., None] * -torch.exp(self.A_log))  # [B, S, inner, N], in (0, 1)
+        drive = (dt * u)[..., None] * b_in[:, :, None, :]  # [B, S, inner, N]
+        h = torch.zeros_like(drive[:, 0])  # [B, inner, N]
+        outputs = []
+        for t in range(seq):
+            h = decay[:, t] * h + drive[:, t]  # [B, inner, N]
+            outputs.append((h * c_out[:, t, None, :]).sum(-1))  # [B, inner]
+        y = torch.stack(outputs, dim=1) + u * self.D  # [B, S, inner]
+        return self.out_proj(y * F.silu(gate))  # [B, S, h]
+
+
+def build_mixer(config: ModelConfig) -> nn.Module:
+    """The token mixer of a transformer layer: attention or the selective SSM."""
+    if config.mixer == "ssm":
+        return SelectiveSSM(config.hidden_dim, config.ssm_state)
+    return SelfAttention(config.hidden_dim, config.n_heads, config.causal)
+
+
 class MLP(nn.Sequential):
     """Linear -> GELU -> Linear."""
 
@@ -200,7 +297,7 @@ class Seed000Layer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(config.hidden_dim)
-        self.attn = SelfAttention(config.hidden_dim, config.n_heads, config.causal)
+        self.attn = build_mixer(config)  # the token mixer; named attn so that older checkpoints load
         self.ln2 = nn.LayerNorm(config.hidden_dim)
         self.mlp = MLP(config.hidden_dim, config.mlp_hidden)
 
@@ -214,7 +311,7 @@ class GPT2Block(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(config.hidden_dim)
-        self.attn = SelfAttention(config.hidden_dim, config.n_heads, config.causal)
+        self.attn = build_mixer(config)  # the token mixer; named attn so that older checkpoints load
         self.ln2 = nn.LayerNorm(config.hidden_dim)
         self.mlp = MLP(config.hidden_dim, config.mlp_hidden, approximate="tanh")
 
@@ -223,7 +320,25 @@ class GPT2Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-BLOCKS: dict[str, type[nn.Module]] = {"seed000": Seed000Layer, "gpt2": GPT2Block}
+class LSTMLayer(nn.Module):
+    """One unidirectional LSTM layer in place of a transformer layer (seed 001's looped LSTM).
+
+    Input and hidden size are hidden_dim and the initial (h, c) are zero on every call, so each
+    loop starts the recurrence afresh; n_layers of these in a `LayerStack` compute exactly
+    seed 001's nn.LSTM(hidden, hidden, num_layers=n_layers) (no residual, no normalisation).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(config.hidden_dim, config.hidden_dim, batch_first=True)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:  # [B, S, h]
+        if allowed is not None:
+            raise ValueError("an LSTM layer cannot apply an attention mask; use context_keep='all'")
+        return self.lstm(x)[0]  # [B, S, h]: the hidden state of every position
+
+
+BLOCKS: dict[str, type[nn.Module]] = {"seed000": Seed000Layer, "gpt2": GPT2Block, "lstm": LSTMLayer}
 
 
 class LayerStack(nn.Module):
@@ -504,6 +619,10 @@ def attention_allowed(kept: torch.Tensor, causal: bool) -> torch.Tensor:
 class BaseLoopedTransformer(nn.Module):
     """One weight-tied stack applied `b` times with the prompt injected every loop.
 
+    With loop_stacks = k > 1, k distinct stacks take turns, one per loop: loop j (0-based)
+    runs stack j mod k (seed 002's A->B for k = 2; a run of b loops may end on A, where seed
+    002 appended one more B: here loop j's output is read as it is, at every b).
+
     With the default `ModelConfig` this is the reference study's `BaseLoopedTransformer`:
     causal mask, additive injection, no positional encoding, the seed-000 layer.
     `model(tokens, b)` maps tokens [B, S, n_dims] to predictions [b, B, P], one row per loop,
@@ -520,6 +639,8 @@ class BaseLoopedTransformer(nn.Module):
         self.embed = nn.Linear(config.n_dims, config.hidden_dim)
         self.positional = PositionalEncoding(config)
         self.stack = LayerStack(config)
+        # A->B: the stacks after the first, in loop order (none for the looped model).
+        self.other_stacks = nn.ModuleList(LayerStack(config) for _ in range(config.loop_stacks - 1))
         self.injection = build_injection(config)
         self.context_selection = ContextSelection(config)
         self.state_selection = StateSelection(config)
@@ -555,14 +676,19 @@ class BaseLoopedTransformer(nn.Module):
         kept = self.context_selection.kept_points(tokens, b)  # per loop: None or [B, P]
         state = self.injection.initial_state(e)  # [B, S, h]
         for loop in range(b):
-            stack = self.stack
+            stack = self.stack_for(loop)
             if kept[loop] is not None:
-                stack = partial(self.stack, allowed=attention_allowed(kept[loop], self.config.causal))
+                stack = partial(stack, allowed=attention_allowed(kept[loop], self.config.causal))
             with torch.set_grad_enabled(torch.is_grad_enabled() and loop >= first_with_grad):
                 if loop > 0:  # the initial state is not carried from a loop, so it is left whole
                     state = self.state_selection.carried(state)  # [B, S, h]
                 state = self.injection.step(state, e, stack)  # [B, S, h]
             yield state
+
+    def stack_for(self, loop: int) -> LayerStack:
+        """The stack that loop `loop` (0-based) applies."""
+        stacks = [self.stack, *self.other_stacks]
+        return stacks[loop % len(stacks)]
 
     def predicted_points(self, tokens: torch.Tensor, b: int) -> torch.Tensor | None:
         """None when every loop predicts at every point, else bool [b, B, P]: False where a
@@ -581,3 +707,30 @@ class BaseLoopedTransformer(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def flops_per_loop(model: BaseLoopedTransformer, n_points: int) -> int:
+    """Forward FLOPs of one loop on one prompt of `n_points` points (2P - 1 tokens).
+
+    Matrix products and convolutions as torch's FlopCounterMode counts them, with two terms
+    written out because the counter misses them on some devices (the fused CPU kernels):
+    attention's scores and weighted sum, 4 S^2 h per layer (the full square: the kernel
+    computes the masked half too), and the LSTM's gate products, 16 h^2 per token and layer.
+    Element-wise work (activations, norms, the SSM's scan) is not counted. Embedding and
+    readout, which run once per prompt or read one channel, are left out.
+    """
+    config = model.config
+    n_tokens = 2 * n_points - 1
+    state = torch.zeros(1, n_tokens, config.hidden_dim)  # [1, S, h]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.stack_for(0)(state)
+    counted = sum(
+        flops
+        for op, flops in counter.get_flop_counts().get("Global", {}).items()
+        if "scaled_dot_product" not in str(op)
+    )
+    if config.block == "lstm":
+        return counted + 16 * config.hidden_dim**2 * n_tokens * config.n_layers
+    if config.mixer == "attention":
+        return counted + 4 * n_tokens**2 * config.hidden_dim * config.n_layers
+    return counted

@@ -38,10 +38,18 @@ def all_variants():
         yield ModelConfig(**SMALL, pe="learned", **context)
     for fraction in (0.0, 0.3, 1.0):
         yield ModelConfig(**SMALL, pe="learned", state_keep="last_in_place", state_fraction=fraction)
+    for injection in ("add", "each_layer", "ema"):
+        yield ModelConfig(**SMALL, pe="learned", injection=injection, mixer="ssm", ssm_state=4)
+    for block in BLOCK_CHOICES:
+        yield ModelConfig(**SMALL, pe="learned", block=block, loop_stacks=2)
 
 
 def variant_id(config):
     name = f"{config.pe}-{config.injection}-{config.block}"
+    if config.mixer != "attention":
+        name += f"-{config.mixer}"
+    if config.loop_stacks > 1:
+        name += f"-stacks{config.loop_stacks}"
     if config.state_keep != "all":
         name += f"-{config.state_keep}{config.state_fraction}"
     if config.context_keep != "all":
@@ -196,7 +204,7 @@ def test_build_model_is_independent_of_global_rng():
         (dict(hidden_dim=10, n_heads=4), "hidden_dim=10 must be divisible by ModelConfig.n_heads=4"),
         (dict(pe="rotary"), "ModelConfig.pe='rotary' is not allowed; choose one of"),
         (dict(injection="mul"), "ModelConfig.injection='mul' is not allowed; choose one of"),
-        (dict(block="lstm"), "ModelConfig.block='lstm' is not allowed; choose one of"),
+        (dict(block="rnn"), "ModelConfig.block='rnn' is not allowed; choose one of"),
         (dict(n_layers=0), "ModelConfig.n_layers=0 must be an integer >= 1"),
         (dict(context=2.5), "ModelConfig.context=2.5 must be an integer >= 1"),
         (dict(causal="yes"), "ModelConfig.causal='yes' must be True or False"),
