@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks import LinearRegression, averaging, least_squares
+from baselines import averaging, least_squares
+from tasks import LinearRegression
 from transformer import ModelConfig, count_parameters
 from utils import TrainConfig, build_model, make_generator, prediction_errors, train
 

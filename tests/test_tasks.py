@@ -3,15 +3,8 @@
 import pytest
 import torch
 
-from tasks import (
-    LinearRegression,
-    averaging,
-    build_prompt,
-    least_squares,
-    nearest_neighbours,
-    ridge,
-    task_from_dict,
-)
+from baselines import averaging, least_squares, nearest_neighbours, ridge
+from tasks import LinearRegression, build_prompt, task_from_dict
 from utils import make_generator
 
 
