@@ -28,15 +28,20 @@ from typing import Any
 
 import torch
 
-from tasks import task_from_dict
+from tasks import OOD_KINDS, task_from_dict
 from transformer import ModelConfig, count_parameters
 from utils import (
     TrainConfig,
+    bootstrap_band,
     build_model,
+    error_scale,
     heldout_prompts,
+    ood_prompts,
     prediction_errors,
+    prompt_errors,
     read_json,
     save_run,
+    state_updates,
     train,
     validate,
     write_json,
@@ -87,13 +92,31 @@ def hardware() -> str:
 
 @dataclass(frozen=True)
 class Level2Config:
-    """Seed 000's level-2 protocol and the extrapolation loop counts (see utils.validate)."""
+    """Seed 000's level-2 protocol and the extrapolation loop counts (see utils.validate),
+    and the paper-grade evaluations a run may add to its record (all off by default):
+
+    bootstrap:     the last loop's error at every position on the held-out set, with a
+                   bootstrap 5 to 95% band over prompts ("position_band");
+    state_updates: the relative state update of every loop up to max(extrapolation_b) on
+                   the held-out set ("state_updates"; does the loop reach a fixed point?);
+    ood_kinds:     out-of-distribution prompt kinds (`tasks.OOD_KINDS`), each scored like
+                   `bootstrap` on its own fixed prompt set (`utils.ood_prompts`) ("ood").
+    """
 
     launches: int = 10
     batches_per_launch: int = 10
     batch_size: int = 128
     seed: int = 4815162342 % 2**31
     extrapolation_b: tuple[int, ...] = (1, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50)
+    bootstrap: bool = False
+    state_updates: bool = False
+    ood_kinds: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ood_kinds", tuple(self.ood_kinds))  # a record read back gives a list
+        unknown = [kind for kind in self.ood_kinds if kind not in OOD_KINDS]
+        if unknown:
+            raise ValueError(f"Level2Config.ood_kinds has unknown kinds {unknown}; choose from {OOD_KINDS}")
 
 
 @dataclass(frozen=True)
@@ -117,7 +140,11 @@ class RunSpec:
             "model": self.model.to_dict(),
             "task": dict(self.task),
             "train": self.train.to_dict(),
-            "level2": {**asdict(self.level2), "extrapolation_b": list(self.level2.extrapolation_b)},
+            "level2": {
+                **asdict(self.level2),
+                "extrapolation_b": list(self.level2.extrapolation_b),
+                "ood_kinds": list(self.level2.ood_kinds),
+            },
             "labels": dict(self.labels),
         }
 
@@ -174,12 +201,30 @@ def execute_run(spec: RunSpec, out_dir: str | Path, progress: bool = False) -> d
             extrapolation_b=list(level2.extrapolation_b),
             heldout=heldout,
         )
-        errors = prediction_errors(model, *heldout, spec.train.b)  # [b, P]; NaN where never predicted
+        # [b, P]; NaN where a loop never predicts
+        errors = prediction_errors(model, *heldout, spec.train.b, scale=error_scale(task))
         record["position_errors"] = {
             "last_loop": _nan_to_none(errors[-1].tolist()),
             "mean_over_loops": _nan_to_none(errors.nanmean(0).tolist()),
         }
         record["loop_errors"] = errors[:, -1].tolist()  # the query error of each loop 1..b (held-out)
+        scale = error_scale(task)
+        if level2.bootstrap:
+            record["position_band"] = bootstrap_band(prompt_errors(model, *heldout, spec.train.b, scale=scale))
+        if level2.state_updates:
+            record["state_updates"] = state_updates(model, heldout[0], max(level2.extrapolation_b)).tolist()
+        if level2.ood_kinds:
+            record["ood"] = {
+                kind: bootstrap_band(
+                    prompt_errors(
+                        model,
+                        *ood_prompts(task, kind, spec.train.eval_prompts, spec.train.n_points, spec.train.eval_seed),
+                        spec.train.b,
+                        scale=scale,
+                    )
+                )
+                for kind in level2.ood_kinds
+            }
     record["wall_time_s"] = time.perf_counter() - started
     save_run(out_dir / "models" / spec.name, model, {"model_config": spec.model.to_dict(), "name": spec.name})
     write_json(out_dir / "data" / f"{spec.name}.json", record)

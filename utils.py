@@ -7,12 +7,15 @@ Owns:
 - `TrainConfig` and `train` (Adam, the reference loss, level-1 validation at 0% and every
   `eval_every` of training, checkpoints that resume to bit-identical weights on CPU, a clean
   stop on a non-finite loss);
-- `prediction_errors`, `evaluate` (level 1), `extrapolate` and `validate` (level 2), and
-  `label_sensitivity` (does a prediction see its own answer?);
+- `prediction_errors`, `evaluate` (level 1), `extrapolate` and `validate` (level 2),
+  `label_sensitivity` (does a prediction see its own answer?), `state_updates` (does the loop
+  reach a fixed point?), `prompt_errors` and `bootstrap_band` (a mean over prompts with a
+  bootstrap 5 to 95% band);
 - atomic writing: `write_json`, `save_run` / `load_run`, `save_svg`.
 
-Metrics are squared errors divided by n_dims. "reference" is seed 000's metric: the query
-error averaged over loops 1..b. "last_loop" is the query error of loop b alone.
+Metrics are squared errors divided by the task's `error_scale` (n_dims for linear regression,
+the error of predicting 0). "reference" is seed 000's metric: the query error averaged over
+loops 1..b. "last_loop" is the query error of loop b alone.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tasks import OOD_KINDS, sample_ood
 from transformer import BaseLoopedTransformer, ModelConfig, check_loops
 
 # ----------------------------------------------------------------------------- seeding
 
-STREAMS = {"init": 0, "train": 1, "validation": 2, "level2": 3}
+STREAMS = {"init": 0, "train": 1, "validation": 2, "level2": 3, "ood": 4}
 
 
 def seed_everything(seed: int) -> None:
@@ -99,6 +103,10 @@ class TrainConfig:
     points_curriculum: None or (P_start, every, increment): training step t uses
                       min(n_points, P_start + increment * (t // every)) points per prompt, the
                       paper's growing prompt length. Validation always uses n_points.
+    dims_curriculum:  None or (d_start, every, increment): training step t draws x's whose
+                      first min(n_dims, d_start + increment * (t // every)) coordinates are
+                      non-zero (the paper's growing dimension; the task's `active_dims`).
+                      Validation always uses every dimension.
     """
 
     steps: int
@@ -120,6 +128,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     loops_curriculum: tuple[int, int] | None = None
     points_curriculum: tuple[int, int, int] | None = None
+    dims_curriculum: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "b", "n_points", "eval_prompts"):
@@ -165,6 +174,10 @@ class TrainConfig:
             self.n_points,
             f"(P_start, every, increment) with 1 <= P_start <= n_points={self.n_points}, every >= 1 and increment >= 1",
         )
+        # The ceiling is the task's n_dims, which `train` checks; here only the form.
+        self._check_schedule(
+            "dims_curriculum", 3, 10**9, "(d_start, every, increment) with d_start >= 1, every >= 1 and increment >= 1"
+        )
 
     def _check_schedule(self, name: str, length: int, ceiling: int, form: str) -> None:
         """A curriculum is None or `length` integers: a start in 1..ceiling, then values >= 1.
@@ -195,6 +208,13 @@ class TrainConfig:
             return self.n_points
         start, every, increment = self.points_curriculum
         return min(self.n_points, start + increment * (step // every))
+
+    def dims_at(self, step: int, n_dims: int) -> int:
+        """The number of non-zero x coordinates at training step `step` (0-based)."""
+        if self.dims_curriculum is None:
+            return n_dims
+        start, every, increment = self.dims_curriculum
+        return min(n_dims, start + increment * (step // every))
 
     def eval_steps(self) -> list[int]:
         """Steps (counted as training steps done) at which level-1 validation runs."""
@@ -237,11 +257,24 @@ def loss_value(
     return loss / n_dims
 
 
+def error_scale(task) -> float:
+    """What squared errors are divided by for `task`: its `error_scale` (the error of predicting
+    0: n_dims for linear regression, the sparsity k for sparse regression, 1 for trees)."""
+    return float(getattr(task, "error_scale", task.n_dims))
+
+
 @torch.no_grad()
 def prediction_errors(
-    model: torch.nn.Module, tokens: torch.Tensor, ys: torch.Tensor, b: int, batch_size: int = 256
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    ys: torch.Tensor,
+    b: int,
+    batch_size: int = 256,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """Squared error / n_dims of every loop at every position, averaged over prompts: [b, P].
+    """Squared error / scale of every loop at every position, averaged over prompts: [b, P].
+
+    scale: the task's `error_scale`; None divides by n_dims (linear regression's).
 
     For a model that does not predict every point at every loop (`predicted_points`), each
     entry averages over the prompts where it predicts; NaN where it never does.
@@ -266,7 +299,8 @@ def prediction_errors(
             total += torch.where(predicted, squared, 0).sum(1, dtype=torch.float64)  # [b, P]
             count += predicted.sum(1, dtype=torch.float64)
     model.train(was_training)
-    return (total / (count * model.config.n_dims)).float().cpu()
+    scale = model.config.n_dims if scale is None else scale
+    return (total / (count * scale)).float().cpu()
 
 
 @torch.no_grad()
@@ -293,17 +327,88 @@ def label_sensitivity(model: torch.nn.Module, tokens: torch.Tensor, b: int, lag:
     return torch.stack(changes).cpu()
 
 
+@torch.no_grad()
+def state_updates(model: torch.nn.Module, tokens: torch.Tensor, b: int) -> torch.Tensor:
+    """The relative size of each loop's state update: [b], loop 1's entry is 1 (from s_0 = 0).
+
+    Entry t is mean over prompts of ||s_t - s_{t-1}|| / ||s_t|| (norms over all tokens and
+    channels of a prompt). Falling towards 0 means the loop converges to a fixed point;
+    a plateau above 0 means it keeps moving (a cycle or a drift).
+    """
+    check_loops(b)
+    was_training = model.training
+    model.eval()
+    sizes, previous = [], None
+    for state in model.states(tokens, b):  # [B, S, h]
+        reference = torch.zeros_like(state) if previous is None else previous
+        change = (state - reference).flatten(1).norm(dim=1)  # [B]
+        sizes.append((change / state.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
+        previous = state
+    model.train(was_training)
+    return torch.stack(sizes).cpu()
+
+
+@torch.no_grad()
+def prompt_errors(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    ys: torch.Tensor,
+    b: int,
+    batch_size: int = 256,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Squared error / scale of loop b's prediction for every prompt and position: [n_prompts, P].
+
+    The per-prompt rows that `bootstrap_band` resamples; scale as in `prediction_errors`.
+    """
+    check_loops(b)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    for start in range(0, tokens.shape[0], batch_size):
+        preds = model(tokens[start : start + batch_size].to(device), b)[-1]  # [B, P]
+        rows.append((preds - ys[start : start + batch_size].to(device)).square().cpu())
+    model.train(was_training)
+    return torch.cat(rows) / (model.config.n_dims if scale is None else scale)  # [n_prompts, P]
+
+
+def bootstrap_band(
+    errors: torch.Tensor | np.ndarray, resamples: int = 1000, seed: int = 0, quantiles: tuple = (0.05, 0.95)
+) -> dict[str, list[float]]:
+    """Mean over prompts of errors [n_prompts, P] with a bootstrap band of that mean.
+
+    Prompts are resampled with replacement `resamples` times (a fixed seed: the band repeats);
+    the band is the given quantiles of the resampled means, per position (Garg et al.'s 5 to
+    95% band). Returns {"mean", "low", "high"}, each [P].
+    """
+    errors = np.asarray(errors, dtype=np.float64)
+    if errors.ndim == 1:
+        errors = errors[:, None]
+    _require(errors.shape[0] >= 2, f"bootstrap_band needs at least 2 prompts, got {errors.shape[0]}")
+    _require(_is_int(resamples) and resamples >= 1, f"bootstrap_band resamples={resamples!r} must be an integer >= 1")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, errors.shape[0], size=(resamples, errors.shape[0]))  # [R, n]
+    means = np.stack([errors[pick].mean(0) for pick in picks])  # [R, P]
+    low, high = np.quantile(means, quantiles, axis=0)
+    return {"mean": errors.mean(0).tolist(), "low": low.tolist(), "high": high.tolist()}
+
+
 def summarise_query_errors(query_errors: torch.Tensor) -> dict[str, float]:
     """From per-loop query errors [b]: the reference metric (mean over loops) and the last loop."""
     return {"reference": float(query_errors.mean()), "last_loop": float(query_errors[-1])}
 
 
 def evaluate(
-    model: torch.nn.Module, prompts: tuple[torch.Tensor, torch.Tensor], b: int, batch_size: int = 256
+    model: torch.nn.Module,
+    prompts: tuple[torch.Tensor, torch.Tensor],
+    b: int,
+    batch_size: int = 256,
+    scale: float | None = None,
 ) -> dict[str, float]:
     """Level-1 validation on a fixed prompt set: {"reference", "last_loop"} at loop count b."""
     tokens, ys = prompts
-    errors = prediction_errors(model, tokens, ys, b, batch_size)  # [b, P]
+    errors = prediction_errors(model, tokens, ys, b, batch_size, scale)  # [b, P]
     return summarise_query_errors(errors[:, -1])
 
 
@@ -312,6 +417,7 @@ def extrapolate(
     prompts: tuple[torch.Tensor, torch.Tensor],
     b_values: list[int],
     batch_size: int = 256,
+    scale: float | None = None,
 ) -> dict[str, list[float]]:
     """Both metrics at each eval loop count in `b_values` (one run to max b where valid)."""
     tokens, ys = prompts
@@ -319,10 +425,10 @@ def extrapolate(
         check_loops(b, "b_values entry")
     result: dict[str, list] = {"b": list(b_values), "reference": [], "last_loop": []}
     if getattr(model, "loops_are_prefix_consistent", False):
-        query = prediction_errors(model, tokens, ys, max(b_values), batch_size)[:, -1]  # [max_b]
+        query = prediction_errors(model, tokens, ys, max(b_values), batch_size, scale)[:, -1]  # [max_b]
         per_b = [summarise_query_errors(query[:b]) for b in b_values]
     else:
-        per_b = [evaluate(model, prompts, b, batch_size) for b in b_values]
+        per_b = [evaluate(model, prompts, b, batch_size, scale) for b in b_values]
     for metrics in per_b:
         result["reference"].append(metrics["reference"])
         result["last_loop"].append(metrics["last_loop"])
@@ -332,6 +438,19 @@ def extrapolate(
 def heldout_prompts(task, n_prompts: int, n_points: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed validation set: drawn once on CPU from the validation stream of `seed`."""
     return task.sample(n_prompts, n_points, make_generator(seed, "validation"))
+
+
+def ood_prompts(task, kind: str, n_prompts: int, n_points: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed out-of-distribution prompt set (`tasks.sample_ood`), drawn once on CPU from the
+    stream of `seed` and `kind`, so that models and baselines score the same prompts.
+    "orthogonal_query" needs every x orthogonal to the earlier ones, so its prompts have
+    min(n_points, n_dims) points."""
+    if kind == "orthogonal_query":
+        n_points = min(n_points, task.n_dims)
+    if kind not in OOD_KINDS:
+        raise ValueError(f"OOD kind {kind!r} is not known; choose one of {OOD_KINDS}")
+    generator = make_generator(seed + OOD_KINDS.index(kind), "ood")  # one stream per kind
+    return sample_ood(task, kind, n_prompts, n_points, generator)
 
 
 def validate(
@@ -360,14 +479,14 @@ def validate(
     for _ in range(launches):
         std = float(torch.rand((), generator=generator) * 2)
         tokens, ys = task.with_x_std(std).sample(batches_per_launch * batch_size, n_points, generator)
-        metrics = evaluate(model, (tokens, ys), b, batch_size)
+        metrics = evaluate(model, (tokens, ys), b, batch_size, error_scale(task))
         stds.append(std)
         reference.append(metrics["reference"])
         last_loop.append(metrics["last_loop"])
     result: dict[str, Any] = {"launches": {"std": stds, "reference": reference, "last_loop": last_loop}}
     if extrapolation_b:
         _require(heldout is not None, "validate needs `heldout` prompts when extrapolation_b is given")
-        result["extrapolation"] = extrapolate(model, heldout, extrapolation_b)
+        result["extrapolation"] = extrapolate(model, heldout, extrapolation_b, scale=error_scale(task))
     return result
 
 
@@ -403,13 +522,19 @@ def train_step(
     config: TrainConfig,
     b: int | None = None,
     n_points: int | None = None,
+    active_dims: int | None = None,
 ) -> float:
-    """One step: sample a batch of `n_points`-point prompts, run b loops (`config.b` and
-    `config.n_points` unless given), the loss, and (if it is finite) an optimizer step.
+    """One step: sample a batch of `n_points`-point prompts with `active_dims` non-zero x
+    coordinates, run b loops (`config.b`, `config.n_points` and every dimension unless
+    given), the loss, and (if it is finite) an optimizer step.
     Returns the loss; a non-finite loss leaves the weights untouched.
     """
     b = config.b if b is None else b
-    tokens, ys = task.sample(config.batch_size, config.n_points if n_points is None else n_points, generator)
+    n_points = config.n_points if n_points is None else n_points
+    if active_dims is None:
+        tokens, ys = task.sample(config.batch_size, n_points, generator)
+    else:
+        tokens, ys = task.sample(config.batch_size, n_points, generator, active_dims=active_dims)
     preds = model(tokens, b, config.grad_window)  # [b, B, P]
     predicted = model.predicted_points(tokens, b) if hasattr(model, "predicted_points") else None
     loss = loss_value(preds, ys, config, model.config.n_dims, predicted)
@@ -445,6 +570,12 @@ def train(
     model.config.check_prompt(config.n_points)
     if task.n_dims != model.config.n_dims:
         raise ValueError(f"task.n_dims={task.n_dims} differs from ModelConfig.n_dims={model.config.n_dims}")
+    if config.dims_curriculum is not None and config.dims_curriculum[0] > task.n_dims:
+        raise ValueError(
+            f"TrainConfig.dims_curriculum={config.dims_curriculum!r} starts above task.n_dims={task.n_dims}; "
+            f"d_start must be in 1..{task.n_dims}"
+        )
+    scale = error_scale(task)
     device = _resolve_device(config.device)
     if config.threads is not None and device.type == "cpu":
         torch.set_num_threads(config.threads)
@@ -465,7 +596,7 @@ def train(
     def validate_now(done: int) -> None:
         if any(entry["step"] == done for entry in result.evals):
             return
-        metrics = evaluate(model, heldout, config.b)
+        metrics = evaluate(model, heldout, config.b, scale=scale)
         result.evals.append({"step": done, **metrics})
         if run is not None:
             run.log({"eval/reference": metrics["reference"], "eval/last_loop": metrics["last_loop"]}, step=done)
@@ -477,8 +608,9 @@ def train(
             validate_now(done)
             if checkpoint is not None and done > 0 and config.checkpoint_every == 0:
                 _save_checkpoint(checkpoint, model, optimizer, generator, result, started)
+        active_dims = None if config.dims_curriculum is None else config.dims_at(done, task.n_dims)
         loss_float = train_step(
-            model, optimizer, task, generator, config, config.loops_at(done), config.points_at(done)
+            model, optimizer, task, generator, config, config.loops_at(done), config.points_at(done), active_dims
         )
         if not math.isfinite(loss_float):
             result.status = "diverged"

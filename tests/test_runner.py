@@ -100,3 +100,45 @@ def test_presets_and_results_dirs(monkeypatch, tmp_path):
     assert results_dir(1, "full") == tmp_path / "results" / "experiment 1" / "full"
     assert results_dir(1, "smoke") == tmp_path / "scratch" / "experiment 1"
     assert os.environ["LOOPED_RESULTS_ROOT"] == str(tmp_path)
+
+
+def test_paper_grade_evaluations_are_recorded_and_survive_a_reload(tmp_path):
+    from tasks import OOD_KINDS
+
+    level2 = Level2Config(
+        launches=2,
+        batches_per_launch=1,
+        batch_size=8,
+        extrapolation_b=(1, 3),
+        bootstrap=True,
+        state_updates=True,
+        ood_kinds=OOD_KINDS,
+    )
+    paper = RunSpec(name="paper", model=MODEL, task=LinearRegression(2).to_dict(), train=spec(1).train, level2=level2)
+    record = run_grid([paper], tmp_path, backend="inline", progress=False)[0]
+    band = record["position_band"]
+    assert len(band["mean"]) == 5
+    assert all(lo <= m <= hi for lo, m, hi in zip(band["low"], band["mean"], band["high"], strict=True))
+    # the band's mean is the held-out error of the last loop, which position_errors also records
+    assert band["mean"] == pytest.approx(record["position_errors"]["last_loop"], rel=1e-5)
+    assert len(record["state_updates"]) == 3 and record["state_updates"][0] == pytest.approx(1.0)
+    assert set(record["ood"]) == set(OOD_KINDS)
+    assert len(record["ood"]["orthogonal_query"]["mean"]) == 2  # min(n_points, n_dims) points
+    assert len(record["ood"]["scaled_x"]["mean"]) == 5
+    # the record's spec (ood_kinds stored as a list) still matches: a re-run skips it
+    assert run_grid([paper], tmp_path, backend="inline", progress=False)[0]["wall_time_s"] == record["wall_time_s"]
+    with pytest.raises(ValueError, match=r"Level2Config.ood_kinds has unknown kinds \['sideways'\]"):
+        Level2Config(ood_kinds=("sideways",))
+
+
+def test_ood_prompts_are_fixed_per_kind_and_differ_between_kinds():
+    from utils import ood_prompts
+
+    task = LinearRegression(3)
+    first = ood_prompts(task, "scaled_x", 4, 6, seed=7)
+    again = ood_prompts(task, "scaled_x", 4, 6, seed=7)
+    assert all((a == b).all() for a, b in zip(first, again, strict=True))
+    other = ood_prompts(task, "label_noise", 4, 6, seed=7)
+    assert not (first[1] == other[1]).all()
+    with pytest.raises(ValueError, match="OOD kind 'sideways' is not known; choose one of"):
+        ood_prompts(task, "sideways", 4, 6, seed=7)

@@ -1,8 +1,10 @@
 """Training and validation: determinism, resume, divergence, logging, saving and errors."""
 
+import dataclasses
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,13 +12,18 @@ from tasks import LinearRegression
 from transformer import ModelConfig
 from utils import (
     TrainConfig,
+    bootstrap_band,
     build_model,
     evaluate,
     extrapolate,
     heldout_prompts,
     load_run,
+    make_generator,
+    prediction_errors,
+    prompt_errors,
     save_run,
     save_svg,
+    state_updates,
     train,
     validate,
 )
@@ -273,3 +280,72 @@ def test_points_curriculum_schedule_and_training():
     _, held_at_four = run(config(n_points=8, points_curriculum=(4, 1000, 1)))
     _, plain_four = run(config(n_points=4))
     assert held_at_four.loss == plain_four.loss
+
+
+# ----------------------------------------------------------------------------- dimension curriculum and metrics
+
+
+class RecordingTask(LinearRegression):
+    """Linear regression that remembers the active_dims of every training batch."""
+
+    def __init__(self, n_dims):
+        super().__init__(n_dims)
+        object.__setattr__(self, "calls", [])
+
+    def sample(self, batch_size, n_points, generator=None, active_dims=None):
+        self.calls.append(active_dims)
+        tokens, ys = super().sample(batch_size, n_points, generator)
+        if active_dims is not None:  # what a task does with it: zero the later coordinates
+            tokens[:, 0::2, active_dims:] = 0
+        return tokens, ys
+
+
+def test_dims_curriculum_schedule_and_training_batches():
+    config = TrainConfig(steps=9, batch_size=2, b=1, n_points=4, eval_prompts=4, dims_curriculum=(1, 3, 1))
+    assert [config.dims_at(step, 3) for step in range(9)] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert TrainConfig(steps=1).dims_at(5, 3) == 3  # no curriculum: every dimension
+    task = RecordingTask(3)
+    model = build_model(ModelConfig(n_dims=3, n_layers=1, n_heads=2, hidden_dim=8, mlp_hidden=8, context=7), 0)
+    train(model, task, config, progress=False)
+    training_calls = [call for call in task.calls if call is not None]
+    assert training_calls == [1, 1, 1, 2, 2, 2, 3, 3, 3]  # validation draws use every dimension (None)
+    with pytest.raises(ValueError, match=r"TrainConfig.dims_curriculum=\(4, 3, 1\) starts above task.n_dims=3"):
+        train(model, task, TrainConfig(steps=2, n_points=4, eval_prompts=4, dims_curriculum=(4, 3, 1)), progress=False)
+    with pytest.raises(ValueError, match=r"TrainConfig.dims_curriculum=\(0, 3, 1\) must be None or \(d_start, every"):
+        TrainConfig(steps=2, dims_curriculum=(0, 3, 1))
+
+
+def test_error_scale_divides_every_metric():
+    model = build_model(MODEL, 1)
+    tokens, ys = TASK.sample(16, 8, make_generator(0, "validation"))
+    by_dims = prediction_errors(model, tokens, ys, 2)
+    torch.testing.assert_close(prediction_errors(model, tokens, ys, 2, scale=1.0), by_dims * MODEL.n_dims)
+    per_prompt = prompt_errors(model, tokens, ys, 2)  # [prompts, P]
+    assert per_prompt.shape == (16, 8)
+    torch.testing.assert_close(per_prompt.mean(0), by_dims[-1])
+
+
+def test_bootstrap_band_brackets_the_mean_and_narrows_with_more_prompts():
+    rng = np.random.default_rng(0)
+    few, many = rng.exponential(size=(50, 3)), rng.exponential(size=(5000, 3))
+    band_few, band_many = bootstrap_band(few), bootstrap_band(many)
+    assert bootstrap_band(few) == band_few  # fixed seed: the band repeats
+    for band in (band_few, band_many):
+        assert all(lo < m < hi for lo, m, hi in zip(band["low"], band["mean"], band["high"], strict=True))
+    width = lambda band: np.subtract(band["high"], band["low"]).mean()
+    # The standard error falls as 1/sqrt(n): 100 times more prompts, a band about 10 times narrower.
+    assert 5 < width(band_few) / width(band_many) < 20
+    np.testing.assert_allclose(band_few["mean"], few.mean(0))
+    with pytest.raises(ValueError, match="bootstrap_band needs at least 2 prompts, got 1"):
+        bootstrap_band(few[:1])
+
+
+def test_state_updates_vanish_without_recurrence_and_not_with_it():
+    tokens, _ = TASK.sample(8, 8, make_generator(0, "validation"))
+    looped = build_model(MODEL, 1)
+    updates = state_updates(looped, tokens, 4)
+    assert updates.shape == (4,) and updates[0].item() == pytest.approx(1.0)
+    assert (updates[1:] > 1e-3).all()
+    # Carrying no state makes every loop compute the same state: the updates after loop 1 are 0.
+    frozen = build_model(dataclasses.replace(MODEL, state_keep="last_in_place", state_fraction=0.0), 1)
+    assert state_updates(frozen, tokens, 4)[1:].abs().max() < 1e-6
