@@ -1,4 +1,4 @@
-"""Grids of runs: presets, where results go, and one runner with three backends.
+"""Grids of runs: presets, where results go, and one runner with several backends.
 
 Owns:
 - `choose_preset` (the notebooks' `PRESET` environment variable, validated) and
@@ -8,14 +8,17 @@ Owns:
   validates it (levels 1 and 2, extrapolation, error per position) and writes its JSON;
 - `run_grid`, which runs the specs that have no result yet: in-process ("inline"), in a
   local process pool ("pool": one worker per core, one torch thread per worker) or on a
-  Slurm cluster through submitit ("submitit"; its local executor in tests). Every run
-  writes its own JSON atomically, finished runs are skipped on re-run, and a crashed run
-  does not lose the others; `run_grid_timed` also records the grid's wall time.
+  Slurm cluster through submitit ("submitit"; its local executor in tests), or as batched
+  ensembles ("ensemble": the runs of one shape that differ only in seed and b train as one
+  vmapped model, for GPUs; `ensemble.py`); "auto" picks the ensemble on CUDA and the pool on
+  CPU. Every run writes its own JSON atomically, finished runs are skipped on re-run, and a
+  crashed run does not lose the others; `run_grid_timed` also records the grid's wall time.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import json
 import math
 import multiprocessing
 import os
@@ -28,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ensemble import MEMBER_FIELDS, check_ensemble, train_ensemble
 from tasks import OOD_KINDS, task_from_dict
 from transformer import ModelConfig, count_parameters
 from utils import (
@@ -49,7 +53,7 @@ from utils import (
 
 ROOT = Path(__file__).resolve().parent
 PRESETS = ("smoke", "cpu", "full")
-BACKENDS = ("inline", "pool", "submitit")
+BACKENDS = ("auto", "inline", "pool", "submitit", "ensemble")
 
 
 def choose_preset(presets: dict[str, Any], default: str = "cpu") -> tuple[str, Any]:
@@ -180,6 +184,14 @@ def execute_run(spec: RunSpec, out_dir: str | Path, progress: bool = False) -> d
     model = build_model(spec.model, spec.train.seed)
     checkpoint = out_dir / "checkpoints" / f"{spec.name}.ckpt"
     result = train(model, task, spec.train, run=None, progress=progress, checkpoint=checkpoint)
+    record = finish_run(spec, task, model, result, out_dir, started)
+    checkpoint.unlink(missing_ok=True)
+    return record
+
+
+def finish_run(spec: RunSpec, task, model, result, out_dir: Path, started: float) -> dict:
+    """Validate a trained model (levels 1 and 2, extrapolation, errors per position and the
+    optional evaluations of `Level2Config`), then write its JSON and weights. Returns the record."""
     record: dict[str, Any] = {
         "spec": spec.to_dict(),
         "parameters": count_parameters(model),
@@ -228,8 +240,45 @@ def execute_run(spec: RunSpec, out_dir: str | Path, progress: bool = False) -> d
     record["wall_time_s"] = time.perf_counter() - started
     save_run(out_dir / "models" / spec.name, model, {"model_config": spec.model.to_dict(), "name": spec.name})
     write_json(out_dir / "data" / f"{spec.name}.json", record)
-    checkpoint.unlink(missing_ok=True)
     return record
+
+
+def ensemble_groups(specs: list[RunSpec]) -> list[list[RunSpec]]:
+    """Specs that can train as one ensemble: the same model, task and training except seed and b."""
+    groups: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        shared = {k: v for k, v in spec.train.to_dict().items() if k not in MEMBER_FIELDS}
+        key = json.dumps([spec.model.to_dict(), spec.task, shared], sort_keys=True)
+        groups.setdefault(key, []).append(spec)
+    return list(groups.values())
+
+
+def execute_ensemble(specs: list[RunSpec], out_dir: str | Path) -> list[dict]:
+    """Train `specs` (one `ensemble_groups` group) as one batched model, then validate and save
+    each member as `execute_run` does. A group the ensemble cannot train runs one by one."""
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    try:
+        check_ensemble(specs[0].model, [spec.train for spec in specs])
+    except ValueError:
+        return [execute_run(spec, out_dir) for spec in specs]
+    task = task_from_dict(specs[0].task)
+    models, results = train_ensemble(specs[0].model, task, [spec.train for spec in specs])
+    return [
+        finish_run(spec, task, model, result, out_dir, started)
+        for spec, model, result in zip(specs, models, results, strict=True)
+    ]
+
+
+def resolve_backend(backend: str, specs: list[RunSpec]) -> str:
+    """ "auto": the ensemble path when every run is on CUDA (one GPU kernel stream per grid row),
+    else one process per core (on CPU, ensembles do not pay: DESIGN.md)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not allowed; choose one of {BACKENDS}")
+    if backend != "auto":
+        return backend
+    on_cuda = bool(specs) and all(spec.train.device.startswith("cuda") for spec in specs)
+    return "ensemble" if on_cuda and torch.cuda.is_available() else "pool"
 
 
 def _nan_to_none(values: list[float]) -> list[float | None]:
@@ -269,13 +318,14 @@ def run_grid(
     """Run every spec that has no result in `out_dir` yet and return all records, in order.
 
     backend: "inline" (this process), "pool" (default; `workers` processes, default one per
-             core, one torch thread each) or "submitit" (Slurm; `slurm` holds executor
-             parameters, and `slurm={"cluster": "local"}` runs submitit's local executor).
+             core, one torch thread each), "submitit" (Slurm; `slurm` holds executor
+             parameters, and `slurm={"cluster": "local"}` runs submitit's local executor),
+             "ensemble" (each `ensemble_groups` group trained as one batched model in this
+             process: `ensemble.train_ensemble`) or "auto" (`resolve_backend`).
     Runs that crash are reported together in one RuntimeError after every other run has
     finished and been saved; re-running the grid retries only them.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not allowed; choose one of {BACKENDS}")
+    backend = resolve_backend(backend, specs)
     names = [spec.name for spec in specs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -312,6 +362,15 @@ def run_grid(
             jobs = {pool.submit(_execute_in_worker, spec, str(out_dir)): spec for spec in pending}
             for job in futures.as_completed(jobs):
                 collect(jobs[job], job.result)
+    elif backend == "ensemble":
+        for group in ensemble_groups(pending):
+            try:
+                for spec, record in zip(group, execute_ensemble(group, out_dir), strict=True):
+                    records[spec.name] = record
+            except Exception:
+                failures.update({spec.name: traceback.format_exc() for spec in group})
+            if bar is not None:
+                bar.update(len(group))
     elif backend == "submitit" and pending:
         import submitit
 
@@ -337,6 +396,7 @@ def run_grid_timed(
     sitting that computed the runs. A re-run from the cache (under half that time) keeps the
     stored figures, so a report always states what the computation cost."""
     started = time.perf_counter()
+    backend = resolve_backend(backend, specs)
     records = run_grid(specs, out_dir, backend=backend, **options)
     seconds = time.perf_counter() - started
     grid_file = Path(out_dir) / "data" / "grid.json"

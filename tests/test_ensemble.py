@@ -1,0 +1,132 @@
+"""Batched ensembles: each member's result equals a separate run with its seed and b (on CPU)."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import ensemble
+import runner
+from ensemble import train_ensemble
+from runner import Level2Config, RunSpec, resolve_backend, run_grid
+from tasks import LinearRegression
+from transformer import ModelConfig
+from utils import TrainConfig, build_model, make_generator, train
+
+MODEL = ModelConfig(n_dims=3, n_layers=1, n_heads=2, hidden_dim=16, mlp_hidden=32, context=15)
+TASK = LinearRegression(3)
+BASE = TrainConfig(steps=12, batch_size=8, lr=3e-3, b=3, n_points=8, seed=1, eval_prompts=32, eval_every=0.25)
+
+
+def assert_same_as_separate_runs(configs, model_config=MODEL):
+    models, results = train_ensemble(model_config, TASK, configs)
+    tokens, _ = TASK.sample(64, 8, make_generator(9, "validation"))
+    hidden = model_config.hidden_dim
+    for config, model, result in zip(configs, models, results, strict=True):
+        alone = build_model(model_config, config.seed)
+        expected = train(alone, TASK, config, progress=False)
+        assert result.status == expected.status
+        torch.testing.assert_close(result.loss, expected.loss, rtol=1e-5, atol=1e-6)
+        assert [e["step"] for e in result.evals] == [e["step"] for e in expected.evals]
+        for got, want in zip(result.evals, expected.evals, strict=True):
+            assert got["last_loop"] == pytest.approx(want["last_loop"], rel=1e-5)
+        for (name, got), want in zip(model.named_parameters(), alone.parameters(), strict=True):
+            if name.endswith("attn.qkv.bias"):
+                # The key bias has zero gradient in exact arithmetic (softmax ignores a shift); Adam
+                # turns its rounding noise into steps of size lr, so it may differ. It cannot change
+                # any output (checked below), so only the query and value biases are compared.
+                got, want = torch.cat([got[:hidden], got[2 * hidden :]]), torch.cat([want[:hidden], want[2 * hidden :]])
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(model(tokens, config.b), alone(tokens, config.b), rtol=1e-4, atol=1e-5)
+    return results
+
+
+def test_three_seeds_equal_three_separate_runs():
+    assert_same_as_separate_runs([dataclasses.replace(BASE, seed=seed) for seed in (1, 2, 3)])
+
+
+def test_members_with_different_b_are_each_supervised_on_their_own_loops():
+    configs = [dataclasses.replace(BASE, seed=seed, b=b) for seed, b in ((1, 2), (2, 3), (3, 4))]
+    assert_same_as_separate_runs(configs)
+
+
+def test_clipping_and_curricula_act_per_member():
+    configs = [
+        dataclasses.replace(
+            BASE, seed=seed, b=b, clip_grad_norm=0.05, loops_curriculum=(1, 4), points_curriculum=(4, 5, 2)
+        )
+        for seed, b in ((4, 3), (5, 4))
+    ]
+    assert_same_as_separate_runs(configs)
+
+
+def test_a_diverging_member_stops_and_the_others_go_on(monkeypatch):
+    real_build = ensemble.build_model
+
+    def poisoned(config, seed):  # seed 2 starts with a NaN readout: its first loss is not finite
+        model = real_build(config, seed)
+        if seed == 2:
+            with torch.no_grad():
+                model.readout.bias.fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(ensemble, "build_model", poisoned)
+    configs = [dataclasses.replace(BASE, seed=seed) for seed in (1, 2, 3)]
+    with pytest.warns(RuntimeWarning, match="ensemble member 1: training stopped at step 0"):
+        models, results = train_ensemble(MODEL, TASK, configs)
+    assert [r.status for r in results] == ["finished", "diverged", "finished"]
+    assert results[1].loss == [] and len(results[0].loss) == BASE.steps
+    # the stopped member keeps its (poisoned) initial weights; the others match separate runs
+    torch.testing.assert_close(models[1].embed.weight, real_build(MODEL, 2).embed.weight)
+    for index in (0, 2):
+        alone = real_build(MODEL, configs[index].seed)
+        expected = train(alone, TASK, configs[index], progress=False)
+        torch.testing.assert_close(results[index].loss, expected.loss, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "model_config, configs, message",
+    [
+        (
+            MODEL,
+            [BASE, dataclasses.replace(BASE, lr=1e-3)],
+            r"may differ only in \('seed', 'b'\); member 1 .* \['lr'\]",
+        ),
+        (
+            MODEL,
+            [dataclasses.replace(BASE, grad_window=2), dataclasses.replace(BASE, b=4, grad_window=2)],
+            "grad_window=2 needs one b",
+        ),
+        (dataclasses.replace(MODEL, block="lstm"), [BASE], "ModelConfig.block='lstm' cannot train as an ensemble"),
+        (MODEL, [], "an ensemble needs at least one member"),
+    ],
+)
+def test_ensemble_errors(model_config, configs, message):
+    with pytest.raises(ValueError, match=message):
+        train_ensemble(model_config, TASK, configs)
+
+
+def test_runner_ensemble_backend_matches_inline_and_auto_picks_the_pool_on_cpu(tmp_path):
+    level2 = Level2Config(launches=2, batches_per_launch=1, batch_size=8, extrapolation_b=(1, 3))
+    specs = [
+        RunSpec(
+            name=f"run_{seed}_{b}",
+            model=MODEL,
+            task=TASK.to_dict(),
+            train=dataclasses.replace(BASE, seed=seed, b=b),
+            level2=level2,
+        )
+        for seed, b in ((1, 2), (2, 3))
+    ]
+    assert [len(group) for group in runner.ensemble_groups(specs)] == [2]
+    batched = run_grid(specs, tmp_path / "ensemble", backend="ensemble", progress=False)
+    inline = run_grid(specs, tmp_path / "inline", backend="inline", progress=False)
+    for a, b in zip(batched, inline, strict=True):
+        torch.testing.assert_close(a["train"]["loss"], b["train"]["loss"], rtol=1e-5, atol=1e-6)
+        assert a["level2"]["extrapolation"]["last_loop"] == pytest.approx(
+            b["level2"]["extrapolation"]["last_loop"], rel=1e-4
+        )
+    assert (tmp_path / "ensemble" / "data" / "run_1_2.json").exists()
+    assert resolve_backend("auto", specs) == "pool"  # CPU runs: one process per core
+    with pytest.raises(ValueError, match="backend='gpu' is not allowed; choose one of"):
+        resolve_backend("gpu", specs)
