@@ -82,7 +82,8 @@ def test_submitit_local_executor(tmp_path):
 
 def test_grid_errors(tmp_path):
     with pytest.raises(
-        ValueError, match=r"backend='slurm' is not allowed; choose one of \('inline', 'pool', 'submitit'\)"
+        ValueError,
+        match=r"backend='slurm' is not allowed; choose one of \('auto', 'inline', 'pool', 'submitit', 'ensemble'\)",
     ):
         run_grid([spec(1)], tmp_path, backend="slurm")
     with pytest.raises(ValueError, match=r"run names must be unique; repeated: \['tiny_2_1'\]"):
