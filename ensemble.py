@@ -21,9 +21,8 @@ run to float tolerance (tests/test_ensemble.py checks losses, validations and we
 Limits (checked, with a clear error): members share every `TrainConfig` field except `seed` and
 `b`; a truncated gradient window needs one b for all members; the LSTM block (a fused kernel
 without a vmap rule) and random context selection (a per-prompt checksum on the CPU) are not
-supported. An interrupted ensemble restarts from step 0 (no checkpoints); finished members are
-saved by the runner like any run. On CPU, one process per core is faster (DESIGN.md); the
-runner uses this path on CUDA.
+supported. Checkpoints work as in `utils.train`: an interrupted ensemble resumes where it was.
+On CPU, one process per core is faster (DESIGN.md); the runner uses this path on CUDA.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch.func import functional_call, vmap
@@ -40,6 +40,8 @@ from utils import (
     TrainConfig,
     TrainResult,
     _resolve_device,
+    _torch_bytes,
+    atomic_write_bytes,
     build_model,
     error_scale,
     evaluate,
@@ -191,16 +193,45 @@ class Ensemble:
         return values
 
 
+def _save(path: Path, ensemble: Ensemble, results: list[TrainResult], done: int, seconds: float) -> None:
+    state = {
+        "done": done,  # steps finished (a stopped member's losses end earlier)
+        "wall_time_s": seconds,
+        "params": {name: value.detach() for name, value in ensemble.params.items()},
+        "optimizer": ensemble.optimizer.state_dict(),
+        "generators": [g.get_state() for g in ensemble.generators],
+        "frozen": ensemble.frozen,
+        "results": [r.to_dict() for r in results],
+    }
+    atomic_write_bytes(path, _torch_bytes(state))
+
+
+def _load(path: Path, ensemble: Ensemble, results: list[TrainResult]) -> tuple[int, float]:
+    state = torch.load(path, map_location=ensemble.device, weights_only=True)
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            ensemble.params[name].copy_(value)
+    ensemble.optimizer.load_state_dict(state["optimizer"])
+    for generator, generator_state in zip(ensemble.generators, state["generators"], strict=True):
+        generator.set_state(generator_state.cpu())
+    ensemble.frozen = {int(index): weights for index, weights in state["frozen"].items()}
+    for result, saved in zip(results, state["results"], strict=True):
+        for key, value in saved.items():
+            setattr(result, key, value)
+    return state["done"], state["wall_time_s"]
+
+
 def train_ensemble(
-    model_config: ModelConfig, task, configs: list[TrainConfig]
+    model_config: ModelConfig, task, configs: list[TrainConfig], checkpoint: str | Path | None = None
 ) -> tuple[list[BaseLoopedTransformer], list[TrainResult]]:
     """Train one member per TrainConfig as one vmapped model; return their models and results.
 
     Each (model, result) is what `build_model(model_config, c.seed)` trained by
     `utils.train(model, task, c)` gives, to float tolerance. Every result's wall time is the
-    ensemble's (the members share it).
+    ensemble's (the members share it). checkpoint: a file path; state is saved there as
+    `utils.train` saves it (every `checkpoint_every` steps, or at each validation) and an
+    existing file is resumed from, to bit-identical weights on CPU.
     """
-    started = time.perf_counter()
     ensemble = Ensemble(model_config, task, configs)
     first = configs[0]
     heldout = tuple(
@@ -209,14 +240,22 @@ def train_ensemble(
     scale = error_scale(task)
     results = [TrainResult() for _ in configs]
     eval_steps = set(first.eval_steps())
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    every = first.checkpoint_every
+    checkpoint_steps = set(range(every, first.steps + 1, every)) if every else {s for s in eval_steps if s > 0}
+    start, elapsed = (0, 0.0)
+    if checkpoint is not None and checkpoint.exists():
+        start, elapsed = _load(checkpoint, ensemble, results)
+    started = time.perf_counter() - elapsed
 
     def validate_now(done: int) -> None:
         for index, config in enumerate(configs):
-            if index not in ensemble.frozen:
+            already = any(entry["step"] == done for entry in results[index].evals)  # a resumed step
+            if index not in ensemble.frozen and not already:
                 metrics = evaluate(ensemble.model(index), heldout, config.b, scale=scale)
                 results[index].evals.append({"step": done, **metrics})
 
-    for done in range(first.steps):
+    for done in range(start, first.steps):
         if done in eval_steps:
             validate_now(done)
         for index, value in enumerate(ensemble.step(done)):
@@ -233,6 +272,8 @@ def train_ensemble(
             warnings.warn(f"ensemble member {index}: {results[index].message}", RuntimeWarning, stacklevel=2)
         if len(ensemble.frozen) == len(configs):
             break
+        if checkpoint is not None and done + 1 in checkpoint_steps:
+            _save(checkpoint, ensemble, results, done + 1, time.perf_counter() - started)
     else:
         if first.steps in eval_steps:
             validate_now(first.steps)

@@ -255,7 +255,8 @@ def ensemble_groups(specs: list[RunSpec]) -> list[list[RunSpec]]:
 
 def execute_ensemble(specs: list[RunSpec], out_dir: str | Path) -> list[dict]:
     """Train `specs` (one `ensemble_groups` group) as one batched model, then validate and save
-    each member as `execute_run` does. A group the ensemble cannot train runs one by one."""
+    each member as `execute_run` does. A group the ensemble cannot train runs one by one. An
+    interrupted group resumes from `checkpoints/ensemble_<first name>_<members>.ckpt`."""
     out_dir = Path(out_dir)
     started = time.perf_counter()
     try:
@@ -263,11 +264,14 @@ def execute_ensemble(specs: list[RunSpec], out_dir: str | Path) -> list[dict]:
     except ValueError:
         return [execute_run(spec, out_dir) for spec in specs]
     task = task_from_dict(specs[0].task)
-    models, results = train_ensemble(specs[0].model, task, [spec.train for spec in specs])
-    return [
+    checkpoint = out_dir / "checkpoints" / f"ensemble_{specs[0].name}_{len(specs)}.ckpt"
+    models, results = train_ensemble(specs[0].model, task, [spec.train for spec in specs], checkpoint=checkpoint)
+    records = [
         finish_run(spec, task, model, result, out_dir, started)
         for spec, model, result in zip(specs, models, results, strict=True)
     ]
+    checkpoint.unlink(missing_ok=True)
+    return records
 
 
 def resolve_backend(backend: str, specs: list[RunSpec]) -> str:

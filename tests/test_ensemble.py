@@ -130,3 +130,28 @@ def test_runner_ensemble_backend_matches_inline_and_auto_picks_the_pool_on_cpu(t
     assert resolve_backend("auto", specs) == "pool"  # CPU runs: one process per core
     with pytest.raises(ValueError, match="backend='gpu' is not allowed; choose one of"):
         resolve_backend("gpu", specs)
+
+
+def test_an_interrupted_ensemble_resumes_to_the_same_result(tmp_path, monkeypatch):
+    configs = [dataclasses.replace(BASE, seed=seed, b=b, checkpoint_every=4) for seed, b in ((1, 2), (2, 3))]
+    _, uninterrupted = train_ensemble(MODEL, TASK, configs)
+    real_step = ensemble.Ensemble.step
+
+    def crash_at_step_7(self, done):
+        if done == 7:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_step(self, done)
+
+    monkeypatch.setattr(ensemble.Ensemble, "step", crash_at_step_7)
+    path = tmp_path / "ensemble.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        train_ensemble(MODEL, TASK, configs, checkpoint=path)
+    assert path.exists()  # saved after step 4
+    steps_run = []
+    monkeypatch.setattr(ensemble.Ensemble, "step", lambda self, done: steps_run.append(done) or real_step(self, done))
+    models, resumed = train_ensemble(MODEL, TASK, configs, checkpoint=path)
+    assert steps_run == list(range(4, BASE.steps))  # it resumed after step 4 instead of starting over
+    for got, want in zip(resumed, uninterrupted, strict=True):
+        assert got.loss == want.loss  # bit-identical on CPU
+        assert [e["step"] for e in got.evals] == [e["step"] for e in want.evals]
+        assert [e["last_loop"] for e in got.evals] == [e["last_loop"] for e in want.evals]
