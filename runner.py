@@ -213,14 +213,13 @@ def finish_run(spec: RunSpec, task, model, result, out_dir: Path, started: float
             extrapolation_b=list(level2.extrapolation_b),
             heldout=heldout,
         )
-        # [b, P]; NaN where a loop never predicts
-        errors = prediction_errors(model, *heldout, spec.train.b, scale=error_scale(task))
+        scale = error_scale(task)
+        errors = prediction_errors(model, *heldout, spec.train.b, scale=scale)  # [b, P]; NaN: a loop never predicts
         record["position_errors"] = {
             "last_loop": _nan_to_none(errors[-1].tolist()),
             "mean_over_loops": _nan_to_none(errors.nanmean(0).tolist()),
         }
         record["loop_errors"] = errors[:, -1].tolist()  # the query error of each loop 1..b (held-out)
-        scale = error_scale(task)
         if level2.bootstrap:
             record["position_band"] = bootstrap_band(prompt_errors(model, *heldout, spec.train.b, scale=scale))
         if level2.state_updates:
@@ -314,18 +313,18 @@ def _execute_in_worker(spec: RunSpec, out_dir: str) -> dict:
 def run_grid(
     specs: list[RunSpec],
     out_dir: str | Path,
-    backend: str = "pool",
+    backend: str = "auto",
     workers: int | None = None,
     progress: bool = True,
     slurm: dict | None = None,
 ) -> list[dict]:
     """Run every spec that has no result in `out_dir` yet and return all records, in order.
 
-    backend: "inline" (this process), "pool" (default; `workers` processes, default one per
-             core, one torch thread each), "submitit" (Slurm; `slurm` holds executor
+    backend: "inline" (this process), "pool" (`workers` processes, default one per core, one
+             torch thread each), "submitit" (Slurm; `slurm` holds executor
              parameters, and `slurm={"cluster": "local"}` runs submitit's local executor),
              "ensemble" (each `ensemble_groups` group trained as one batched model in this
-             process: `ensemble.train_ensemble`) or "auto" (`resolve_backend`).
+             process: `ensemble.train_ensemble`) or "auto" (default; `resolve_backend`).
     Runs that crash are reported together in one RuntimeError after every other run has
     finished and been saved; re-running the grid retries only them.
     """
@@ -394,7 +393,7 @@ def run_grid(
 
 
 def run_grid_timed(
-    specs: list[RunSpec], out_dir: str | Path, backend: str = "pool", **options
+    specs: list[RunSpec], out_dir: str | Path, backend: str = "auto", **options
 ) -> tuple[list[dict], dict]:
     """`run_grid`, plus `data/grid.json` with the wall time, hardware and backend of the
     sitting that computed the runs. A re-run from the cache (under half that time) keeps the

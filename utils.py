@@ -316,6 +316,7 @@ def label_sensitivity(model: torch.nn.Module, tokens: torch.Tensor, b: int, lag:
         raise ValueError(f"label_sensitivity lag={lag!r} must be an integer >= 0")
     was_training = model.training
     model.eval()
+    tokens = tokens.to(next(model.parameters()).device)
     n_points = (tokens.shape[1] + 1) // 2
     base = model(tokens, b)[-1]  # [B, P]
     changes = []
@@ -339,7 +340,7 @@ def state_updates(model: torch.nn.Module, tokens: torch.Tensor, b: int) -> torch
     was_training = model.training
     model.eval()
     sizes, previous = [], None
-    for state in model.states(tokens, b):  # [B, S, h]
+    for state in model.states(tokens.to(next(model.parameters()).device), b):  # [B, S, h]
         reference = torch.zeros_like(state) if previous is None else previous
         change = (state - reference).flatten(1).norm(dim=1)  # [B]
         sizes.append((change / state.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
