@@ -2,7 +2,8 @@
 
 Owns the look of every figure (one style, deterministic SVG through `utils.save_svg`) and
 the small pieces each report needs: mean and standard deviation across seeds, a band plot
-(mean with a band of plus or minus one standard deviation), a boxplot with every value
+(mean with a band of plus or minus one standard deviation), a bootstrap band over prompts
+(`bootstrap_curve`), a boxplot with every value
 shown, the error-against-examples panel, markdown tables, and the seed-spread comparison
 used by every verdict line (`compare`).
 """
@@ -45,6 +46,14 @@ def band(ax, x: Sequence[float], rows: Sequence[Sequence[float]], label: str, co
         # A log axis cannot show values <= 0: clip the band's lower edge at a tenth of the mean.
         lower = np.maximum(lower, mean / 10)
     ax.fill_between(x, lower, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+def bootstrap_curve(ax, summary: dict, label: str | None, color: str, **line) -> None:
+    """A mean over prompts at every position with its bootstrap band (`utils.bootstrap_band`'s
+    {"mean", "low", "high"}); the lower edge is floored at 1e-4 for log axes."""
+    x = range(len(summary["mean"]))
+    ax.plot(x, summary["mean"], label=label, color=color, **line)
+    ax.fill_between(x, np.maximum(summary["low"], 1e-4), summary["high"], color=color, alpha=0.15, linewidth=0)
 
 
 def boxplot(ax, groups: Sequence[Sequence[float]], labels: Sequence[str], colors: Sequence[str]) -> None:
