@@ -85,7 +85,8 @@ def member_model(
     model_config: ModelConfig, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], member: int
 ) -> BaseLoopedTransformer:
     """An ordinary model holding member `member`'s weights (for validation and saving)."""
-    model = BaseLoopedTransformer(model_config).to(next(iter(params.values())).device)
+    with torch.random.fork_rng(devices=[]):  # the throwaway initialisation must not move the global RNG
+        model = BaseLoopedTransformer(model_config).to(next(iter(params.values())).device)
     model.load_state_dict({**_member_state(params, member), **_member_state(buffers, member)})
     return model
 
@@ -126,7 +127,8 @@ class Ensemble:
         if first.threads is not None and self.device.type == "cpu":
             torch.set_num_threads(first.threads)
         members = [build_model(model_config, c.seed).to(self.device) for c in configs]
-        template = BaseLoopedTransformer(model_config).to("meta")  # structure only; weights come from `params`
+        with torch.random.fork_rng(devices=[]):
+            template = BaseLoopedTransformer(model_config).to("meta")  # structure only; weights come from `params`
         self.params = {
             name: torch.stack([dict(m.named_parameters())[name].detach() for m in members]).requires_grad_()
             for name, _ in members[0].named_parameters()
