@@ -250,9 +250,9 @@ class SelectiveSSM(nn.Module):
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # the inverse of softplus
         self.out_proj = nn.Linear(inner, hidden_dim)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:  # [B, S, h] -> [B, S, h]
-        if allowed is not None:
-            raise ValueError("SelectiveSSM cannot apply an attention mask; use context_keep='all'")
+    def selection(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The scan's inputs from x [B, S, h]: (u [B, S, inner], gate [B, S, inner], decay and
+        drive [B, S, inner, N], c_out [B, S, N]), every step size and projection input-dependent."""
         seq = x.shape[1]
         u, gate = self.in_proj(x).chunk(2, dim=-1)  # each [B, S, inner]
         u = F.silu(self.conv(u.transpose(1, 2))[..., :seq].transpose(1, 2))  # [B, S, inner], causal conv
@@ -260,12 +260,23 @@ class SelectiveSSM(nn.Module):
         dt = F.softplus(self.dt_proj(dt))  # [B, S, inner]
         decay = torch.exp(dt[..., None] * -torch.exp(self.A_log))  # [B, S, inner, N], in (0, 1)
         drive = (dt * u)[..., None] * b_in[:, :, None, :]  # [B, S, inner, N]
+        return u, gate, decay, drive, c_out
+
+    @staticmethod
+    def scan(decay: torch.Tensor, drive: torch.Tensor, c_out: torch.Tensor) -> torch.Tensor:
+        """y_t = C_t . h_t with h_t = decay_t * h_{t-1} + drive_t, h_0 = 0: [B, S, inner]."""
         h = torch.zeros_like(drive[:, 0])  # [B, inner, N]
         outputs = []
-        for t in range(seq):
+        for t in range(drive.shape[1]):
             h = decay[:, t] * h + drive[:, t]  # [B, inner, N]
             outputs.append((h * c_out[:, t, None, :]).sum(-1))  # [B, inner]
-        y = torch.stack(outputs, dim=1) + u * self.D  # [B, S, inner]
+        return torch.stack(outputs, dim=1)  # [B, S, inner]
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:  # [B, S, h] -> [B, S, h]
+        if allowed is not None:
+            raise ValueError("SelectiveSSM cannot apply an attention mask; use context_keep='all'")
+        u, gate, decay, drive, c_out = self.selection(x)
+        y = self.scan(decay, drive, c_out) + u * self.D  # [B, S, inner]
         return self.out_proj(y * F.silu(gate))  # [B, S, h]
 
 

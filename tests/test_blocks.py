@@ -94,12 +94,7 @@ def test_ssm_scan_matches_the_closed_form_of_its_recurrence():
     ssm = SelectiveSSM(hidden_dim=8, d_state=4)
     x = torch.randn(2, 7, 8)
     # The module's own projections, then the scan written as a sum instead of a recurrence.
-    u, gate = ssm.in_proj(x).chunk(2, dim=-1)
-    u = torch.nn.functional.silu(ssm.conv(u.transpose(1, 2))[..., :7].transpose(1, 2))
-    dt, b_in, c_out = ssm.x_proj(u).split([ssm.dt_rank, 4, 4], dim=-1)
-    dt = torch.nn.functional.softplus(ssm.dt_proj(dt))
-    decay = torch.exp(dt[..., None] * -torch.exp(ssm.A_log))
-    drive = (dt * u)[..., None] * b_in[:, :, None, :]
+    u, gate, decay, drive, c_out = ssm.selection(x)
     assert ((decay > 0) & (decay < 1)).all()  # the recurrence is a contraction: it cannot blow up
     y = closed_form_scan(decay, drive, c_out).float() + u * ssm.D
     expected = ssm.out_proj(y * torch.nn.functional.silu(gate))
