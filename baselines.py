@@ -9,9 +9,10 @@ in float64 so that least squares is exact to rounding once i >= d.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
+
+from checks import require_int, require_real
 
 _FALLBACK_SWEEPS = 1000
 
@@ -59,16 +60,6 @@ def nearest_neighbours(xs: torch.Tensor, ys: torch.Tensor, k: int = 3) -> torch.
         nearest = dist.topk(min(k, i), dim=1, largest=False).indices  # [B, k]
         preds[:, i] = ys64[:, :i].gather(1, nearest).mean(1)
     return preds.to(ys.dtype)
-
-
-def _check_positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not value > 0:
-        raise ValueError(f"{name}={value!r} must be a finite number > 0")
-
-
-def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1")
 
 
 def _prefix_gram(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,8 +169,8 @@ def lasso(xs: torch.Tensor, ys: torch.Tensor, alpha: float = 0.01, iterations: i
     path does not finish (out of steps, or a singular active Gram matrix) is completed by 1000
     sweeps of coordinate descent.
     """
-    _check_positive("lasso alpha", alpha)
-    _check_count("lasso iterations", iterations)
+    require_real("lasso alpha", alpha, minimum=0, strict=True)
+    require_int("lasso iterations", iterations)
     w = _lasso_weights(xs, ys, alpha, iterations)  # [B, P, d]
     return (xs.double() * w).sum(-1).to(ys.dtype)  # [B, P]
 
@@ -211,9 +202,9 @@ def two_layer_net_gd(
     them) the squared error / d at 20 examples is 0.063 after 100 steps, 0.059 after 200, 0.057
     after 500 (least squares 0.66, averaging 0.69), while the cost grows linearly with steps.
     """
-    _check_count("two_layer_net_gd hidden", hidden)
-    _check_count("two_layer_net_gd steps", steps)
-    _check_positive("two_layer_net_gd lr", lr)
+    require_int("two_layer_net_gd hidden", hidden)
+    require_int("two_layer_net_gd steps", steps)
+    require_real("two_layer_net_gd lr", lr, minimum=0, strict=True)
     xs64, ys64 = xs.double(), ys.double()
     batch, n_points, n_dims = xs64.shape
     preds = torch.zeros_like(ys64)  # [B, P]
@@ -270,7 +261,7 @@ def greedy_tree(xs: torch.Tensor, ys: torch.Tensor, depth: int = 4) -> torch.Ten
     A node's split depends only on its own examples, so only the query's path is grown: per level,
     a membership mask [P, B, P] of the examples in the query's node for every (prefix, prompt).
     """
-    _check_count("greedy_tree depth", depth)
+    require_int("greedy_tree depth", depth)
     xs64, ys64 = xs.double(), ys.double()
     batch, n_points, n_dims = xs64.shape
     right = (xs64 > 0).double()  # [B, P, d] which side of each coordinate's split an example is on
@@ -320,7 +311,7 @@ def _squared_errors(tokens: torch.Tensor, ys: torch.Tensor, name: str, scale: fl
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose from {tuple(BASELINES)}")
     if scale is not None:
-        _check_positive("baseline scale", scale)
+        require_real("baseline scale", scale, minimum=0, strict=True)
     xs = tokens[:, 0::2]  # the x tokens [B, P, d]
     return (BASELINES[name](xs, ys) - ys).square(), tokens.shape[-1] if scale is None else scale
 

@@ -17,11 +17,12 @@ generator on its device, in a fixed order, so the same generator state gives the
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import asdict, dataclass, replace
 from typing import Self
 
 import torch
+
+from checks import is_int, is_real, require_int
 
 
 def build_prompt(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
@@ -33,18 +34,9 @@ def build_prompt(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     return tokens[:, :-1]  # [B, 2P-1, d]
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_sizes(batch_size: int, n_points: int) -> None:
     for name, value in (("batch_size", batch_size), ("n_points", n_points)):
-        if not _is_int(value) or value < 1:
-            raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        require_int(name, value)
 
 
 def _device(generator: torch.Generator | None, fallback: torch.device | None = None) -> torch.device:
@@ -84,11 +76,11 @@ class Task:
     x_std: float = 1.0
 
     def __post_init__(self) -> None:
-        if not _is_int(self.n_dims) or self.n_dims < 1:
+        if not is_int(self.n_dims) or self.n_dims < 1:
             self._fail("n_dims", "must be an integer >= 1")
-        if not _is_real(self.x_mean):
+        if not is_real(self.x_mean):
             self._fail("x_mean", "must be a finite real number")
-        if not (_is_real(self.x_std) and self.x_std >= 0):
+        if not (is_real(self.x_std) and self.x_std >= 0):
             self._fail("x_std", "must be >= 0 (a finite real number)")
 
     def _fail(self, name: str, rule: str) -> None:
@@ -110,7 +102,7 @@ class Task:
         active_dims: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _check_sizes(batch_size, n_points)
-        if active_dims is not None and (not _is_int(active_dims) or not 1 <= active_dims <= self.n_dims):
+        if active_dims is not None and (not is_int(active_dims) or not 1 <= active_dims <= self.n_dims):
             raise ValueError(f"active_dims={active_dims!r} must be None or an integer in [1, n_dims={self.n_dims}]")
         xs = torch.randn(batch_size, n_points, self.n_dims, generator=generator, device=_device(generator))
         xs = self.x_mean + self.x_std * xs  # [B, P, d]
@@ -161,7 +153,7 @@ class NoisyLinearRegression(Task):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not (_is_real(self.noise_std) and self.noise_std >= 0):
+        if not (is_real(self.noise_std) and self.noise_std >= 0):
             self._fail("noise_std", "must be >= 0 (a finite real number)")
 
     def labels(self, xs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -181,7 +173,7 @@ class SparseLinearRegression(Task):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not _is_int(self.sparsity) or not 1 <= self.sparsity <= self.n_dims:
+        if not is_int(self.sparsity) or not 1 <= self.sparsity <= self.n_dims:
             self._fail("sparsity", f"must be an integer in [1, n_dims={self.n_dims}]")
 
     @property
@@ -211,7 +203,7 @@ class ReLUNetwork(Task):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not _is_int(self.hidden) or self.hidden < 1:
+        if not is_int(self.hidden) or self.hidden < 1:
             self._fail("hidden", "must be an integer >= 1")
 
     def labels(self, xs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -237,7 +229,7 @@ class DecisionTree(Task):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not _is_int(self.depth) or self.depth < 1:
+        if not is_int(self.depth) or self.depth < 1:
             self._fail("depth", "must be an integer >= 1")
 
     @property
@@ -301,9 +293,9 @@ def sample_ood_xy(
     if kind not in OOD_KINDS:
         raise ValueError(f"kind={kind!r} is not known; choose one of {OOD_KINDS}")
     _check_sizes(batch_size, n_points)
-    if not (_is_real(scale) and scale > 0):
+    if not (is_real(scale) and scale > 0):
         raise ValueError(f"scale={scale!r} must be a finite real number > 0")
-    if not (_is_real(noise_std) and noise_std >= 0):
+    if not (is_real(noise_std) and noise_std >= 0):
         raise ValueError(f"noise_std={noise_std!r} must be >= 0 (a finite real number)")
     n_dims, device = task.n_dims, _device(generator)
 

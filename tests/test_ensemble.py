@@ -155,3 +155,12 @@ def test_an_interrupted_ensemble_resumes_to_the_same_result(tmp_path, monkeypatc
         assert got.loss == want.loss  # bit-identical on CPU
         assert [e["step"] for e in got.evals] == [e["step"] for e in want.evals]
         assert [e["last_loop"] for e in got.evals] == [e["last_loop"] for e in want.evals]
+
+
+@pytest.mark.parametrize("keep", ["first", "last"])
+def test_truncated_context_members_train_on_the_loss_of_separate_runs(keep):
+    # Each loop after the cut predicts only the points it still sees; the ensemble must restrict
+    # its loss the same way a single run does (`training.step_loss`), or the runs differ.
+    truncated = dataclasses.replace(MODEL, context_keep=keep, context_n=2)
+    configs = [dataclasses.replace(BASE, seed=seed, b=b) for seed, b in ((1, 3), (2, 4))]
+    assert_same_as_separate_runs(configs, model_config=truncated)

@@ -90,22 +90,25 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, checkpoint_every):
         assert torch.equal(a, b)
 
 
-def test_non_finite_loss_stops_and_keeps_history():
-    class Exploding:
-        n_dims = 3
+class Exploding:
+    """Linear regression whose sixth training batch has NaN labels."""
 
-        def __init__(self):
-            self.calls = 0
+    n_dims = 3
 
-        def sample(self, batch_size, n_points, generator=None):
-            tokens, ys = TASK.sample(batch_size, n_points, generator)
-            if batch_size == 32:  # the held-out set is drawn once with eval_prompts=32; skip it
-                return tokens, ys
-            self.calls += 1
-            if self.calls == 6:
-                ys = ys * float("nan")
+    def __init__(self):
+        self.calls = 0
+
+    def sample(self, batch_size, n_points, generator=None):
+        tokens, ys = TASK.sample(batch_size, n_points, generator)
+        if batch_size == 32:  # the held-out set is drawn once with eval_prompts=32; skip it
             return tokens, ys
+        self.calls += 1
+        if self.calls == 6:
+            ys = ys * float("nan")
+        return tokens, ys
 
+
+def test_non_finite_loss_stops_and_keeps_history():
     model = build_model(MODEL, 0)
     with pytest.warns(RuntimeWarning, match="training stopped at step 5: the loss is nan"):
         result = train(model, Exploding(), config(), progress=False)
@@ -113,6 +116,17 @@ def test_non_finite_loss_stops_and_keeps_history():
     assert len(result.loss) == 5 and all(torch.isfinite(torch.tensor(result.loss)))
     assert "5 finite losses" in result.message
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_diverged_run_resumed_from_its_checkpoint_stays_diverged(tmp_path):
+    path = tmp_path / "run.ckpt"
+    with pytest.warns(RuntimeWarning, match="training stopped at step 5"):
+        first = train(build_model(MODEL, 0), Exploding(), config(), progress=False, checkpoint=path)
+    assert path.exists()
+    # The data would now be finite: a resumed run that trained on would report "finished".
+    resumed = train(build_model(MODEL, 0), TASK, config(), progress=False, checkpoint=path)
+    assert resumed.status == "diverged" and resumed.message == first.message
+    assert resumed.loss == first.loss
 
 
 def test_run_none_never_imports_wandb():
@@ -224,11 +238,15 @@ def test_svg_bytes_are_deterministic(tmp_path):
     "overrides, message",
     [
         (dict(steps=0), "TrainConfig.steps=0 must be an integer >= 1"),
-        (dict(lr=0), "TrainConfig.lr=0 must be > 0"),
+        (dict(lr=0), "TrainConfig.lr=0 must be a finite number > 0"),
+        (dict(lr=float("inf")), "TrainConfig.lr=inf must be a finite number > 0"),
+        (dict(lr=True), "TrainConfig.lr=True must be a finite number > 0"),
+        (dict(eval_seed="7"), "TrainConfig.eval_seed='7' must be an integer >= 0"),
+        (dict(device="cuda:x"), "TrainConfig.device='cuda:x' is not allowed"),
         (dict(b=3, grad_window=4), "TrainConfig.grad_window=4 must be None or an integer in 1..b=3"),
         (dict(loss="l3"), "TrainConfig.loss='l3' is not allowed; choose one of"),
         (dict(supervise="first"), "TrainConfig.supervise='first' is not allowed; choose one of"),
-        (dict(clip_grad_norm=0), "TrainConfig.clip_grad_norm=0 must be None or > 0"),
+        (dict(clip_grad_norm=0), "TrainConfig.clip_grad_norm=0 must be None or a finite number > 0"),
         (dict(device="tpu"), "TrainConfig.device='tpu' is not allowed; choose 'cpu', 'cuda' or 'cuda:N'"),
         (dict(threads=0), "TrainConfig.threads=0 must be None"),
         (dict(eval_every=0), r"TrainConfig.eval_every=0 must be in \(0, 1\]"),

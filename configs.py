@@ -1,0 +1,149 @@
+"""The training configuration: `TrainConfig`, validated on creation, and its schedule.
+
+Owns what one training run is (steps, batch, optimiser settings, loss, loops, curricula,
+validation cadence, checkpoint cadence) and the schedule that says, for every training step,
+how many loops run, how many points a prompt has and how many x coordinates are non-zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from checks import is_int, is_real, require, require_choice, require_int, require_real
+
+LOSS_CHOICES = ("mse", "mae", "huber")
+SUPERVISE_CHOICES = ("all", "last")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything about one training run. Invalid values raise `ValueError` on creation.
+
+    grad_window: loops before the last `grad_window` run without gradient (None: all loops).
+    supervise:   "all" (every loop that carries gradient) or "last" (the final loop only).
+    eval_every:  level-1 validation at 0% and every this fraction of training.
+    eval_prompts, eval_seed: the fixed held-out prompt set (its own seed, shared by all runs).
+    checkpoint_every: steps between checkpoints when `train` is given a checkpoint path
+                      (0: at every level-1 validation).
+    loops_curriculum: None (every step runs b loops) or (b_start, every): training step t runs
+                      min(b, b_start + t // every) loops, the paper's growing loop count.
+                      Validation always runs b loops.
+    points_curriculum: None or (P_start, every, increment): training step t uses
+                      min(n_points, P_start + increment * (t // every)) points per prompt, the
+                      paper's growing prompt length. Validation always uses n_points.
+    dims_curriculum:  None or (d_start, every, increment): training step t draws x's whose
+                      first min(n_dims, d_start + increment * (t // every)) coordinates are
+                      non-zero (the paper's growing dimension; the task's `active_dims`).
+                      Validation always uses every dimension.
+    """
+
+    steps: int
+    batch_size: int = 64
+    lr: float = 5e-4
+    b: int = 10
+    n_points: int = 64
+    grad_window: int | None = None
+    loss: str = "mse"
+    huber_delta: float = 1.0
+    supervise: str = "all"
+    clip_grad_norm: float | None = None
+    seed: int = 42
+    device: str = "cpu"
+    threads: int | None = 1
+    eval_every: float = 0.2
+    eval_prompts: int = 640
+    eval_seed: int = 4815162342 % 2**31
+    checkpoint_every: int = 0
+    loops_curriculum: tuple[int, int] | None = None
+    points_curriculum: tuple[int, int, int] | None = None
+    dims_curriculum: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "b", "n_points", "eval_prompts"):
+            require_int(f"TrainConfig.{name}", getattr(self, name))
+        require_real("TrainConfig.lr", self.lr, minimum=0, strict=True)
+        require(
+            self.grad_window is None or (is_int(self.grad_window) and 1 <= self.grad_window <= self.b),
+            f"TrainConfig.grad_window={self.grad_window!r} must be None or an integer in 1..b={self.b}",
+        )
+        require_choice("TrainConfig.loss", self.loss, LOSS_CHOICES)
+        require_choice("TrainConfig.supervise", self.supervise, SUPERVISE_CHOICES)
+        require_real("TrainConfig.huber_delta", self.huber_delta, minimum=0, strict=True)
+        require(
+            self.clip_grad_norm is None or (is_real(self.clip_grad_norm) and self.clip_grad_norm > 0),
+            f"TrainConfig.clip_grad_norm={self.clip_grad_norm!r} must be None or a finite number > 0",
+        )
+        require_int("TrainConfig.seed", self.seed, minimum=0)
+        require_int("TrainConfig.eval_seed", self.eval_seed, minimum=0)
+        require(
+            isinstance(self.device, str)
+            and (self.device in ("cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())),
+            f"TrainConfig.device={self.device!r} is not allowed; choose 'cpu', 'cuda' or 'cuda:N'",
+        )
+        require(
+            self.threads is None or (is_int(self.threads) and self.threads >= 1),
+            f"TrainConfig.threads={self.threads!r} must be None (leave torch's setting) or an integer >= 1",
+        )
+        require(
+            is_real(self.eval_every) and 0 < self.eval_every <= 1,
+            f"TrainConfig.eval_every={self.eval_every!r} must be in (0, 1]",
+        )
+        require_int("TrainConfig.checkpoint_every", self.checkpoint_every, minimum=0)
+        self._check_schedule(
+            "loops_curriculum", 2, self.b, f"(b_start, every) with 1 <= b_start <= b={self.b} and every >= 1"
+        )
+        self._check_schedule(
+            "points_curriculum",
+            3,
+            self.n_points,
+            f"(P_start, every, increment) with 1 <= P_start <= n_points={self.n_points}, every >= 1 and increment >= 1",
+        )
+        # The ceiling is the task's n_dims, which `check_training` checks; here only the form.
+        self._check_schedule(
+            "dims_curriculum", 3, 10**9, "(d_start, every, increment) with d_start >= 1, every >= 1 and increment >= 1"
+        )
+
+    def _check_schedule(self, name: str, length: int, ceiling: int, form: str) -> None:
+        """A curriculum is None or `length` integers: a start in 1..ceiling, then values >= 1.
+        Stored as a tuple (a record read back from JSON gives a list)."""
+        value = getattr(self, name)
+        if value is None:
+            return
+        require(
+            isinstance(value, (tuple, list))
+            and len(value) == length
+            and all(is_int(v) for v in value)
+            and 1 <= value[0] <= ceiling
+            and all(v >= 1 for v in value[1:]),
+            f"TrainConfig.{name}={value!r} must be None or {form}",
+        )
+        object.__setattr__(self, name, tuple(value))
+
+    def loops_at(self, step: int) -> int:
+        """The loop count of training step `step` (0-based)."""
+        if self.loops_curriculum is None:
+            return self.b
+        start, every = self.loops_curriculum
+        return min(self.b, start + step // every)
+
+    def points_at(self, step: int) -> int:
+        """The prompt length (points) of training step `step` (0-based)."""
+        if self.points_curriculum is None:
+            return self.n_points
+        start, every, increment = self.points_curriculum
+        return min(self.n_points, start + increment * (step // every))
+
+    def dims_at(self, step: int, n_dims: int) -> int:
+        """The number of non-zero x coordinates at training step `step` (0-based)."""
+        if self.dims_curriculum is None:
+            return n_dims
+        start, every, increment = self.dims_curriculum
+        return min(n_dims, start + increment * (step // every))
+
+    def eval_steps(self) -> list[int]:
+        """Steps (counted as training steps done) at which level-1 validation runs."""
+        n_evals = round(1 / self.eval_every)
+        return sorted({round(k * self.steps / n_evals) for k in range(n_evals + 1)})
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,264 @@
+"""Evaluation of trained models: level-1 and level-2 validation and the paper-grade measures.
+
+Owns `prediction_errors`, `evaluate` (level 1: the held-out query error at loop count b),
+`extrapolate` and `validate` (level 2: the reference study's protocol, plus loop counts beyond
+training), `label_sensitivity` (does a prediction see its own answer?), `state_updates` (does
+the loop reach a fixed point?), `prompt_errors` and `bootstrap_band` (a mean over prompts with
+a bootstrap 5 to 95% band), and the fixed prompt sets they score (`heldout_prompts`,
+`ood_prompts`).
+
+Metrics are squared errors divided by the task's `error_scale` (n_dims for linear regression,
+the error of predicting 0). "reference" is the Laptev study's metric: the query error averaged
+over loops 1..b. "last_loop" is the query error of loop b alone. Every helper puts the model in
+eval mode and restores its previous mode on the way out, also when it raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+from checks import is_int, require, require_int
+from seeding import make_generator
+from tasks import OOD_KINDS, sample_ood
+from transformer import check_loops
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run a block with `model.eval()` and restore its train/eval mode afterwards, also on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def error_scale(task) -> float:
+    """What squared errors are divided by for `task`: its `error_scale` (the error of predicting
+    0: n_dims for linear regression, the sparsity k for sparse regression, 1 for trees)."""
+    return float(getattr(task, "error_scale", task.n_dims))
+
+
+@torch.no_grad()
+def prediction_errors(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    ys: torch.Tensor,
+    b: int,
+    batch_size: int = 256,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Squared error / scale of every loop at every position, averaged over prompts: [b, P].
+
+    scale: the task's `error_scale`; None divides by n_dims (linear regression's).
+
+    For a model that does not predict every point at every loop (`predicted_points`), each
+    entry averages over the prompts where it predicts; NaN where it never does.
+    """
+    check_loops(b)
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        total = torch.zeros(b, ys.shape[1], dtype=torch.float64, device=device)
+        count = torch.zeros(b, ys.shape[1], dtype=torch.float64, device=device)
+        predicted_points = getattr(model, "predicted_points", None)
+        for start in range(0, tokens.shape[0], batch_size):
+            chunk_tokens = tokens[start : start + batch_size].to(device)
+            chunk_ys = ys[start : start + batch_size].to(device)
+            preds = model(chunk_tokens, b)  # [b, B, P]
+            squared = (preds - chunk_ys).square()  # [b, B, P]
+            predicted = predicted_points(chunk_tokens, b) if predicted_points is not None else None
+            if predicted is None:
+                total += squared.sum(1, dtype=torch.float64)  # [b, P]
+                count += chunk_tokens.shape[0]
+            else:
+                total += torch.where(predicted, squared, 0).sum(1, dtype=torch.float64)  # [b, P]
+                count += predicted.sum(1, dtype=torch.float64)
+    scale = model.config.n_dims if scale is None else scale
+    return (total / (count * scale)).float().cpu()
+
+
+@torch.no_grad()
+def label_sensitivity(model: torch.nn.Module, tokens: torch.Tensor, b: int, lag: int = 0) -> torch.Tensor:
+    """How much the prediction at x_i moves when the label y_{i+lag} is shifted by +1: [P-1-lag].
+
+    Mean |change| over prompts of loop b's prediction. With lag=0 this is the model's access to
+    the very answer it predicts (label leakage): exactly 0 under a causal mask, where y_i comes
+    after x_i. lag > 0 shifts a later, unrelated label instead, as a control.
+    """
+    check_loops(b)
+    require_int("label_sensitivity lag", lag, minimum=0)
+    with eval_mode(model):
+        tokens = tokens.to(next(model.parameters()).device)
+        n_points = (tokens.shape[1] + 1) // 2
+        base = model(tokens, b)[-1]  # [B, P]
+        changes = []
+        for i in range(n_points - 1 - lag):
+            shifted = tokens.clone()
+            shifted[:, 2 * (i + lag) + 1, 0] += 1.0  # the y token of point i + lag (its value sits in channel 0)
+            changes.append((model(shifted, b)[-1, :, i] - base[:, i]).abs().mean())
+    return torch.stack(changes).cpu()
+
+
+@torch.no_grad()
+def state_updates(model: torch.nn.Module, tokens: torch.Tensor, b: int) -> torch.Tensor:
+    """The relative size of each loop's state update: [b], loop 1's entry is 1 (from s_0 = 0).
+
+    Entry t is mean over prompts of ||s_t - s_{t-1}|| / ||s_t|| (norms over all tokens and
+    channels of a prompt). Falling towards 0 means the loop converges to a fixed point;
+    a plateau above 0 means it keeps moving (a cycle or a drift).
+    """
+    check_loops(b)
+    with eval_mode(model):
+        sizes, previous = [], None
+        for state in model.states(tokens.to(next(model.parameters()).device), b):  # [B, S, h]
+            reference = torch.zeros_like(state) if previous is None else previous
+            change = (state - reference).flatten(1).norm(dim=1)  # [B]
+            sizes.append((change / state.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
+            previous = state
+    return torch.stack(sizes).cpu()
+
+
+@torch.no_grad()
+def prompt_errors(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    ys: torch.Tensor,
+    b: int,
+    batch_size: int = 256,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Squared error / scale of loop b's prediction for every prompt and position: [n_prompts, P].
+
+    The per-prompt rows that `bootstrap_band` resamples; scale as in `prediction_errors`.
+    """
+    check_loops(b)
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        rows = []
+        for start in range(0, tokens.shape[0], batch_size):
+            preds = model(tokens[start : start + batch_size].to(device), b)[-1]  # [B, P]
+            rows.append((preds - ys[start : start + batch_size].to(device)).square().cpu())
+    return torch.cat(rows) / (model.config.n_dims if scale is None else scale)  # [n_prompts, P]
+
+
+def bootstrap_band(
+    errors: torch.Tensor | np.ndarray, resamples: int = 1000, seed: int = 0, quantiles: tuple = (0.05, 0.95)
+) -> dict[str, list[float]]:
+    """Mean over prompts of errors [n_prompts, P] with a bootstrap band of that mean.
+
+    Prompts are resampled with replacement `resamples` times (a fixed seed: the band repeats);
+    the band is the given quantiles of the resampled means, per position (Garg et al.'s 5 to
+    95% band). Returns {"mean", "low", "high"}, each [P].
+    """
+    errors = np.asarray(errors, dtype=np.float64)
+    if errors.ndim == 1:
+        errors = errors[:, None]
+    require(errors.shape[0] >= 2, f"bootstrap_band needs at least 2 prompts, got {errors.shape[0]}")
+    require(is_int(resamples) and resamples >= 1, f"bootstrap_band resamples={resamples!r} must be an integer >= 1")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, errors.shape[0], size=(resamples, errors.shape[0]))  # [R, n]
+    means = np.stack([errors[pick].mean(0) for pick in picks])  # [R, P]
+    low, high = np.quantile(means, quantiles, axis=0)
+    return {"mean": errors.mean(0).tolist(), "low": low.tolist(), "high": high.tolist()}
+
+
+def summarise_query_errors(query_errors: torch.Tensor) -> dict[str, float]:
+    """From per-loop query errors [b]: the reference metric (mean over loops) and the last loop."""
+    return {"reference": float(query_errors.mean()), "last_loop": float(query_errors[-1])}
+
+
+def evaluate(
+    model: torch.nn.Module,
+    prompts: tuple[torch.Tensor, torch.Tensor],
+    b: int,
+    batch_size: int = 256,
+    scale: float | None = None,
+) -> dict[str, float]:
+    """Level-1 validation on a fixed prompt set: {"reference", "last_loop"} at loop count b."""
+    tokens, ys = prompts
+    errors = prediction_errors(model, tokens, ys, b, batch_size, scale)  # [b, P]
+    return summarise_query_errors(errors[:, -1])
+
+
+def extrapolate(
+    model: torch.nn.Module,
+    prompts: tuple[torch.Tensor, torch.Tensor],
+    b_values: list[int],
+    batch_size: int = 256,
+    scale: float | None = None,
+) -> dict[str, list[float]]:
+    """Both metrics at each eval loop count in `b_values` (one run to max b where valid)."""
+    tokens, ys = prompts
+    for b in b_values:
+        check_loops(b, "b_values entry")
+    result: dict[str, list] = {"b": list(b_values), "reference": [], "last_loop": []}
+    if getattr(model, "loops_are_prefix_consistent", False):
+        query = prediction_errors(model, tokens, ys, max(b_values), batch_size, scale)[:, -1]  # [max_b]
+        per_b = [summarise_query_errors(query[:b]) for b in b_values]
+    else:
+        per_b = [evaluate(model, prompts, b, batch_size, scale) for b in b_values]
+    for metrics in per_b:
+        result["reference"].append(metrics["reference"])
+        result["last_loop"].append(metrics["last_loop"])
+    return result
+
+
+def heldout_prompts(task, n_prompts: int, n_points: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed validation set: drawn once on CPU from the validation stream of `seed`."""
+    return task.sample(n_prompts, n_points, make_generator(seed, "validation"))
+
+
+def ood_prompts(task, kind: str, n_prompts: int, n_points: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed out-of-distribution prompt set (`tasks.sample_ood`), drawn once on CPU from the
+    stream of `seed` and `kind`, so that models and baselines score the same prompts.
+    "orthogonal_query" needs every x orthogonal to the earlier ones, so its prompts have
+    min(n_points, n_dims) points."""
+    if kind == "orthogonal_query":
+        n_points = min(n_points, task.n_dims)
+    if kind not in OOD_KINDS:
+        raise ValueError(f"OOD kind {kind!r} is not known; choose one of {OOD_KINDS}")
+    generator = make_generator(seed + OOD_KINDS.index(kind), "ood")  # one stream per kind
+    return sample_ood(task, kind, n_prompts, n_points, generator)
+
+
+def validate(
+    model: torch.nn.Module,
+    task,
+    b: int,
+    n_points: int,
+    seed: int,
+    launches: int = 10,
+    batches_per_launch: int = 10,
+    batch_size: int = 128,
+    extrapolation_b: list[int] | None = None,
+    heldout: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Level-2 validation: the Laptev study's protocol, plus extrapolation over eval loop counts.
+
+    Each launch draws a test std ~ U(0, 2) (mean stays 0, as in the study's code) and scores
+    `batches_per_launch * batch_size` fresh prompts at the model's loop count b. `seed` fixes
+    the launches, so every model validated with one seed sees the same stds and prompts.
+    With `extrapolation_b` and `heldout`, also returns `extrapolate` on the held-out set.
+    """
+    for name, value in (("launches", launches), ("batches_per_launch", batches_per_launch), ("batch_size", batch_size)):
+        require(is_int(value) and value >= 1, f"validate {name}={value!r} must be an integer >= 1")
+    generator = make_generator(seed, "level2")
+    stds, reference, last_loop = [], [], []
+    for _ in range(launches):
+        std = float(torch.rand((), generator=generator) * 2)
+        tokens, ys = task.with_x_std(std).sample(batches_per_launch * batch_size, n_points, generator)
+        metrics = evaluate(model, (tokens, ys), b, batch_size, error_scale(task))
+        stds.append(std)
+        reference.append(metrics["reference"])
+        last_loop.append(metrics["last_loop"])
+    result: dict[str, Any] = {"launches": {"std": stds, "reference": reference, "last_loop": last_loop}}
+    if extrapolation_b:
+        require(heldout is not None, "validate needs `heldout` prompts when extrapolation_b is given")
+        result["extrapolation"] = extrapolate(model, heldout, extrapolation_b, scale=error_scale(task))
+    return result

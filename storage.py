@@ -1,0 +1,82 @@
+"""Files: atomic writes of JSON, weights and SVG, and saved runs.
+
+Owns `atomic_write_bytes` (readers see the old file or the new one, never a part), `write_json`
+and `read_json`, `torch_bytes`, `save_run` / `load_run` (weights loaded with weights_only) and
+`save_svg` (byte-identical SVG for identical figures).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from checks import require
+from transformer import BaseLoopedTransformer, ModelConfig
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + "\n").encode())
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def save_run(directory: str | Path, model: torch.nn.Module, record: dict) -> None:
+    """Save weights (`model.pt`) and a JSON record (`run.json`, must hold "model_config")."""
+    require("model_config" in record, "save_run record needs a 'model_config' entry")
+    directory = Path(directory)
+    atomic_write_bytes(directory / "model.pt", torch_bytes(model.state_dict()))
+    write_json(directory / "run.json", record)
+
+
+def load_run(directory: str | Path, model_class: type = BaseLoopedTransformer):
+    """Rebuild the model of a saved run (weights_only load) and return (model, record)."""
+    directory = Path(directory)
+    record = read_json(directory / "run.json")
+    model = model_class(ModelConfig.from_dict(record["model_config"]))
+    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu", weights_only=True))
+    return model, record
+
+
+SVG_HASH_SALT = "looped-transformers"
+
+
+def save_svg(fig, path: str | Path) -> None:
+    """Save a matplotlib figure as SVG, byte-identical for identical figures (atomic write)."""
+    import matplotlib
+
+    buffer = io.BytesIO()
+    with matplotlib.rc_context({"svg.hashsalt": SVG_HASH_SALT}):
+        fig.savefig(buffer, format="svg", metadata={"Date": None}, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,381 @@
+"""The training loop, written once, and what one training step is.
+
+Owns `train_loop` (the schedule of evaluations and checkpoints, divergence handling, logging
+and the progress bar), `train` (one model through that loop), `SingleStepper`, `train_step`,
+`step_loss` / `loss_value` (the training loss, restricted to the points each loop predicts),
+`plan_at` (how many loops, points and active dimensions a training step uses), `TrainResult`
+and `check_training` (the checks made before any training starts).
+
+The loop drives a *stepper*: an object that trains one or more models ("members") one step at
+a time. `SingleStepper` holds one model; `ensemble.Ensemble` holds many, stacked and vmapped.
+Both sample their batches with `sample_batch`, score them with `step_loss` and follow `plan_at`,
+so a member of an ensemble trains on exactly the loss a single run trains on. A stepper has:
+- `configs`: one `TrainConfig` per member (they share every field but `seed` and `b`);
+- `stopped`: the members whose loss was not finite (their weights are kept as they were);
+- `step(done)`: training step `done` (0-based) of every member; each member's loss, None for
+  a member already stopped;
+- `model(member)`: a model holding that member's current weights, for evaluation;
+- `state_dict()` / `load_state_dict(state)`: what a checkpoint holds, to resume bit-identically
+  on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from configs import TrainConfig
+from evaluation import error_scale, evaluate, heldout_prompts
+from seeding import make_generator
+from storage import atomic_write_bytes, torch_bytes
+from transformer import ModelConfig
+
+CHECKPOINT_FORMAT = 2  # a checkpoint written by an older version is not resumed from
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. status is "finished" or "diverged" (then `message` says why)."""
+
+    loss: list[float] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    status: str = "running"
+    message: str = ""
+    wall_time_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What training step t uses: `b` loops, prompts of `n_points` points, and `active_dims`
+    non-zero x coordinates (None: all of them)."""
+
+    b: int
+    n_points: int
+    active_dims: int | None
+
+
+def plan_at(config: TrainConfig, step: int, n_dims: int) -> StepPlan:
+    """The curricula of `config` read at training step `step` (0-based)."""
+    active_dims = None if config.dims_curriculum is None else config.dims_at(step, n_dims)
+    return StepPlan(config.loops_at(step), config.points_at(step), active_dims)
+
+
+def sample_batch(task, config: TrainConfig, plan: StepPlan, generator: torch.Generator):
+    """One training batch (tokens [B, S, d], ys [B, P]) as `plan` says."""
+    if plan.active_dims is None:
+        return task.sample(config.batch_size, plan.n_points, generator)
+    return task.sample(config.batch_size, plan.n_points, generator, active_dims=plan.active_dims)
+
+
+def loss_value(
+    preds: torch.Tensor, ys: torch.Tensor, config: TrainConfig, n_dims: int, predicted: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The training loss over supervised loops: mean over loops, prompts and positions, / n_dims.
+
+    preds [b, B, P] (the loops that carry gradient are the last ones), ys [B, P].
+    predicted: None, or bool [b, B, P] from `model.predicted_points`; then each loop's loss
+    is the mean over the points it predicts, and the loss is the mean over loops.
+    """
+    if config.supervise == "last":
+        preds = preds[-1:]  # [1, B, P]
+        predicted = None if predicted is None else predicted[-1:]
+    elif config.grad_window is not None:
+        preds = preds[-config.grad_window :]  # [T, B, P]
+        predicted = None if predicted is None else predicted[-config.grad_window :]
+    target = ys.expand_as(preds)  # [loops, B, P]
+    reduction = "mean" if predicted is None else "none"
+    if config.loss == "mse":
+        loss = F.mse_loss(preds, target, reduction=reduction)
+    elif config.loss == "mae":
+        loss = F.l1_loss(preds, target, reduction=reduction)
+    else:
+        loss = F.huber_loss(preds, target, delta=config.huber_delta, reduction=reduction)
+    if predicted is not None:
+        per_loop = (loss * predicted).sum((1, 2)) / predicted.sum((1, 2))  # [loops]
+        loss = per_loop.mean()
+    return loss / n_dims
+
+
+def step_loss(
+    model: torch.nn.Module, preds: torch.Tensor, tokens: torch.Tensor, ys: torch.Tensor, config: TrainConfig, b: int
+) -> torch.Tensor:
+    """The loss of predictions preds [b, B, P] on a batch, over the points `model` predicts at
+    each loop (all of them unless its context is truncated: `model.predicted_points`)."""
+    predicted = model.predicted_points(tokens, b) if hasattr(model, "predicted_points") else None  # [b, B, P]
+    return loss_value(preds, ys, config, model.config.n_dims, predicted)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of `TrainConfig.device`; a clear error when CUDA is asked for but absent."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device={name!r} but CUDA is not available; use 'cpu'")
+    return device
+
+
+def check_training(model_config: ModelConfig, task, config: TrainConfig) -> None:
+    """Raise `ValueError` before any training when the model, task and config do not fit."""
+    model_config.check_prompt(config.n_points)
+    if task.n_dims != model_config.n_dims:
+        raise ValueError(f"task.n_dims={task.n_dims} differs from ModelConfig.n_dims={model_config.n_dims}")
+    if config.dims_curriculum is not None and config.dims_curriculum[0] > task.n_dims:
+        raise ValueError(
+            f"TrainConfig.dims_curriculum={config.dims_curriculum!r} starts above task.n_dims={task.n_dims}; "
+            f"d_start must be in 1..{task.n_dims}"
+        )
+    resolve_device(config.device)
+
+
+def use_device(config: TrainConfig) -> torch.device:
+    """The run's device; on CPU also its torch thread count (`TrainConfig.threads`)."""
+    device = resolve_device(config.device)
+    if config.threads is not None and device.type == "cpu":
+        torch.set_num_threads(config.threads)
+    return device
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    task,
+    generator,
+    config: TrainConfig,
+    b: int | None = None,
+    n_points: int | None = None,
+    active_dims: int | None = None,
+) -> float:
+    """One step: sample a batch of `n_points`-point prompts with `active_dims` non-zero x
+    coordinates, run b loops (`config.b`, `config.n_points` and every dimension unless
+    given), the loss, and (if it is finite) an optimizer step.
+    Returns the loss; a non-finite loss leaves the weights untouched.
+    """
+    plan = StepPlan(config.b if b is None else b, config.n_points if n_points is None else n_points, active_dims)
+    tokens, ys = sample_batch(task, config, plan, generator)
+    preds = model(tokens, plan.b, config.grad_window)  # [b, B, P]
+    loss = step_loss(model, preds, tokens, ys, config, plan.b)
+    value = loss.item()
+    if not math.isfinite(value):
+        return value
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+    optimizer.step()
+    return value
+
+
+class Stepper(Protocol):
+    """What `train_loop` drives (see the module docstring)."""
+
+    configs: list[TrainConfig]
+    device: torch.device
+    stopped: set[int]
+
+    def step(self, done: int) -> list[float | None]: ...
+
+    def model(self, member: int) -> torch.nn.Module: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class SingleStepper:
+    """One model, its Adam and its training-data stream."""
+
+    def __init__(self, model: torch.nn.Module, task, config: TrainConfig) -> None:
+        check_training(model.config, task, config)
+        self.configs, self.task = [config], task
+        self.device = use_device(config)
+        self._model = model.to(self.device).train()
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.generator = make_generator(config.seed, "train", self.device)
+        self.stopped: set[int] = set()
+
+    def step(self, done: int) -> list[float | None]:
+        if self.stopped:
+            return [None]
+        config = self.configs[0]
+        plan = plan_at(config, done, self.task.n_dims)
+        value = train_step(
+            self._model, self.optimizer, self.task, self.generator, config, plan.b, plan.n_points, plan.active_dims
+        )
+        if not math.isfinite(value):
+            self.stopped.add(0)  # train_step left the weights as they were
+        return [value]
+
+    def model(self, member: int) -> torch.nn.Module:
+        return self._model
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self._model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "stopped": sorted(self.stopped),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu())
+        self.stopped = set(state["stopped"])
+
+
+def train_loop(
+    stepper: Stepper,
+    task,
+    checkpoint: str | Path | None = None,
+    runs: list | None = None,
+    progress: bool = False,
+) -> list[TrainResult]:
+    """Train every member of `stepper` to `steps`; return one `TrainResult` per member.
+
+    Level-1 validation runs at 0% and every `eval_every` of training on the fixed held-out
+    set. checkpoint: a file path; state is saved there every `checkpoint_every` steps (0: at
+    each validation) and when training ends, and an existing file is resumed from (bit-identical
+    weights on CPU). runs: None, or one wandb run (anything with `.log(dict, step=int)`) per
+    member. A member whose loss is not finite stops with a warning; its result keeps everything
+    so far and has status "diverged", and a resumed run keeps it stopped.
+    """
+    configs = stepper.configs
+    first = configs[0]
+    runs = [None] * len(configs) if runs is None else runs
+    scale = error_scale(task)
+    heldout = tuple(
+        t.to(stepper.device) for t in heldout_prompts(task, first.eval_prompts, first.n_points, first.eval_seed)
+    )
+    results = [TrainResult() for _ in configs]
+    eval_steps = set(first.eval_steps())
+    every = first.checkpoint_every
+    checkpoint_steps = set(range(every, first.steps + 1, every)) if every else {s for s in eval_steps if s > 0}
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    start, elapsed = 0, 0.0
+    if checkpoint is not None and checkpoint.exists():
+        start, elapsed = _load_checkpoint(checkpoint, stepper, results)
+    started = time.perf_counter() - elapsed
+
+    def validate_now(done: int) -> None:
+        for member, config in enumerate(configs):
+            if member in stepper.stopped or any(entry["step"] == done for entry in results[member].evals):
+                continue  # a stopped member, or a step validated before an interruption
+            metrics = evaluate(stepper.model(member), heldout, config.b, scale=scale)
+            results[member].evals.append({"step": done, **metrics})
+            if runs[member] is not None:
+                runs[member].log(
+                    {"eval/reference": metrics["reference"], "eval/last_loop": metrics["last_loop"]}, step=done
+                )
+
+    def all_stopped() -> bool:
+        return len(stepper.stopped) == len(configs)
+
+    bar = _progress_bar(first.steps, start, progress)
+    done = start
+    for done in range(start, first.steps):
+        if all_stopped():
+            break  # resumed from the checkpoint of a diverged run: diverged stays diverged
+        if done in eval_steps:
+            validate_now(done)
+        for member, value in enumerate(stepper.step(done)):
+            if value is None:
+                continue
+            if math.isfinite(value):
+                results[member].loss.append(value)
+                if runs[member] is not None:
+                    runs[member].log({"train/loss": value}, step=done + 1)
+                continue
+            results[member].status = "diverged"
+            results[member].message = (
+                f"training stopped at step {done}: the loss is {value} (not finite); "
+                f"the {done} finite losses and {len(results[member].evals)} validations before it are kept"
+            )
+            label = "" if len(configs) == 1 else f"ensemble member {member}: "
+            warnings.warn(label + results[member].message, RuntimeWarning, stacklevel=2)
+        if bar is not None:
+            bar.update(1)
+            if done % 50 == 0 and results[0].loss:
+                bar.set_postfix(loss=f"{results[0].loss[-1]:.4f}")
+        if all_stopped():
+            break
+        if checkpoint is not None and done + 1 in checkpoint_steps:
+            _save_checkpoint(checkpoint, stepper, results, done + 1, time.perf_counter() - started)
+    else:
+        if first.steps in eval_steps:
+            validate_now(first.steps)
+        done = first.steps
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - started
+    for result in results:
+        if result.status != "diverged":
+            result.status = "finished"
+        result.wall_time_s = seconds
+    if checkpoint is not None:
+        _save_checkpoint(checkpoint, stepper, results, done, seconds)
+    return results
+
+
+def train(
+    model: torch.nn.Module,
+    task,
+    config: TrainConfig,
+    run=None,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+) -> TrainResult:
+    """Train `model` on prompts from `task` with Adam; returns losses and level-1 validations.
+
+    run:        a wandb run (or anything with `.log(dict, step=int)`); None logs nothing and
+                never imports wandb.
+    checkpoint: a file path to save to and resume from (see `train_loop`).
+    A non-finite loss stops training with a warning; the result keeps everything so far and
+    has status "diverged".
+    """
+    stepper = SingleStepper(model, task, config)
+    return train_loop(stepper, task, checkpoint=checkpoint, runs=[run], progress=progress)[0]
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", leave=False)
+
+
+def _save_checkpoint(path: Path, stepper: Stepper, results: list[TrainResult], done: int, seconds: float) -> None:
+    state: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "done": done,  # steps finished (a stopped member's losses end earlier)
+        "wall_time_s": seconds,
+        "stepper": stepper.state_dict(),
+        "results": [result.to_dict() for result in results],
+    }
+    atomic_write_bytes(path, torch_bytes(state))
+
+
+def _load_checkpoint(path: Path, stepper: Stepper, results: list[TrainResult]) -> tuple[int, float]:
+    """Restore `stepper` and `results` from `path`; return (steps done, wall time so far)."""
+    state = torch.load(path, map_location=stepper.device, weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        warnings.warn(
+            f"checkpoint {path} was written by an older version of the training loop; the run starts afresh",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return 0, 0.0
+    stepper.load_state_dict(state["stepper"])
+    for result, saved in zip(results, state["results"], strict=True):
+        for key, value in saved.items():
+            setattr(result, key, value)
+    return state["done"], state["wall_time_s"]
