@@ -8,10 +8,13 @@ time and model-steps per second (M / step time for the ensemble, 1 / step time a
 speed-up of the ensemble over training the M models one after another.
 
     python benchmarks/ensemble_speed.py [--members 1 4 16 64] [--shapes tiny small medium]
-        [--device cuda] [--compile] [--bf16] [--steps 5] [--warmup 2] [--b 10] [--batch 64]
+        [--device cuda] [--compile] [--bf16] [--sdpa math] [--steps 5] [--warmup 2] [--b 10] [--batch 64]
 
 `--compile` (torch.compile of the vmapped forward) and `--bf16` (bf16 autocast) apply to the
-ensemble on CUDA only. On CPU one thread is used, as in the runner's workers; ensembles are not
+ensemble on CUDA only. `--sdpa math` runs attention as plain matrix products (torch's MATH
+kernel) instead of the fused kernel: under vmap those batch over the members (the member axis
+folds into the batch), which is the way out where the fused kernel has no vmap batching rule and
+vmap would run it member by member. On CPU one thread is used, as in the runner's workers; ensembles are not
 expected to pay there (DESIGN.md): the runner uses one process per core on CPU and the
 ensemble on CUDA.
 """
@@ -19,6 +22,7 @@ ensemble on CUDA.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -79,6 +83,15 @@ def time_ensemble(
     return median_seconds(lambda: ensemble.step(next(counter)), steps, warmup, ensemble.device)
 
 
+def attention_kernel(choice: str):
+    """A context in which scaled_dot_product_attention uses `choice` ("default": torch's pick)."""
+    if choice == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", nargs="+", type=int, default=[1, 4, 16, 64])
@@ -86,6 +99,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the ensemble's forward (CUDA)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the ensemble's forward (CUDA)")
+    parser.add_argument(
+        "--sdpa", choices=("default", "math"), default="default", help="attention kernel: torch's choice or MATH"
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--b", type=int, default=10, help="loops per forward")
@@ -103,7 +119,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {device_name}; n_dims 8, P {N_POINTS}, batch {args.batch} per member, "
         f"b {args.b}; median of {args.steps} steps after {args.warmup} warm-up; "
-        f"compile {args.compile}, bf16 {args.bf16}"
+        f"compile {args.compile}, bf16 {args.bf16}, attention kernel {args.sdpa}"
     )
     print("shape   members  ensemble ms/step  model-steps/s  alone ms/step  alone model-steps/s  speed-up")
     fallbacks: set[str] = set()  # ops that vmap runs member by member (no batching rule on this device)
@@ -113,7 +129,7 @@ def main() -> None:
         )
         alone = time_alone(SHAPES[name], config, args.steps, args.warmup)
         for members in args.members:
-            with warnings.catch_warnings(record=True) as caught:
+            with warnings.catch_warnings(record=True) as caught, attention_kernel(args.sdpa):
                 warnings.simplefilter("always")
                 together = time_ensemble(
                     SHAPES[name], config, members, args.steps, args.warmup, args.compile, args.bf16

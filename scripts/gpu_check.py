@@ -1,0 +1,307 @@
+"""The GPU check: the ensemble path verified and timed on CUDA, then as much of a grid as fits.
+
+One prepared script for a short GPU lease (a few minutes), in stages, each written to the output
+folder as it finishes, so a stage that runs out of time loses only itself:
+1. correctness: tests/test_ensemble.py on the GPU (`LOOPED_TEST_DEVICE`), the measured deviation
+   of ensemble members from separate runs, and causality of every model variant on CUDA, plain
+   and under the ensemble's vmap;
+2. learning: an ensemble of seeds trained on CUDA to the point where it has learned in-context
+   regression, scored against averaging and least squares on fresh prompts;
+3. speed: benchmarks/ensemble_speed.py at the study's tiny and small shapes, eager at 1, 16 and
+   64 members, the MATH attention kernel, bf16 autocast and torch.compile at one size;
+4. a grid: the run specs in `--grid` (a JSON list of `RunSpec.to_dict()`, e.g. Experiment 1 at
+   `full`) through the normal runner with the ensemble backend, smallest shapes first, while
+   the time lasts; finished run records are packed into one archive.
+
+    python scripts/gpu_check.py --out DIR [--budget 480] [--grid specs.json] [--stages 1 2 3 4]
+
+On a machine without CUDA, `--device cpu --smoke` runs every stage at toy sizes (for the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the GPU machine runs the working tree without installing it
+
+from baselines import averaging, least_squares  # noqa: E402
+from ensemble import Ensemble, train_ensemble  # noqa: E402
+from runner import RunSpec  # noqa: E402
+from tasks import LinearRegression, build_prompt  # noqa: E402
+from transformer import ModelConfig  # noqa: E402
+from utils import TrainConfig, build_model, make_generator, prediction_errors, train  # noqa: E402
+
+STARTED = time.perf_counter()
+
+
+def elapsed() -> float:
+    return time.perf_counter() - STARTED
+
+
+def say(log, text: str) -> None:
+    print(text, flush=True)
+    log.write(text + "\n")
+    log.flush()
+
+
+# ----------------------------------------------------------------------------- 1. correctness
+
+
+def deviation_of_members(device: str, steps: int) -> dict:
+    """Largest relative differences between ensemble members and separate runs after `steps`."""
+    model_config = ModelConfig(n_dims=3, n_layers=1, n_heads=2, hidden_dim=16, mlp_hidden=32, context=15)
+    task = LinearRegression(3)
+    base = TrainConfig(
+        steps=steps, batch_size=8, lr=3e-3, b=3, n_points=8, eval_prompts=32, eval_every=0.5, device=device
+    )
+    configs = [dataclasses.replace(base, seed=seed, b=b) for seed, b in ((1, 2), (2, 3), (3, 4))]
+    models, results = train_ensemble(model_config, task, configs)
+    tokens = task.sample(64, 8, make_generator(9, "validation"))[0].to(device)
+    loss, weight, output = 0.0, 0.0, 0.0
+    for config, model, result in zip(configs, models, results, strict=True):
+        alone = build_model(model_config, config.seed)
+        expected = train(alone, task, config, progress=False)
+        got, want = torch.tensor(result.loss), torch.tensor(expected.loss)
+        loss = max(loss, float(((got - want).abs() / want.abs().clamp_min(1e-12)).max()))
+        for (name, a), b in zip(model.named_parameters(), alone.parameters(), strict=True):
+            if not name.endswith("attn.qkv.bias"):  # the key bias: zero gradient, free to drift (see the tests)
+                weight = max(weight, float((a - b).detach().abs().max() / b.detach().abs().max().clamp_min(1e-12)))
+        with torch.no_grad():
+            a, b = model(tokens, config.b), alone(tokens, config.b)
+        output = max(output, float((a - b).abs().max() / b.abs().max()))
+    return {"steps": steps, "loss_rel": loss, "weight_rel": weight, "output_rel": output}
+
+
+VARIANTS = {
+    "default (Laptev block, add)": {},
+    "gpt2 block, learned PE": {"block": "gpt2", "pe": "learned"},
+    "selective SSM mixer": {"mixer": "ssm"},
+    "context first n=3 after loop 1": {"context_keep": "first", "context_n": 3},
+    "A->B stacks": {"loop_stacks": 2},
+    "EMA injection": {"injection": "ema"},
+}
+
+
+def causality(device: str) -> dict[str, dict[str, float]]:
+    """Largest change of an earlier prediction when a later token changes: plain and vmapped."""
+    found = {}
+    for label, fields in VARIANTS.items():
+        config = ModelConfig(n_dims=4, n_layers=2, n_heads=2, hidden_dim=16, mlp_hidden=32, context=23, **fields)
+        model = build_model(config, seed=1).to(device).eval()
+        tokens = LinearRegression(4).sample(8, 12, make_generator(3, "validation"))[0].to(device)  # [B, 23, 4]
+        ensemble = Ensemble(config, LinearRegression(4), [TrainConfig(steps=1, b=3, n_points=12, device=device)])
+        worst = {"plain": 0.0, "vmap": 0.0}
+        with torch.no_grad():
+            base_plain = model(tokens, 3)
+            base_vmap = ensemble.forward(ensemble.params, ensemble.buffers, tokens[None], 3, None)[0]
+            for position in range(1, tokens.shape[1]):
+                perturbed = tokens.clone()
+                perturbed[:, position] += 3.0
+                earlier = [i for i in range(12) if 2 * i < position]
+                plain = model(perturbed, 3)
+                vmapped = ensemble.forward(ensemble.params, ensemble.buffers, perturbed[None], 3, None)[0]
+                worst["plain"] = max(worst["plain"], float((plain - base_plain)[:, :, earlier].abs().max()))
+                worst["vmap"] = max(worst["vmap"], float((vmapped - base_vmap)[:, :, earlier].abs().max()))
+        found[label] = worst
+    return found
+
+
+def stage_correctness(args, log, report: dict) -> None:
+    env = {**os.environ, "LOOPED_TEST_DEVICE": args.device, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ensemble.py"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
+    say(log, f"pytest tests/test_ensemble.py on {args.device}: exit {done.returncode}\n  " + "\n  ".join(tail))
+    report["ensemble_tests"] = {"exit": done.returncode, "tail": tail}
+    for steps in (12, 200) if not args.smoke else (4,):
+        deviation = deviation_of_members(args.device, steps)
+        say(log, f"ensemble members vs separate runs after {steps} steps (max relative): {deviation}")
+        report.setdefault("member_deviation", []).append(deviation)
+    report["causality"] = causality(args.device)
+    say(log, "causality, largest change of an earlier prediction (plain, vmap):")
+    for label, worst in report["causality"].items():
+        say(log, f"  {label:<32} {worst['plain']:.3g}  {worst['vmap']:.3g}")
+
+
+# ----------------------------------------------------------------------------- 2. learning
+
+
+def stage_learning(args, log, report: dict) -> None:
+    """The quickstart's model (n_dims 5, 15 examples, hidden 64, b 10), 4 seeds as one ensemble."""
+    task = LinearRegression(5)
+    model_config = ModelConfig(n_dims=5, n_layers=1, n_heads=4, hidden_dim=64, mlp_hidden=256, context=31)
+    steps = 40 if args.smoke else args.learn_steps
+    configs = [
+        TrainConfig(steps=steps, batch_size=64, lr=1e-3, b=10, n_points=16, seed=seed, device=args.device)
+        for seed in (0, 1, 2, 3)
+    ]
+    started = time.perf_counter()
+    models, results = train_ensemble(model_config, task, configs)
+    seconds = time.perf_counter() - started
+    xs, ys = task.sample_xy(1280, 16, make_generator(12345, "validation"))
+    tokens = build_prompt(xs, ys)
+    errors = [prediction_errors(model, tokens, ys, 10)[-1, -1].item() for model in models]
+    baselines = {
+        name: ((estimator(xs, ys)[:, -1] - ys[:, -1]).square().mean() / task.n_dims).item()
+        for name, estimator in (("least squares", least_squares), ("averaging", averaging))
+    }
+    report["learning"] = {
+        "steps": steps,
+        "seconds": seconds,
+        "status": [r.status for r in results],
+        "last_loop_error": errors,
+        "evals": [r.evals for r in results],
+        **baselines,
+    }
+    say(
+        log,
+        f"learning: 4 seeds x {steps} steps as one ensemble in {seconds:.0f} s; last-position error per dim "
+        f"(loop 10) {[round(e, 4) for e in errors]}; averaging {baselines['averaging']:.4f}, "
+        f"least squares {baselines['least squares']:.2g}",
+    )
+
+
+# ----------------------------------------------------------------------------- 3. speed
+
+
+def stage_speed(args, log, report: dict, out: Path) -> None:
+    base = [sys.executable, "benchmarks/ensemble_speed.py", "--device", args.device]
+    small = ["--steps", "1", "--warmup", "0", "--b", "2", "--batch", "4"] if args.smoke else ["--steps", "10"]
+    one = ["--shapes", "tiny", "--members", "2"] if args.smoke else ["--shapes", "small", "--members", "16"]
+    runs = [
+        ("eager", ["--shapes", "tiny", "small", "--members", "1", "16", "64"] if not args.smoke else one),
+        (
+            "math attention",
+            ["--shapes", "tiny", "small", "--members", "16", "64", "--sdpa", "math"]
+            if not args.smoke
+            else [*one, "--sdpa", "math"],
+        ),
+    ]
+    if args.device.startswith("cuda"):
+        runs += [("bf16", [*one, "--bf16"]), ("compile", [*one, "--compile"])]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(out / "speed.txt", "a") as text:
+        for label, extra in runs:
+            remaining = args.budget - elapsed() - args.reserve
+            if remaining < 30:
+                say(log, f"speed {label}: skipped, {remaining:.0f} s left")
+                continue
+            try:
+                done = subprocess.run(
+                    [*base, *extra, *small],
+                    cwd=ROOT,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=min(remaining, 240),
+                )
+                output = done.stdout + (done.stderr[-2000:] if done.returncode else "")
+            except subprocess.TimeoutExpired:
+                output = f"timed out after {min(remaining, 240):.0f} s\n"
+            text.write(f"## {label}: {' '.join(extra + small)}\n{output}\n")
+            text.flush()
+            say(log, f"speed {label}:\n{output}")
+            report.setdefault("speed", {})[label] = output
+
+
+# ----------------------------------------------------------------------------- 4. a grid
+
+
+def stage_grid(args, log, report: dict, out: Path) -> None:
+    specs = [RunSpec.from_dict(values) for values in json.loads(Path(args.grid).read_text())]
+    if args.smoke:
+        level2 = dataclasses.replace(specs[0].level2, launches=1, batches_per_launch=1, batch_size=8)
+        train = {"steps": 4, "eval_prompts": 16, "device": args.device}
+        specs = [dataclasses.replace(s, train=dataclasses.replace(s.train, **train), level2=level2) for s in specs[:2]]
+    shapes: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        shapes.setdefault(spec.labels.get("model", spec.name), []).append(spec)
+    grid_dir = out / "grid"
+    finished: list[str] = []
+    for shape, group in sorted(shapes.items(), key=lambda item: item[1][0].cost()):  # smallest first
+        remaining = args.budget - elapsed() - 20
+        say(log, f"grid: shape {shape}, {len(group)} runs, {remaining:.0f} s left")
+        if remaining < 60:
+            break
+        started = time.perf_counter()
+        # A group in a child process, so that the time limit can stop it without losing the others.
+        code = (
+            "import json, sys; sys.path.insert(0, sys.argv[1]);"
+            "from runner import RunSpec, run_grid;"
+            "specs = [RunSpec.from_dict(v) for v in json.loads(sys.argv[2])];"
+            "run_grid(specs, sys.argv[3], backend='ensemble', progress=False)"
+        )
+        payload = json.dumps([s.to_dict() for s in group])
+        try:
+            subprocess.run(
+                [sys.executable, "-c", code, str(ROOT), payload, str(grid_dir)], check=True, timeout=remaining
+            )
+            say(log, f"grid: shape {shape} finished in {time.perf_counter() - started:.0f} s")
+        except subprocess.TimeoutExpired:
+            say(log, f"grid: shape {shape} stopped by the time limit after {time.perf_counter() - started:.0f} s")
+            break
+        except subprocess.CalledProcessError as error:
+            say(log, f"grid: shape {shape} failed ({error}); see the output above")
+            break
+        finally:
+            finished = (
+                sorted(p.name for p in (grid_dir / "data").glob("*.json")) if (grid_dir / "data").exists() else []
+            )
+            with tarfile.open(out / "grid_records.tar.gz", "w:gz") as archive:
+                for name in finished:
+                    archive.add(grid_dir / "data" / name, arcname=f"data/{name}")
+    report["grid"] = {"finished": finished, "of": len(specs)}
+    say(log, f"grid: {len(finished)} of {len(specs)} runs finished")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder for the log, figures and records")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--budget", type=float, default=480, help="seconds for everything")
+    parser.add_argument("--reserve", type=float, default=0, help="seconds the speed stage leaves for the grid")
+    parser.add_argument("--grid", help="JSON list of RunSpec dicts for stage 4")
+    parser.add_argument("--learn-steps", type=int, default=6000)
+    parser.add_argument("--stages", nargs="+", type=int, default=[1, 2, 3, 4], choices=(1, 2, 3, 4))
+    parser.add_argument("--smoke", action="store_true", help="toy sizes, for a test on CPU")
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available; use --device cpu --smoke to try the script")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {}
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "CPU"
+    report["machine"] = {"torch": torch.__version__, "python": platform.python_version(), "device": device_name}
+    with open(out / "gpu_check.log", "a") as log:
+        say(log, f"torch {torch.__version__}, Python {platform.python_version()}, {device_name}")
+        stages = {
+            1: lambda: stage_correctness(args, log, report),
+            2: lambda: stage_learning(args, log, report),
+            3: lambda: stage_speed(args, log, report, out),
+            4: lambda: stage_grid(args, log, report, out) if args.grid else say(log, "grid: no --grid given"),
+        }
+        for number in args.stages:
+            started = time.perf_counter()
+            try:
+                stages[number]()
+            except Exception as error:  # a failed stage is a finding; the next stages still run
+                say(log, f"stage {number} failed: {type(error).__name__}: {error}")
+                report[f"stage_{number}_error"] = f"{type(error).__name__}: {error}"
+            say(log, f"stage {number}: {time.perf_counter() - started:.0f} s (total {elapsed():.0f} s)")
+            (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str, allow_nan=True))
+
+
+if __name__ == "__main__":
+    main()
