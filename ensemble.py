@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 from torch.func import functional_call, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from configs import TrainConfig
 from seeding import build_model, make_generator
@@ -133,7 +134,19 @@ class Ensemble:
             return functional_call(template, (member_params, member_buffers), (tokens, b, grad_window))
 
         batched = vmap(forward, in_dims=(0, 0, 0, None, None))
-        self.forward = torch.compile(batched) if compile else batched
+        batched = torch.compile(batched) if compile else batched
+        if self.device.type == "cuda":
+            # The fused CUDA attention kernels' vmap batching rules fail (torch 2.11 on an H100:
+            # "attn_bias: wrong shape (batch dimension)" with a mask, "LSE is not correctly
+            # aligned (strideH)" in the backward); the MATH kernel is plain batched matrix
+            # products, into which vmap folds the member axis. It was also the faster of the two.
+            def math_attention(*args):
+                with sdpa_kernel(SDPBackend.MATH):
+                    return batched(*args)
+
+            self.forward = math_attention
+        else:
+            self.forward = batched
 
     def model(self, member: int) -> BaseLoopedTransformer:
         """An ordinary model holding member `member`'s current weights."""
