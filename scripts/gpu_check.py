@@ -142,7 +142,7 @@ def stage_learning(args, log, report: dict) -> None:
     """The quickstart's model (n_dims 5, 15 examples, hidden 64, b 10), 4 seeds as one ensemble."""
     task = LinearRegression(5)
     model_config = ModelConfig(n_dims=5, n_layers=1, n_heads=4, hidden_dim=64, mlp_hidden=256, context=31)
-    steps = 40 if args.smoke else args.learn_steps
+    steps = 5 if args.smoke else args.learn_steps
     configs = [
         TrainConfig(steps=steps, batch_size=64, lr=1e-3, b=10, n_points=16, seed=seed, device=args.device)
         for seed in (0, 1, 2, 3)

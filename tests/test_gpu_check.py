@@ -1,0 +1,42 @@
+"""scripts/gpu_check.py runs every stage at toy sizes on the CPU and writes what it promises."""
+
+import json
+import subprocess
+import sys
+import tarfile
+
+from runner import Level2Config, RunSpec
+from tasks import LinearRegression
+from transformer import ModelConfig
+from utils import TrainConfig
+
+from conftest import ROOT
+
+
+def test_gpu_check_smoke_on_cpu(tmp_path):
+    model = ModelConfig(n_dims=2, n_layers=1, n_heads=2, hidden_dim=8, mlp_hidden=16, context=9)
+    specs = [
+        RunSpec(
+            name=f"tiny_{seed}",
+            model=model,
+            task=LinearRegression(2).to_dict(),
+            train=TrainConfig(steps=3, batch_size=4, b=2, n_points=5, seed=seed, eval_prompts=8),
+            level2=Level2Config(launches=1, batches_per_launch=1, batch_size=4, extrapolation_b=(1, 2)),
+            labels={"model": "tiny", "seed": seed},
+        ).to_dict()
+        for seed in (1, 2)
+    ]
+    grid = tmp_path / "specs.json"
+    grid.write_text(json.dumps(specs))
+    out = tmp_path / "out"
+    command = [sys.executable, "scripts/gpu_check.py", "--out", str(out), "--device", "cpu", "--smoke"]
+    done = subprocess.run([*command, "--grid", str(grid)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert not [key for key in report if key.endswith("_error")], report
+    assert report["ensemble_tests"]["exit"] == 0
+    assert all(worst == {"plain": 0.0, "vmap": 0.0} for worst in report["causality"].values())
+    assert report["learning"]["status"] == ["finished"] * 4
+    assert "model-steps/s" in (out / "speed.txt").read_text()
+    with tarfile.open(out / "grid_records.tar.gz") as archive:
+        assert sorted(archive.getnames()) == ["data/tiny_1.json", "data/tiny_2.json"]
