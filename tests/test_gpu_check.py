@@ -5,12 +5,12 @@ import subprocess
 import sys
 import tarfile
 
+from conftest import ROOT
+
 from runner import Level2Config, RunSpec
 from tasks import LinearRegression
 from transformer import ModelConfig
 from utils import TrainConfig
-
-from conftest import ROOT
 
 
 def test_gpu_check_smoke_on_cpu(tmp_path):
