@@ -367,3 +367,14 @@ def test_state_updates_vanish_without_recurrence_and_not_with_it():
     # Carrying no state makes every loop compute the same state: the updates after loop 1 are 0.
     frozen = build_model(dataclasses.replace(MODEL, state_keep="last_in_place", state_fraction=0.0), 1)
     assert state_updates(frozen, tokens, 4)[1:].abs().max() < 1e-6
+
+
+def test_evaluation_helpers_restore_the_training_mode_when_they_raise():
+    model = build_model(MODEL, 0).train()
+    tokens, ys = TASK.sample(4, 8, make_generator(0, "validation"))
+    with pytest.raises(ValueError, match="tokens must have shape"):
+        prediction_errors(model, tokens[..., :2], ys, 2)  # wrong n_dims: the forward raises
+    assert model.training
+    model.eval()
+    prediction_errors(model, tokens, ys, 2)
+    assert not model.training
