@@ -1,5 +1,7 @@
 """The model: shapes, causality, injection semantics, variants and config errors."""
 
+import re
+
 import pytest
 import torch
 
@@ -130,7 +132,8 @@ def test_injection_variants_follow_their_rules():
         torch.testing.assert_close(model(tokens, 2)[-1], model.read_out(state), msg=injection)
 
 
-def test_seed000_layer_residual_quirk():
+def test_laptev_layer_residual_quirk():
+    """The Laptev study's layer: the attention output only feeds the MLP, never the residual."""
     model = build_model(ModelConfig(**SMALL), seed=5).eval()
     layer = model.stack.layers[0]
     x = torch.randn(2, 7, 16)
@@ -157,11 +160,11 @@ def test_attention_matches_explicit_softmax():
     torch.testing.assert_close(attn(x), attn.proj(out))
 
 
-def test_sinusoidal_frequencies_standard_and_seed000():
+def test_sinusoidal_frequencies_standard_and_laptev():
     standard = sinusoidal_table(50, 16, 10000.0)
     # channel 2i = sin(pos / 10000^(2i/16)); check channel 2 (i = 1) at position 7
     assert standard[7, 2].item() == pytest.approx(torch.sin(torch.tensor(7 / 10000 ** (2 / 16))).item(), abs=1e-6)
-    model = build_model(ModelConfig(**SMALL, pe="sinusoidal_seed000"), seed=0)
+    model = build_model(ModelConfig(**SMALL, pe="sinusoidal_laptev"), seed=0)
     slowest = 1 / torch.log(torch.tensor(10000.0)) ** (14 / 16)
     assert model.positional.fixed[1, 14].item() == pytest.approx(torch.sin(slowest).item(), abs=1e-6)
 
@@ -208,10 +211,14 @@ def test_build_model_is_independent_of_global_rng():
         (dict(n_layers=0), "ModelConfig.n_layers=0 must be an integer >= 1"),
         (dict(context=2.5), "ModelConfig.context=2.5 must be an integer >= 1"),
         (dict(causal="yes"), "ModelConfig.causal='yes' must be True or False"),
+        (dict(n_heads=True), "ModelConfig.n_heads=True must be an integer >= 1"),
+        (dict(pe=["learned"]), "ModelConfig.pe=['learned'] is not allowed; choose one of"),
+        (dict(ema_alpha="0.5"), "ModelConfig.ema_alpha='0.5' must be a finite number in (0, 1)"),
+        (dict(injection="ema", ema_alpha=float("nan")), "ModelConfig.ema_alpha=nan must be a finite number in [0, 1)"),
     ],
 )
 def test_model_config_errors(overrides, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         ModelConfig(**{**SMALL, **overrides})
 
 
@@ -219,6 +226,8 @@ def test_context_too_short_and_bad_b_and_bad_tokens():
     config = ModelConfig(**{**SMALL, "context": 21})
     with pytest.raises(ValueError, match="n_points=12 has 23 tokens, more than ModelConfig.context=21"):
         config.check_prompt(12)
+    with pytest.raises(ValueError, match="n_points=0 must be an integer >= 1"):
+        config.check_prompt(0)
     model = build_model(config, seed=0)
     tokens, _ = prompts()
     with pytest.raises(ValueError, match="tokens have 23 positions, more than ModelConfig.context=21"):
