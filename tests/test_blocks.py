@@ -2,6 +2,7 @@
 the selective state-space mixer, and the per-loop FLOP count used to compare them."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -58,7 +59,7 @@ def test_a_to_b_has_the_parameters_of_two_stacks_and_the_compute_of_one():
 # ----------------------------------------------------------------------------- LSTM
 
 
-def test_lstm_layers_are_seed_001s_multilayer_lstm():
+def test_lstm_layers_are_the_aleksandr_studys_multilayer_lstm():
     """n_layers LSTM layers in a stack compute nn.LSTM(h, h, num_layers=n_layers) from zero states."""
     model = build_model(ModelConfig(**{**SMALL, "n_layers": 3}, block="lstm"), seed=1).eval()
     reference = nn.LSTM(16, 16, num_layers=3, batch_first=True)
@@ -109,7 +110,7 @@ def test_ssm_mixer_has_about_the_parameters_of_attention():
 
 
 def test_looped_ssm_trains_without_nan():
-    """Seed 002's SSM gave NaN everywhere; this one trains at a high learning rate and 6 loops."""
+    """The Murawiecki study's SSM gave NaN everywhere; this one trains at a high learning rate and 6 loops."""
     model = build_model(ModelConfig(**SMALL, mixer="ssm", ssm_state=8), seed=3)
     config = TrainConfig(steps=40, batch_size=16, lr=1e-2, b=6, n_points=12, eval_prompts=32)
     result = train(model, LinearRegression(4), config, progress=False)
@@ -145,5 +146,5 @@ def test_flops_per_loop_follow_the_layer_formulas():
     ],
 )
 def test_block_config_errors(overrides, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         ModelConfig(**{**SMALL, **overrides})

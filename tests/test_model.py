@@ -1,15 +1,31 @@
 """The model: shapes, causality, injection semantics, variants and config errors."""
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+import components
+import transformer
 from tasks import LinearRegression
 from transformer import (
     BLOCK_CHOICES,
+    BLOCKS,
     INJECTION_CHOICES,
+    INJECTIONS,
+    MIXER_CHOICES,
+    MIXERS,
     PE_CHOICES,
+    RENAMED_VALUES,
     BaseLoopedTransformer,
+    LaptevLayer,
     ModelConfig,
+    build_block,
+    build_injection,
+    build_mixer,
     count_parameters,
     sinusoidal_table,
 )
@@ -130,7 +146,8 @@ def test_injection_variants_follow_their_rules():
         torch.testing.assert_close(model(tokens, 2)[-1], model.read_out(state), msg=injection)
 
 
-def test_seed000_layer_residual_quirk():
+def test_laptev_layer_residual_quirk():
+    """The Laptev study's layer: the attention output only feeds the MLP, never the residual."""
     model = build_model(ModelConfig(**SMALL), seed=5).eval()
     layer = model.stack.layers[0]
     x = torch.randn(2, 7, 16)
@@ -157,11 +174,11 @@ def test_attention_matches_explicit_softmax():
     torch.testing.assert_close(attn(x), attn.proj(out))
 
 
-def test_sinusoidal_frequencies_standard_and_seed000():
+def test_sinusoidal_frequencies_standard_and_laptev():
     standard = sinusoidal_table(50, 16, 10000.0)
     # channel 2i = sin(pos / 10000^(2i/16)); check channel 2 (i = 1) at position 7
     assert standard[7, 2].item() == pytest.approx(torch.sin(torch.tensor(7 / 10000 ** (2 / 16))).item(), abs=1e-6)
-    model = build_model(ModelConfig(**SMALL, pe="sinusoidal_seed000"), seed=0)
+    model = build_model(ModelConfig(**SMALL, pe="sinusoidal_laptev"), seed=0)
     slowest = 1 / torch.log(torch.tensor(10000.0)) ** (14 / 16)
     assert model.positional.fixed[1, 14].item() == pytest.approx(torch.sin(slowest).item(), abs=1e-6)
 
@@ -208,10 +225,14 @@ def test_build_model_is_independent_of_global_rng():
         (dict(n_layers=0), "ModelConfig.n_layers=0 must be an integer >= 1"),
         (dict(context=2.5), "ModelConfig.context=2.5 must be an integer >= 1"),
         (dict(causal="yes"), "ModelConfig.causal='yes' must be True or False"),
+        (dict(n_heads=True), "ModelConfig.n_heads=True must be an integer >= 1"),
+        (dict(pe=["learned"]), "ModelConfig.pe=['learned'] is not allowed; choose one of"),
+        (dict(ema_alpha="0.5"), "ModelConfig.ema_alpha='0.5' must be a finite number in (0, 1)"),
+        (dict(injection="ema", ema_alpha=float("nan")), "ModelConfig.ema_alpha=nan must be a finite number in [0, 1)"),
     ],
 )
 def test_model_config_errors(overrides, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         ModelConfig(**{**SMALL, **overrides})
 
 
@@ -219,6 +240,8 @@ def test_context_too_short_and_bad_b_and_bad_tokens():
     config = ModelConfig(**{**SMALL, "context": 21})
     with pytest.raises(ValueError, match="n_points=12 has 23 tokens, more than ModelConfig.context=21"):
         config.check_prompt(12)
+    with pytest.raises(ValueError, match="n_points=0 must be an integer >= 1"):
+        config.check_prompt(0)
     model = build_model(config, seed=0)
     tokens, _ = prompts()
     with pytest.raises(ValueError, match="tokens have 23 positions, more than ModelConfig.context=21"):
@@ -231,3 +254,67 @@ def test_context_too_short_and_bad_b_and_bad_tokens():
         model(tokens, 2, grad_window=0)
     with pytest.raises(ValueError, match=r"tokens must have shape \[batch, seq, n_dims=4\]"):
         model(tokens[..., :3], 1)
+
+
+# ----------------------------------------------------------------------------- names and registries
+
+
+def test_every_choice_has_a_class_and_every_class_a_choice():
+    assert set(INJECTIONS) == set(INJECTION_CHOICES)
+    assert set(BLOCKS) == set(BLOCK_CHOICES)
+    assert set(MIXERS) == set(MIXER_CHOICES)
+
+
+def test_build_functions_pick_the_registered_class():
+    for injection in INJECTION_CHOICES:
+        config = ModelConfig(**SMALL, injection=injection)
+        assert type(build_injection(config)) is INJECTIONS[injection]
+    for block in BLOCK_CHOICES:
+        assert type(build_block(ModelConfig(**SMALL, block=block))) is BLOCKS[block]
+    for mixer in MIXER_CHOICES:
+        assert type(build_mixer(ModelConfig(**SMALL, mixer=mixer))) is MIXERS[mixer]
+    assert type(build_block(ModelConfig(**SMALL))) is LaptevLayer  # the default block
+
+
+@pytest.mark.parametrize(
+    "field, old, new", [(field, old, new) for field, names in RENAMED_VALUES.items() for old, new in names.items()]
+)
+def test_old_choice_names_are_read_as_the_new_ones(field, old, new):
+    """Records and notebooks written before a rename still load, and save the current name."""
+    assert new in {"block": BLOCK_CHOICES, "pe": PE_CHOICES}[field]
+    assert old not in {"block": BLOCK_CHOICES, "pe": PE_CHOICES}[field]
+    direct = ModelConfig(**SMALL, **{field: old})
+    loaded = ModelConfig.from_dict({**ModelConfig(**SMALL).to_dict(), field: old})
+    for config in (direct, loaded):
+        assert getattr(config, field) == new and config.to_dict()[field] == new
+        assert config == ModelConfig(**SMALL, **{field: new})
+    # The same parameters and outputs as under the new name.
+    tokens, _ = prompts()
+    torch.testing.assert_close(
+        build_model(direct, seed=3)(tokens, 2), build_model(ModelConfig(**SMALL, **{field: new}), seed=3)(tokens, 2)
+    )
+
+
+def test_the_renames_are_the_three_studies():
+    assert RENAMED_VALUES == {"block": {"seed000": "laptev"}, "pe": {"sinusoidal_seed000": "sinusoidal_laptev"}}
+    assert ModelConfig(n_dims=4).block == "laptev"
+
+
+def test_transformer_reexports_the_components():
+    """Every public name of components.py is importable from transformer, as before the split."""
+    defined_here = [
+        name
+        for name, value in vars(components).items()
+        if not name.startswith("_") and getattr(value, "__module__", None) == "components"
+    ]
+    assert sorted(defined_here) == sorted(components.__all__)
+    for name in components.__all__:
+        assert getattr(transformer, name) is getattr(components, name), name
+        assert name in transformer.__all__, name
+    assert all(hasattr(transformer, name) for name in transformer.__all__)
+
+
+def test_components_does_not_import_transformer():
+    """Imports run one way: transformer imports components, never the reverse (at run time)."""
+    code = "import sys, components; assert 'transformer' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
