@@ -24,16 +24,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+# The sibling benchmark: Python puts a script's own folder first on sys.path.
 from train_speed import N_POINTS, SHAPES
 
 from ensemble import Ensemble

@@ -39,18 +39,14 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 # One thread before anything else touches torch's thread pools: the study's runs are single-threaded.
 torch.set_num_threads(1)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks import LinearRegression  # noqa: E402
 from transformer import BaseLoopedTransformer, ModelConfig, count_parameters  # noqa: E402

@@ -4,18 +4,16 @@ The README's "does it learn?" check: n_dims 5, 15 in-context examples (P = 16), 
 4 heads, 1 layer, b = 10, on one CPU thread. Prints the last-position error per dimension
 of the trained model (last loop) next to least squares and averaging on 1280 fresh prompts.
 
-    python scripts/quickstart.py [--steps 3000]
+    python scripts/quickstart.py [--steps 3000] [--seed 0]
+
+`--steps 2` is the smoke size (tests/test_scripts.py).
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from baselines import averaging, least_squares
-from tasks import LinearRegression
+from tasks import LinearRegression, build_prompt
 from transformer import ModelConfig, count_parameters
 from utils import TrainConfig, build_model, make_generator, prediction_errors, train
 
@@ -42,8 +40,6 @@ def main() -> None:
         )
 
     xs, ys = task.sample_xy(1280, train_config.n_points, make_generator(12345, "validation"))
-    from tasks import build_prompt
-
     model_error = prediction_errors(model, build_prompt(xs, ys), ys, train_config.b)[-1, -1].item()
     for name, estimator in (("least squares", least_squares), ("averaging", averaging)):
         error = ((estimator(xs, ys)[:, -1] - ys[:, -1]).square().mean() / task.n_dims).item()
