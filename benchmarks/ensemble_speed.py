@@ -15,7 +15,7 @@ ensemble on CUDA only. `--sdpa math` runs attention as plain matrix products (to
 kernel) instead of the fused kernel: under vmap those batch over the members (the member axis
 folds into the batch), which is the way out where the fused kernel has no vmap batching rule and
 vmap would run it member by member. On CPU one thread is used, as in the runner's workers; ensembles are not
-expected to pay there (DESIGN.md): the runner uses one process per core on CPU and the
+expected to pay there (docs/design.md): the runner uses one process per core on CPU and the
 ensemble on CUDA.
 """
 

@@ -13,9 +13,10 @@ folder as it finishes, so a stage that runs out of time loses only itself:
    `full`) through the normal runner with the ensemble backend, smallest shapes first, while
    the time lasts; finished run records are packed into one archive.
 
-    python scripts/gpu_check.py --out DIR [--budget 480] [--grid specs.json] [--stages 1 2 3 4]
+    PYTHONPATH=. python scripts/gpu_check.py --out DIR [--budget 480] [--grid specs.json] [--stages 1 2 3 4]
 
-On a machine without CUDA, `--device cpu --smoke` runs every stage at toy sizes (for the tests).
+PYTHONPATH: the GPU machine runs the working tree without installing it. On a machine without
+CUDA, `--device cpu --smoke` runs every stage at toy sizes (for the tests).
 """
 
 from __future__ import annotations
@@ -33,16 +34,14 @@ from pathlib import Path
 
 import torch
 
+from baselines import averaging, least_squares
+from ensemble import Ensemble, train_ensemble
+from runner import RunSpec
+from tasks import LinearRegression, build_prompt
+from transformer import ModelConfig
+from utils import TrainConfig, build_model, make_generator, prediction_errors, train
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the GPU machine runs the working tree without installing it
-
-from baselines import averaging, least_squares  # noqa: E402
-from ensemble import Ensemble, train_ensemble  # noqa: E402
-from runner import RunSpec  # noqa: E402
-from tasks import LinearRegression, build_prompt  # noqa: E402
-from transformer import ModelConfig  # noqa: E402
-from utils import TrainConfig, build_model, make_generator, prediction_errors, train  # noqa: E402
-
 STARTED = time.perf_counter()
 
 
@@ -234,15 +233,18 @@ def stage_grid(args, log, report: dict, out: Path) -> None:
         started = time.perf_counter()
         # A group in a child process, so that the time limit can stop it without losing the others.
         code = (
-            "import json, sys; sys.path.insert(0, sys.argv[1]);"
+            "import json, sys;"
             "from runner import RunSpec, run_grid;"
-            "specs = [RunSpec.from_dict(v) for v in json.loads(sys.argv[2])];"
-            "run_grid(specs, sys.argv[3], backend='ensemble', progress=False)"
+            "specs = [RunSpec.from_dict(v) for v in json.loads(sys.argv[1])];"
+            "run_grid(specs, sys.argv[2], backend='ensemble', progress=False)"
         )
         payload = json.dumps([s.to_dict() for s in group])
         try:
             subprocess.run(
-                [sys.executable, "-c", code, str(ROOT), payload, str(grid_dir)], check=True, timeout=remaining
+                [sys.executable, "-c", code, payload, str(grid_dir)],
+                check=True,
+                timeout=remaining,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
             )
             say(log, f"grid: shape {shape} finished in {time.perf_counter() - started:.0f} s")
         except subprocess.TimeoutExpired:
