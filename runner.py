@@ -25,12 +25,13 @@ import os
 import platform
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from checks import require, require_choice, require_int
 from ensemble import MEMBER_FIELDS, check_ensemble, train_ensemble
 from tasks import OOD_KINDS, task_from_dict
 from transformer import ModelConfig, count_parameters
@@ -40,6 +41,7 @@ from utils import (
     build_model,
     error_scale,
     heldout_prompts,
+    label_sensitivity,
     ood_prompts,
     prediction_errors,
     prompt_errors,
@@ -95,16 +97,23 @@ def hardware() -> str:
 
 
 @dataclass(frozen=True)
-class Level2Config:
-    """Seed 000's level-2 protocol and the extrapolation loop counts (see utils.validate),
-    and the paper-grade evaluations a run may add to its record (all off by default):
+class EvalConfig:
+    """How a trained run is evaluated: the Laptev study's level-2 protocol, the extrapolation
+    loop counts (see utils.validate), and the optional evaluations a run may add to its record
+    (all off by default):
 
-    bootstrap:     the last loop's error at every position on the held-out set, with a
-                   bootstrap 5 to 95% band over prompts ("position_band");
-    state_updates: the relative state update of every loop up to max(extrapolation_b) on
-                   the held-out set ("state_updates"; does the loop reach a fixed point?);
-    ood_kinds:     out-of-distribution prompt kinds (`tasks.OOD_KINDS`), each scored like
-                   `bootstrap` on its own fixed prompt set (`utils.ood_prompts`) ("ood").
+    bootstrap:         the last loop's error at every position on the held-out set, with a
+                       bootstrap 5 to 95% band over prompts ("position_band");
+    state_updates:     the relative state update of every loop up to max(extrapolation_b) on
+                       the held-out set ("state_updates"; does the loop reach a fixed point?);
+    ood_kinds:         out-of-distribution prompt kinds (`tasks.OOD_KINDS`), each scored like
+                       `bootstrap` on its own fixed prompt set (`utils.ood_prompts`) ("ood");
+    label_sensitivity: the number of held-out prompts (0: off) on which the last loop's
+                       prediction at x_i is probed by shifting its own label y_i and, as a
+                       control, the next label y_(i+1) by +1 (`utils.label_sensitivity`):
+                       {"own": [P-1], "later": [P-2]} ("label_sensitivity"; label leakage);
+    positional_table:  the learned positional-encoding table of a model with `pe="learned"`
+                       ("positional_table": [context, hidden]).
     """
 
     launches: int = 10
@@ -115,28 +124,55 @@ class Level2Config:
     bootstrap: bool = False
     state_updates: bool = False
     ood_kinds: tuple[str, ...] = ()
+    label_sensitivity: int = 0
+    positional_table: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ood_kinds", tuple(self.ood_kinds))  # a record read back gives a list
+        # a record read back gives lists
+        object.__setattr__(self, "extrapolation_b", tuple(self.extrapolation_b))
+        object.__setattr__(self, "ood_kinds", tuple(self.ood_kinds))
+        for name in ("launches", "batches_per_launch", "batch_size"):
+            require_int(f"EvalConfig.{name}", getattr(self, name))
+        require_int("EvalConfig.seed", self.seed, minimum=0)
+        require(len(self.extrapolation_b) > 0, "EvalConfig.extrapolation_b must hold at least one loop count")
+        for b in self.extrapolation_b:
+            require_int("EvalConfig.extrapolation_b entry", b)
+        for name in ("bootstrap", "state_updates", "positional_table"):
+            require_choice(f"EvalConfig.{name}", getattr(self, name), (False, True))
         unknown = [kind for kind in self.ood_kinds if kind not in OOD_KINDS]
-        if unknown:
-            raise ValueError(f"Level2Config.ood_kinds has unknown kinds {unknown}; choose from {OOD_KINDS}")
+        require(not unknown, f"EvalConfig.ood_kinds has unknown kinds {unknown}; choose from {OOD_KINDS}")
+        require_int("EvalConfig.label_sensitivity", self.label_sensitivity, minimum=0)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "extrapolation_b": list(self.extrapolation_b), "ood_kinds": list(self.ood_kinds)}
+
+
+Level2Config = EvalConfig  # deprecated alias: the old name, kept so existing notebooks and tests still run
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: a model, a task, how to train it and how to validate it.
+    """One run: a model, a task, how to train it and how to evaluate it.
 
     `labels` are free-form fields for grouping results (model name, b, seed, ...);
-    `name` is the file stem of the run's JSON.
+    `name` is the file stem of the run's JSON. `level2=` is the deprecated keyword for
+    `evaluation=`; records written before the rename store the spec's `evaluation` under
+    "level2", which `from_dict` still reads.
     """
 
     name: str
     model: ModelConfig
     task: dict
     train: TrainConfig
-    level2: Level2Config = field(default_factory=Level2Config)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     labels: dict = field(default_factory=dict)
+    level2: InitVar[EvalConfig | None] = None
+
+    def __post_init__(self, level2: EvalConfig | None) -> None:
+        if level2 is not None:
+            require(self.evaluation == EvalConfig(), "RunSpec: give evaluation= or the deprecated level2=, not both")
+            object.__setattr__(self, "evaluation", level2)
+        require(isinstance(self.evaluation, EvalConfig), "RunSpec.evaluation must be an EvalConfig")
 
     def to_dict(self) -> dict:
         return {
@@ -144,25 +180,22 @@ class RunSpec:
             "model": self.model.to_dict(),
             "task": dict(self.task),
             "train": self.train.to_dict(),
-            "level2": {
-                **asdict(self.level2),
-                "extrapolation_b": list(self.level2.extrapolation_b),
-                "ood_kinds": list(self.level2.ood_kinds),
-            },
+            "evaluation": self.evaluation.to_dict(),
             "labels": dict(self.labels),
         }
 
     @classmethod
     def from_dict(cls, values: dict) -> RunSpec:
         """The inverse of `to_dict`. Fields added to the configs since a record was written
-        take their defaults, so older records still match the specs that produced them."""
-        level2 = {**values["level2"], "extrapolation_b": tuple(values["level2"]["extrapolation_b"])}
+        take their defaults, and the evaluation's old key "level2" is read as "evaluation",
+        so older records still match the specs that produced them."""
+        evaluation = values["evaluation"] if "evaluation" in values else values["level2"]
         return cls(
             name=values["name"],
             model=ModelConfig.from_dict(values["model"]),
             task=dict(values["task"]),
             train=TrainConfig(**values["train"]),
-            level2=Level2Config(**level2),
+            evaluation=EvalConfig(**evaluation),
             labels=dict(values["labels"]),
         )
 
@@ -191,7 +224,7 @@ def execute_run(spec: RunSpec, out_dir: str | Path, progress: bool = False) -> d
 
 def finish_run(spec: RunSpec, task, model, result, out_dir: Path, started: float) -> dict:
     """Validate a trained model (levels 1 and 2, extrapolation, errors per position and the
-    optional evaluations of `Level2Config`), then write its JSON and weights. Returns the record."""
+    optional evaluations of `EvalConfig`), then write its JSON and weights. Returns the record."""
     record: dict[str, Any] = {
         "spec": spec.to_dict(),
         "parameters": count_parameters(model),
@@ -199,18 +232,18 @@ def finish_run(spec: RunSpec, task, model, result, out_dir: Path, started: float
         "train": result.to_dict(),
     }
     if result.status == "finished":
-        level2 = spec.level2
+        evaluation = spec.evaluation
         heldout = heldout_prompts(task, spec.train.eval_prompts, spec.train.n_points, spec.train.eval_seed)
         record["level2"] = validate(
             model,
             task,
             spec.train.b,
             spec.train.n_points,
-            seed=level2.seed + spec.train.seed,
-            launches=level2.launches,
-            batches_per_launch=level2.batches_per_launch,
-            batch_size=level2.batch_size,
-            extrapolation_b=list(level2.extrapolation_b),
+            seed=evaluation.seed + spec.train.seed,
+            launches=evaluation.launches,
+            batches_per_launch=evaluation.batches_per_launch,
+            batch_size=evaluation.batch_size,
+            extrapolation_b=list(evaluation.extrapolation_b),
             heldout=heldout,
         )
         scale = error_scale(task)
@@ -220,11 +253,20 @@ def finish_run(spec: RunSpec, task, model, result, out_dir: Path, started: float
             "mean_over_loops": _nan_to_none(errors.nanmean(0).tolist()),
         }
         record["loop_errors"] = errors[:, -1].tolist()  # the query error of each loop 1..b (held-out)
-        if level2.bootstrap:
+        if evaluation.bootstrap:
             record["position_band"] = bootstrap_band(prompt_errors(model, *heldout, spec.train.b, scale=scale))
-        if level2.state_updates:
-            record["state_updates"] = state_updates(model, heldout[0], max(level2.extrapolation_b)).tolist()
-        if level2.ood_kinds:
+        if evaluation.state_updates:
+            record["state_updates"] = state_updates(model, heldout[0], max(evaluation.extrapolation_b)).tolist()
+        if evaluation.label_sensitivity:
+            probe, _ = heldout_prompts(task, evaluation.label_sensitivity, spec.train.n_points, spec.train.eval_seed)
+            record["label_sensitivity"] = {
+                "own": label_sensitivity(model, probe, spec.train.b).tolist(),
+                "later": label_sensitivity(model, probe, spec.train.b, lag=1).tolist(),
+            }
+        if evaluation.positional_table:
+            require(spec.model.pe == "learned", f"run {spec.name!r}: positional_table needs pe='learned'")
+            record["positional_table"] = model.positional.table.weight.detach().cpu().tolist()
+        if evaluation.ood_kinds:
             record["ood"] = {
                 kind: bootstrap_band(
                     prompt_errors(
@@ -234,7 +276,7 @@ def finish_run(spec: RunSpec, task, model, result, out_dir: Path, started: float
                         scale=scale,
                     )
                 )
-                for kind in level2.ood_kinds
+                for kind in evaluation.ood_kinds
             }
     record["wall_time_s"] = time.perf_counter() - started
     save_run(out_dir / "models" / spec.name, model, {"model_config": spec.model.to_dict(), "name": spec.name})

@@ -1,17 +1,18 @@
-"""The grid runner: backends agree, results are cached and skipped, crashes stay contained."""
+"""The grid runner: backends agree, results are cached and skipped, crashes stay contained,
+and committed records (written before EvalConfig was renamed) still match their specs."""
 
 import os
 
 import pytest
 
 import runner
-from runner import Level2Config, RunSpec, choose_preset, results_dir, run_grid
+from runner import EvalConfig, Level2Config, RunSpec, choose_preset, results_dir, run_grid
 from tasks import LinearRegression
 from transformer import ModelConfig
 from utils import TrainConfig
 
 MODEL = ModelConfig(n_dims=2, n_layers=1, n_heads=2, hidden_dim=8, mlp_hidden=16, context=9)
-LEVEL2 = Level2Config(launches=2, batches_per_launch=1, batch_size=8, extrapolation_b=(1, 3))
+LEVEL2 = EvalConfig(launches=2, batches_per_launch=1, batch_size=8, extrapolation_b=(1, 3))
 
 
 def spec(seed, b=2, steps=6, name=None):
@@ -20,7 +21,7 @@ def spec(seed, b=2, steps=6, name=None):
         model=MODEL,
         task=LinearRegression(2).to_dict(),
         train=TrainConfig(steps=steps, batch_size=4, b=b, n_points=5, seed=seed, eval_prompts=16),
-        level2=LEVEL2,
+        evaluation=LEVEL2,
         labels={"b": b, "seed": seed},
     )
 
@@ -63,7 +64,7 @@ def test_a_crashed_run_does_not_lose_the_others(tmp_path):
         model=MODEL,
         task={"name": "LinearRegression", "n_dims": 3},  # n_dims differs from the model: train raises
         train=TrainConfig(steps=3, batch_size=4, b=1, n_points=5, eval_prompts=8),
-        level2=LEVEL2,
+        evaluation=LEVEL2,
     )
     with pytest.raises(RuntimeError, match=r"1 of 2 runs failed \(the others are saved\)"):
         run_grid([bad, spec(1)], tmp_path, backend="pool", workers=2, progress=False)
@@ -106,7 +107,7 @@ def test_presets_and_results_dirs(monkeypatch, tmp_path):
 def test_paper_grade_evaluations_are_recorded_and_survive_a_reload(tmp_path):
     from tasks import OOD_KINDS
 
-    level2 = Level2Config(
+    evaluation = EvalConfig(
         launches=2,
         batches_per_launch=1,
         batch_size=8,
@@ -115,7 +116,9 @@ def test_paper_grade_evaluations_are_recorded_and_survive_a_reload(tmp_path):
         state_updates=True,
         ood_kinds=OOD_KINDS,
     )
-    paper = RunSpec(name="paper", model=MODEL, task=LinearRegression(2).to_dict(), train=spec(1).train, level2=level2)
+    paper = RunSpec(
+        name="paper", model=MODEL, task=LinearRegression(2).to_dict(), train=spec(1).train, evaluation=evaluation
+    )
     record = run_grid([paper], tmp_path, backend="inline", progress=False)[0]
     band = record["position_band"]
     assert len(band["mean"]) == 5
@@ -128,8 +131,8 @@ def test_paper_grade_evaluations_are_recorded_and_survive_a_reload(tmp_path):
     assert len(record["ood"]["scaled_x"]["mean"]) == 5
     # the record's spec (ood_kinds stored as a list) still matches: a re-run skips it
     assert run_grid([paper], tmp_path, backend="inline", progress=False)[0]["wall_time_s"] == record["wall_time_s"]
-    with pytest.raises(ValueError, match=r"Level2Config.ood_kinds has unknown kinds \['sideways'\]"):
-        Level2Config(ood_kinds=("sideways",))
+    with pytest.raises(ValueError, match=r"EvalConfig.ood_kinds has unknown kinds \['sideways'\]"):
+        EvalConfig(ood_kinds=("sideways",))
 
 
 def test_ood_prompts_are_fixed_per_kind_and_differ_between_kinds():
@@ -143,3 +146,96 @@ def test_ood_prompts_are_fixed_per_kind_and_differ_between_kinds():
     assert not (first[1] == other[1]).all()
     with pytest.raises(ValueError, match="OOD kind 'sideways' is not known; choose one of"):
         ood_prompts(task, "sideways", 4, 6, seed=7)
+
+
+def test_label_sensitivity_and_positional_table_are_recorded(tmp_path):
+    from dataclasses import replace
+
+    from utils import heldout_prompts, label_sensitivity, load_run
+
+    evaluation = replace(LEVEL2, label_sensitivity=8, positional_table=True)
+    learned = RunSpec(
+        name="learned",
+        model=replace(MODEL, pe="learned", causal=False),
+        task=LinearRegression(2).to_dict(),
+        train=spec(1).train,
+        evaluation=evaluation,
+    )
+    record = run_grid([learned], tmp_path, backend="inline", progress=False)[0]
+    assert len(record["label_sensitivity"]["own"]) == 4 and len(record["label_sensitivity"]["later"]) == 3
+    model, _ = load_run(tmp_path / "models" / "learned")
+    probe, _ = heldout_prompts(LinearRegression(2), 8, 5, learned.train.eval_seed)
+    assert record["label_sensitivity"]["own"] == pytest.approx(label_sensitivity(model, probe, 2).tolist())
+    assert record["positional_table"] == model.positional.table.weight.detach().tolist()
+    causal = replace(
+        learned,
+        name="causal",
+        model=replace(MODEL, pe="learned"),
+        evaluation=replace(evaluation, positional_table=False),
+    )
+    assert run_grid([causal], tmp_path, backend="inline", progress=False)[0]["label_sensitivity"]["own"] == [0.0] * 4
+    no_table = replace(learned, name="no_table", model=MODEL)
+    with pytest.raises(RuntimeError, match="positional_table needs pe='learned'"):
+        run_grid([no_table], tmp_path, backend="inline", progress=False)
+
+
+def test_eval_config_validation_and_the_deprecated_names():
+    assert Level2Config is EvalConfig
+    old_style = RunSpec("r", MODEL, {}, TrainConfig(steps=1), level2=LEVEL2)  # the deprecated keyword
+    assert old_style.evaluation == LEVEL2 and old_style == RunSpec(
+        "r", MODEL, {}, TrainConfig(steps=1), evaluation=LEVEL2
+    )
+    with pytest.raises(ValueError, match="give evaluation= or the deprecated level2=, not both"):
+        RunSpec("r", MODEL, {}, TrainConfig(steps=1), evaluation=LEVEL2, level2=LEVEL2)
+    for bad, message in [
+        (dict(launches=0), r"EvalConfig.launches=0 must be an integer >= 1"),
+        (dict(batch_size=2.5), r"EvalConfig.batch_size=2.5 must be an integer >= 1"),
+        (dict(extrapolation_b=()), "EvalConfig.extrapolation_b must hold at least one loop count"),
+        (dict(extrapolation_b=(1, 0)), r"EvalConfig.extrapolation_b entry=0 must be an integer >= 1"),
+        (dict(bootstrap="yes"), r"EvalConfig.bootstrap='yes' is not allowed; choose one of \(False, True\)"),
+        (dict(label_sensitivity=-1), r"EvalConfig.label_sensitivity=-1 must be an integer >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            EvalConfig(**bad)
+
+
+def test_old_records_map_level2_to_evaluation():
+    old = spec(1).to_dict()
+    old["level2"] = old.pop("evaluation")
+    for key in ("label_sensitivity", "positional_table", "bootstrap", "state_updates", "ood_kinds"):
+        del old["level2"][key]  # fields added since the record was written take their defaults
+    assert RunSpec.from_dict(old) == spec(1)
+
+
+# run records only: grid.json holds the grid's wall time, Experiment 4's "learned alpha.json" a side result
+COMMITTED = sorted(
+    p
+    for p in (runner.ROOT / "results").glob("experiment */data/*.json")
+    if p.name not in ("grid.json", "learned alpha.json")
+)
+
+
+def test_every_committed_record_loads_and_matches_its_spec():
+    from utils import read_json
+
+    assert len(COMMITTED) > 100
+    old_key = 0
+    for path in COMMITTED:
+        record = read_json(path)
+        spec_ = RunSpec.from_dict(record["spec"])
+        assert spec_.name == path.stem
+        assert RunSpec.from_dict(spec_.to_dict()) == spec_
+        assert runner.load_result(spec_, path.parent.parent)["spec"] == record["spec"]
+        old_key += "level2" in record["spec"]
+    assert old_key > 0  # records from before the rename are among them
+
+
+def test_experiment_3_records_hold_their_label_leakage():
+    from utils import read_json
+
+    records = [read_json(p) for p in COMMITTED if p.parts[-3] == "experiment 3"]
+    assert len(records) == 48
+    assert all(RunSpec.from_dict(r["spec"]).evaluation.label_sensitivity == 256 for r in records)
+    assert all(len(r["label_sensitivity"]["own"]) == 11 for r in records)
+    tables = [r for r in records if "positional_table" in r]
+    assert [r["spec"]["name"] for r in tables] == ["lpe_cm_5_42"]

@@ -1,0 +1,256 @@
+"""One experiment notebook's scaffolding: settings, the grid, named look-ups, figures and the report.
+
+Owns what every notebook did by hand:
+- `Experiment`: the preset (`PRESET`), backend (`BACKEND`), device (`DEVICE`) and output folder
+  (`runner.results_dir`, which honours `LOOPED_RESULTS_ROOT`) read from the environment; `run`,
+  the grid of runs (`runner.run_grid_timed`: finished runs are read from the cache); `figure`,
+  which saves an SVG atomically, closes the figure and shows it; and `write_report`, which fills
+  the notebook's markdown report templates in `experiments/reports/`.
+- `Results`: the records of a grid with named look-ups (`where(model="small", b=5)`,
+  `extrapolation(at=20)`, `level2_median()`, `finished`/`diverged`), so a notebook never indexes
+  the nested record dicts itself.
+- `fill_template`: `{placeholder}` substitution that fails on a missing or an unused value;
+  `settings_table`: the two-column "setting | value" table of a report's design section.
+
+Report templates: `experiments/reports/experiment N.md` is the report; `experiment N - PART.md`
+are optional parts (e.g. "conclusions cpu") the notebook appends by name. Placeholders follow
+`str.format` with plain names only (`{name}`, `{name:.1f}`); a literal brace is written `{{` / `}}`.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import plots
+from runner import ROOT, RunSpec, choose_preset, results_dir, run_grid_timed
+from utils import atomic_write_bytes, save_svg
+
+REPORTS = ROOT / "experiments" / "reports"
+
+
+class Results(Sequence):
+    """The records of a grid (or of part of it), in grid order, with look-ups by label.
+
+    Every per-run look-up returns a numpy array with one value per run, in order, so that
+    `plots.mean_pm_std` and `plots.compare` take it directly."""
+
+    def __init__(self, records: Iterable[dict]):
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Results(self.records[index])
+        return self.records[index]
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.records)
+
+    def __repr__(self) -> str:
+        return f"Results({self.names})"
+
+    # selection
+
+    def where(self, **labels: Any) -> Results:
+        """The runs whose labels (RunSpec.labels) equal every given value."""
+        return Results(r for r in self.records if all(r["spec"]["labels"].get(k) == v for k, v in labels.items()))
+
+    def one(self, **labels: Any) -> dict:
+        """The single run with these labels (raises unless exactly one matches)."""
+        matches = self.where(**labels)
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} runs match {labels}, expected exactly one")
+        return matches[0]
+
+    @property
+    def finished(self) -> Results:
+        """The runs that trained to the end (a diverged run has no evaluation)."""
+        return Results(r for r in self.records if r["train"]["status"] == "finished")
+
+    @property
+    def diverged(self) -> Results:
+        """The runs that did not finish training."""
+        return Results(r for r in self.records if r["train"]["status"] != "finished")
+
+    @property
+    def names(self) -> list[str]:
+        return [r["spec"]["name"] for r in self.records]
+
+    def labels(self, key: str) -> list:
+        """The distinct values of one label, in grid order."""
+        return list(dict.fromkeys(r["spec"]["labels"][key] for r in self.records))
+
+    @property
+    def parameters(self) -> int | None:
+        """The parameter count shared by these runs (None without runs)."""
+        counts = {r["parameters"] for r in self.records}
+        if len(counts) > 1:
+            raise ValueError(f"these runs have different parameter counts: {sorted(counts)}")
+        return counts.pop() if counts else None
+
+    # per-run values (finished runs only, so that a diverged run never raises)
+
+    def values(self, get: Callable[[dict], Any]) -> np.ndarray:
+        """`get(record)` for every finished run, as an array."""
+        return np.array([get(r) for r in self.finished], dtype=float)
+
+    def extrapolation(self, at: int | None = None, metric: str = "reference") -> np.ndarray:
+        """Held-out error at eval loop count `at` (default: each run's own b_train): one value
+        per run. metric: "reference" (the study's mean over loops 1..b) or "last_loop"."""
+
+        def get(r: dict) -> float:
+            table = r["level2"]["extrapolation"]
+            b = r["spec"]["train"]["b"] if at is None else at
+            if b not in table["b"]:
+                raise KeyError(f"run {r['spec']['name']!r} was not evaluated at b={b}; it has {table['b']}")
+            return table[metric][table["b"].index(b)]
+
+        return self.values(get)
+
+    def curves(self, metric: str = "reference") -> list[list[float]]:
+        """Each run's extrapolation curve over `EvalConfig.extrapolation_b`: rows [runs, eval b]."""
+        return [r["level2"]["extrapolation"][metric] for r in self.finished]
+
+    def level2(self, metric: str = "reference") -> list[float]:
+        """Every level-2 launch of every run, pooled (the boxplots' values)."""
+        return [v for r in self.finished for v in r["level2"]["launches"][metric]]
+
+    def level2_median(self, metric: str = "reference") -> np.ndarray:
+        """Each run's median over its level-2 launches (the study's summary)."""
+        return self.values(lambda r: np.median(r["level2"]["launches"][metric]))
+
+    def final_loss(self, last: int) -> np.ndarray:
+        """Each run's mean training loss over its last `last` steps (at least one)."""
+        return self.values(lambda r: np.mean(r["train"]["loss"][-max(1, last) :]))
+
+    def position_errors(self, kind: str = "last_loop") -> list[list[float | None]]:
+        """Each run's held-out error at every position: rows [runs, P] (None: never predicted)."""
+        return [r["position_errors"][kind] for r in self.finished]
+
+    def label_sensitivity(self, kind: str = "own") -> np.ndarray:
+        """Each run's mean label sensitivity over positions (`EvalConfig.label_sensitivity`):
+        kind "own" (label leakage) or "later" (the control)."""
+        return self.values(lambda r: np.mean(r["label_sensitivity"][kind]))
+
+    def mean_std(self, values: Sequence[float] | None = None, **look_up: Any) -> str:
+        """'mean ± std' for a report: of `values`, or of `extrapolation(**look_up)`."""
+        return plots.mean_pm_std(self.extrapolation(**look_up) if values is None else values)
+
+
+class Experiment:
+    """One notebook's experiment: number, preset and where its runs and report go.
+
+    `presets` maps preset names to the notebook's parameters; `PRESET` picks one (default
+    "cpu"), and `exp.p` holds it. `BACKEND` (default "auto") and `DEVICE` (default "cpu")
+    come from the environment as well."""
+
+    def __init__(self, number: int, presets: Mapping[str, Any], default: str = "cpu"):
+        self.number = number
+        self.preset, self.p = choose_preset(dict(presets), default)
+        self.backend = os.environ.get("BACKEND", "auto")
+        self.device = os.environ.get("DEVICE", "cpu")
+        self.out = results_dir(number, self.preset)
+        self.grid: dict = {}
+        self.results = Results([])
+        print(f"experiment {number}, preset {self.preset}: writing to {self.out}")
+
+    def run(self, specs: list[RunSpec], **options: Any) -> Results:
+        """Run the grid (`runner.run_grid_timed`; finished runs come from the cache) and return
+        its records. `self.grid` keeps the wall time, hardware and backend of the sitting that
+        computed them."""
+        records, self.grid = run_grid_timed(specs, self.out, backend=self.backend, **options)
+        self.results = Results(records)
+        diverged = self.results.diverged.names
+        print(
+            f"{len(specs)} runs; grid wall time {self.grid['wall_time_s'] / 60:.1f} min on {self.grid['hardware']}; "
+            f"diverged: {diverged or 'none'}"
+        )
+        return self.results
+
+    def figure(self, fig, name: str) -> Path:
+        """Save `fig` as `<out>/<name>.svg` (atomic, byte-stable), close it and show it."""
+        path = self.out / (name if name.endswith(".svg") else f"{name}.svg")
+        save_svg(fig, path)
+        plots.plt.close(fig)
+        try:
+            from IPython.display import display
+
+            display(fig)
+        except ImportError:  # outside IPython there is nothing to show
+            pass
+        return path
+
+    def wall_time(self) -> str:
+        """The report's wall-time cell: the grid's sitting and the runs' own time added up."""
+        minutes = sum(r["wall_time_s"] for r in self.results) / 60
+        return (
+            f"grid {self.grid['wall_time_s'] / 60:.1f} min ({self.grid['backend']} backend); "
+            f"{minutes:.1f} run-minutes in total"
+        )
+
+    def settings(self, rows: Mapping[str, Any]) -> str:
+        """The design section's settings table: the preset, then `rows`, then the hardware
+        and wall time of the grid (`wall_time`)."""
+        return settings_table(
+            {"preset": f"`{self.preset}`", **rows, "hardware": self.grid["hardware"], "wall time": self.wall_time()}
+        )
+
+    def template(self, part: str | None = None) -> Path:
+        """The report template (`part=None`) or one of its optional parts."""
+        name = f"experiment {self.number}" + ("" if part is None else f" - {part}")
+        return REPORTS / f"{name}.md"
+
+    def write_report(self, values: Mapping[str, Any], parts: Sequence[str] = ()) -> Path:
+        """Fill the report template and the named optional parts (appended in order) with
+        `values` and write `<out>/README.md`. Every placeholder must have a value and every
+        value a placeholder (`fill_template`). Returns the path written."""
+        texts = [self.template().read_text()] + [self.template(part).read_text() for part in parts]
+        path = self.out / "README.md"
+        atomic_write_bytes(path, fill_template("".join(texts), values).encode())
+        print(f"wrote {path}")
+        return path
+
+
+def placeholders(template: str) -> list[str]:
+    """The placeholder names of a template, in order of first use."""
+    names = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name.isidentifier():
+            raise ValueError(f"report placeholder {{{name}}} must be a plain name (no index, attribute or position)")
+        names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def fill_template(template: str, values: Mapping[str, Any]) -> str:
+    """`template` with every `{name}` (or `{name:spec}`) replaced by `values[name]`.
+
+    Raises ValueError naming the placeholders without a value and the values without a
+    placeholder, so prose and computation cannot drift apart silently."""
+    used = placeholders(template)
+    missing = [name for name in used if name not in values]
+    unused = [name for name in values if name not in used]
+    if missing or unused:
+        raise ValueError(
+            f"report template: placeholders without a value {missing}; values without a placeholder {unused}"
+        )
+    return template.format(**values)
+
+
+def settings_table(rows: Mapping[str, Any]) -> str:
+    """The design section's "| setting | value |" table, one row per entry."""
+    return plots.markdown_table(["setting", "value"], rows.items())
+
+
+def joined(values: Iterable[Any]) -> str:
+    """'1, 5, 10' for a report."""
+    return ", ".join(map(str, values))

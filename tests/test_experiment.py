@@ -1,0 +1,177 @@
+"""The notebooks' helper: named look-ups into run records, the report writer and the environment."""
+
+import numpy as np
+import pytest
+
+import experiment
+from experiment import Experiment, Results, fill_template, placeholders, settings_table
+
+
+def record(model, b, seed, status="finished", scale=1.0):
+    """A run record shaped like runner.finish_run's, with values that encode (b, seed)."""
+    eval_b = [1, 5, 10]
+    return {
+        "spec": {"name": f"{model}_{b}_{seed}", "labels": {"model": model, "b": b, "seed": seed}, "train": {"b": b}},
+        "parameters": 100 if model == "small" else 800,
+        "train": {"status": status, "loss": [3.0, 2.0, 1.0, scale * seed], "evals": [{"reference": seed / 10}]},
+        "level2": {
+            "launches": {"reference": [scale * seed, 2 * scale * seed, 3 * scale * seed]},
+            "extrapolation": {
+                "b": eval_b,
+                "reference": [scale * seed * e for e in eval_b],
+                "last_loop": [scale * seed * e + 1 for e in eval_b],
+            },
+        },
+        "position_errors": {"last_loop": [None, 0.5, 0.25]},
+        "label_sensitivity": {"own": [seed, seed], "later": [0.0]},
+        "wall_time_s": 60.0,
+    }
+
+
+@pytest.fixture
+def results():
+    return Results(
+        [record(m, b, s) for m in ("small", "large") for b in (1, 5) for s in (1, 2)]
+        + [record("large", 10, 3, status="diverged")]
+    )
+
+
+def test_where_one_and_the_status_filters(results):
+    assert len(results.where(model="small")) == 4
+    assert results.where(model="small", b=5).names == ["small_5_1", "small_5_2"]
+    assert results.where(model="tiny").names == []
+    assert results.one(model="large", b=1, seed=2)["spec"]["name"] == "large_1_2"
+    with pytest.raises(KeyError, match=r"2 runs match \{'model': 'large', 'b': 1\}, expected exactly one"):
+        results.one(model="large", b=1)
+    assert results.diverged.names == ["large_10_3"]
+    assert len(results.finished) == 8
+    assert results.labels("b") == [1, 5, 10]
+    assert results.where(model="small").parameters == 100
+    assert Results([]).parameters is None
+    with pytest.raises(ValueError, match=r"different parameter counts: \[100, 800\]"):
+        _ = results.parameters
+    assert isinstance(results[:2], Results) and results[0]["spec"]["name"] == "small_1_1"
+
+
+def test_extrapolation_reads_the_named_loop_count(results):
+    runs = results.where(model="small", b=5)
+    np.testing.assert_array_equal(runs.extrapolation(), [5.0, 10.0])  # default: each run's own b_train
+    np.testing.assert_array_equal(runs.extrapolation(at=10), [10.0, 20.0])
+    np.testing.assert_array_equal(runs.extrapolation(at=10, metric="last_loop"), [11.0, 21.0])
+    with pytest.raises(KeyError, match=r"run 'small_5_1' was not evaluated at b=20; it has \[1, 5, 10\]"):
+        runs.extrapolation(at=20)
+    # a diverged run has no evaluation: every per-run look-up skips it
+    assert len(results.where(b=10).extrapolation()) == 0
+    assert runs.curves("last_loop") == [[2, 6, 11], [3, 11, 21]]
+
+
+def test_level2_losses_positions_and_label_sensitivity(results):
+    runs = results.where(model="large", b=1)
+    assert runs.level2() == [1.0, 2.0, 3.0, 2.0, 4.0, 6.0]
+    np.testing.assert_array_equal(runs.level2_median(), [2.0, 4.0])
+    np.testing.assert_array_equal(runs.final_loss(2), [1.0, 1.5])  # mean of the last 2 steps
+    np.testing.assert_array_equal(runs.final_loss(0), [1.0, 2.0])  # at least one step
+    assert runs.position_errors() == [[None, 0.5, 0.25]] * 2
+    np.testing.assert_array_equal(runs.label_sensitivity("own"), [1.0, 2.0])
+    np.testing.assert_array_equal(runs.values(lambda r: r["train"]["evals"][-1]["reference"]), [0.1, 0.2])
+
+
+def test_mean_std_formats_like_the_reports(results):
+    runs = results.where(model="small", b=5)
+    assert runs.mean_std() == "7.5 ± 2.5"
+    assert runs.mean_std(at=1, metric="last_loop") == "2.5 ± 0.5"
+    assert runs.mean_std([1.0, 1.0]) == "1 ± 0"
+    assert results.where(b=10).mean_std() == "n/a"
+
+
+def test_fill_template_fills_every_placeholder():
+    text = "# {title} ({preset} preset)\n{minutes:.1f} min; a set {{1, 5}}; {title} again\n"
+    assert placeholders(text) == ["title", "preset", "minutes"]
+    assert fill_template(text, {"title": "T", "preset": "cpu", "minutes": 27.66}) == (
+        "# T (cpu preset)\n27.7 min; a set {1, 5}; T again\n"
+    )
+
+
+def test_fill_template_fails_on_a_missing_or_unused_value():
+    with pytest.raises(
+        ValueError, match=r"placeholders without a value \['preset'\]; values without a placeholder \[\]"
+    ):
+        fill_template("{title} {preset}", {"title": "T"})
+    with pytest.raises(
+        ValueError, match=r"placeholders without a value \[\]; values without a placeholder \['extra'\]"
+    ):
+        fill_template("{title}", {"title": "T", "extra": 1})
+    with pytest.raises(ValueError, match=r"placeholder \{runs\[0\]\} must be a plain name"):
+        fill_template("{runs[0]}", {"runs": [1]})
+    with pytest.raises(ValueError, match=r"placeholder \{\} must be a plain name"):
+        fill_template("{}", {})
+
+
+def test_experiment_reads_the_environment_and_writes_figures_and_reports(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("BACKEND", "inline")
+    monkeypatch.setenv("DEVICE", "cpu")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(7, {"smoke": {"steps": 2}, "cpu": {"steps": 100}})
+    assert (exp.preset, exp.p, exp.backend, exp.device) == ("smoke", {"steps": 2}, "inline", "cpu")
+    assert exp.out == tmp_path / "scratch" / "experiment 7"
+
+    fig, axes = experiment.plots.subplots(1, 1)
+    axes[0, 0].plot([0, 1], [1, 0])
+    path = exp.figure(fig, "a line")
+    assert path == exp.out / "a line.svg" and path.read_bytes().startswith(b"<?xml")
+    assert not experiment.plots.plt.get_fignums()  # closed
+
+    exp.grid = {"wall_time_s": 90.0, "hardware": "a laptop", "backend": "pool"}
+    exp.results = Results([record("small", 1, 1), record("small", 1, 2)])
+    assert exp.wall_time() == "grid 1.5 min (pool backend); 2.0 run-minutes in total"
+    assert exp.settings({"seeds": "1, 2"}) == settings_table(
+        {"preset": "`smoke`", "seeds": "1, 2", "hardware": "a laptop", "wall time": exp.wall_time()}
+    )
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "experiment 7.md").write_text("# Experiment 7 ({preset})\n{verdict}\n")
+    (reports / "experiment 7 - conclusions smoke.md").write_text("\n## Conclusions\n{number} runs\n")
+    monkeypatch.setattr(experiment, "REPORTS", reports)
+    written = exp.write_report({"preset": "smoke", "verdict": "lower", "number": 2}, parts=["conclusions smoke"])
+    assert written.read_text() == "# Experiment 7 (smoke)\nlower\n\n## Conclusions\n2 runs\n"
+    with pytest.raises(ValueError, match=r"values without a placeholder \['number'\]"):
+        exp.write_report({"preset": "smoke", "verdict": "lower", "number": 2})
+    with pytest.raises(FileNotFoundError):
+        exp.write_report({}, parts=["conclusions cpu"])
+
+
+def test_settings_table_layout():
+    assert settings_table({"preset": "`cpu`", "seeds": "42, 451"}) == (
+        "| setting | value |\n|---|---|\n| preset | `cpu` |\n| seeds | 42, 451 |"
+    )
+
+
+def test_experiment_runs_a_grid_from_its_cache(tmp_path, monkeypatch):
+    from runner import EvalConfig, RunSpec
+    from tasks import LinearRegression
+    from transformer import ModelConfig
+    from utils import TrainConfig
+
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("BACKEND", "inline")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(1, {"smoke": {}})
+    model = ModelConfig(n_dims=2, n_layers=1, n_heads=2, hidden_dim=8, mlp_hidden=16, context=9)
+    specs = [
+        RunSpec(
+            name=f"tiny_{seed}",
+            model=model,
+            task=LinearRegression(2).to_dict(),
+            train=TrainConfig(steps=4, batch_size=4, b=2, n_points=5, seed=seed, eval_prompts=8),
+            evaluation=EvalConfig(launches=2, batches_per_launch=1, batch_size=8, extrapolation_b=(1, 2)),
+            labels={"model": "tiny", "seed": seed},
+        )
+        for seed in (1, 2)
+    ]
+    results = exp.run(specs, progress=False)
+    assert results.names == ["tiny_1", "tiny_2"] and exp.grid["runs"] == 2
+    again = Experiment(1, {"smoke": {}}).run(specs, progress=False)
+    assert again.records == results.records
+    assert len(results.where(seed=2).extrapolation(at=2)) == 1
