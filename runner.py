@@ -317,7 +317,7 @@ def execute_ensemble(specs: list[RunSpec], out_dir: str | Path) -> list[dict]:
 
 def resolve_backend(backend: str, specs: list[RunSpec]) -> str:
     """ "auto": the ensemble path when every run is on CUDA (one GPU kernel stream per grid row),
-    else one process per core (on CPU, ensembles do not pay: DESIGN.md)."""
+    else one process per core (on CPU, ensembles do not pay: docs/design.md)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not allowed; choose one of {BACKENDS}")
     if backend != "auto":

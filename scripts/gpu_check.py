@@ -217,9 +217,12 @@ def stage_speed(args, log, report: dict, out: Path) -> None:
 def stage_grid(args, log, report: dict, out: Path) -> None:
     specs = [RunSpec.from_dict(values) for values in json.loads(Path(args.grid).read_text())]
     if args.smoke:
-        level2 = dataclasses.replace(specs[0].level2, launches=1, batches_per_launch=1, batch_size=8)
+        evaluation = dataclasses.replace(specs[0].evaluation, launches=1, batches_per_launch=1, batch_size=8)
         train = {"steps": 4, "eval_prompts": 16, "device": args.device}
-        specs = [dataclasses.replace(s, train=dataclasses.replace(s.train, **train), level2=level2) for s in specs[:2]]
+        specs = [
+            dataclasses.replace(s, train=dataclasses.replace(s.train, **train), evaluation=evaluation)
+            for s in specs[:2]
+        ]
     shapes: dict[str, list[RunSpec]] = {}
     for spec in specs:
         shapes.setdefault(spec.labels.get("model", spec.name), []).append(spec)

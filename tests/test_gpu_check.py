@@ -7,7 +7,7 @@ import tarfile
 
 from conftest import ROOT
 
-from runner import Level2Config, RunSpec
+from runner import EvalConfig, RunSpec
 from tasks import LinearRegression
 from transformer import ModelConfig
 from utils import TrainConfig
@@ -21,7 +21,7 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
             model=model,
             task=LinearRegression(2).to_dict(),
             train=TrainConfig(steps=3, batch_size=4, b=2, n_points=5, seed=seed, eval_prompts=8),
-            level2=Level2Config(launches=1, batches_per_launch=1, batch_size=4, extrapolation_b=(1, 2)),
+            evaluation=EvalConfig(launches=1, batches_per_launch=1, batch_size=4, extrapolation_b=(1, 2)),
             labels={"model": "tiny", "seed": seed},
         ).to_dict()
         for seed in (1, 2)
