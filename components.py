@@ -96,37 +96,34 @@ class NoInjection(Injection):
         return stack(state)  # [B, S, h]
 
 
-class LinearAddInjection(Injection):
-    """s_0 = e; s <- W(stack(s) + e), W a learned h->h linear map; read out after W."""
+class _LearnedMixInjection(Injection):
+    """s_0 = e; each loop ends in a learned linear map `mix` of `inputs` x h features to h."""
+
+    inputs = 1  # how many h-wide inputs `mix` reads
 
     def __init__(self, hidden_dim: int) -> None:
         super().__init__()
-        self.mix = nn.Linear(hidden_dim, hidden_dim)
+        self.mix = nn.Linear(self.inputs * hidden_dim, hidden_dim)
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> LinearAddInjection:
+    def from_config(cls, config: ModelConfig) -> _LearnedMixInjection:
         return cls(config.hidden_dim)
 
     def initial_state(self, e: torch.Tensor) -> torch.Tensor:
         return e  # [B, S, h]
+
+
+class LinearAddInjection(_LearnedMixInjection):
+    """s_0 = e; s <- W(stack(s) + e), W a learned h->h linear map; read out after W."""
 
     def step(self, state: torch.Tensor, e: torch.Tensor, stack: Stack) -> torch.Tensor:
         return self.mix(stack(state) + e)  # [B, S, h]
 
 
-class LinearCatInjection(Injection):
+class LinearCatInjection(_LearnedMixInjection):
     """s_0 = e; s <- W([stack(s); e]), W a learned 2h->h map over the feature axis."""
 
-    def __init__(self, hidden_dim: int) -> None:
-        super().__init__()
-        self.mix = nn.Linear(2 * hidden_dim, hidden_dim)
-
-    @classmethod
-    def from_config(cls, config: ModelConfig) -> LinearCatInjection:
-        return cls(config.hidden_dim)
-
-    def initial_state(self, e: torch.Tensor) -> torch.Tensor:
-        return e  # [B, S, h]
+    inputs = 2
 
     def step(self, state: torch.Tensor, e: torch.Tensor, stack: Stack) -> torch.Tensor:
         return self.mix(torch.cat([stack(state), e], dim=-1))  # [B, S, 2h] -> [B, S, h]

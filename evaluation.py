@@ -53,19 +53,24 @@ def prediction_errors(
     b: int,
     batch_size: int = 256,
     scale: float | None = None,
+    per_prompt: bool = False,
 ) -> torch.Tensor:
     """Squared error / scale of every loop at every position, averaged over prompts: [b, P].
 
     scale: the task's `error_scale`; None divides by n_dims (linear regression's).
+    per_prompt: instead, loop b's error for every prompt and position, [n_prompts, P]
+    (`prompt_errors`); NaN where the model does not predict a point.
 
     For a model that does not predict every point at every loop (`predicted_points`), each
     entry averages over the prompts where it predicts; NaN where it never does.
     """
     check_loops(b)
+    scale = model.config.n_dims if scale is None else scale
     with eval_mode(model):
         device = next(model.parameters()).device
         total = torch.zeros(b, ys.shape[1], dtype=torch.float64, device=device)
         count = torch.zeros(b, ys.shape[1], dtype=torch.float64, device=device)
+        rows = []  # per_prompt: loop b's squared errors [B, P] of every chunk
         predicted_points = getattr(model, "predicted_points", None)
         for start in range(0, tokens.shape[0], batch_size):
             chunk_tokens = tokens[start : start + batch_size].to(device)
@@ -73,13 +78,17 @@ def prediction_errors(
             preds = model(chunk_tokens, b)  # [b, B, P]
             squared = (preds - chunk_ys).square()  # [b, B, P]
             predicted = predicted_points(chunk_tokens, b) if predicted_points is not None else None
-            if predicted is None:
+            if per_prompt:
+                last = squared[-1] if predicted is None else torch.where(predicted[-1], squared[-1], torch.nan)
+                rows.append(last.cpu())  # [B, P]
+            elif predicted is None:
                 total += squared.sum(1, dtype=torch.float64)  # [b, P]
                 count += chunk_tokens.shape[0]
             else:
                 total += torch.where(predicted, squared, 0).sum(1, dtype=torch.float64)  # [b, P]
                 count += predicted.sum(1, dtype=torch.float64)
-    scale = model.config.n_dims if scale is None else scale
+    if per_prompt:
+        return torch.cat(rows) / scale  # [n_prompts, P]
     return (total / (count * scale)).float().cpu()
 
 
@@ -124,27 +133,13 @@ def state_updates(model: torch.nn.Module, tokens: torch.Tensor, b: int) -> torch
     return torch.stack(sizes).cpu()
 
 
-@torch.no_grad()
-def prompt_errors(
-    model: torch.nn.Module,
-    tokens: torch.Tensor,
-    ys: torch.Tensor,
-    b: int,
-    batch_size: int = 256,
-    scale: float | None = None,
-) -> torch.Tensor:
+def prompt_errors(model: torch.nn.Module, tokens: torch.Tensor, ys: torch.Tensor, b: int, **options) -> torch.Tensor:
     """Squared error / scale of loop b's prediction for every prompt and position: [n_prompts, P].
 
-    The per-prompt rows that `bootstrap_band` resamples; scale as in `prediction_errors`.
+    The per-prompt rows that `bootstrap_band` resamples; options (`batch_size`, `scale`) as in
+    `prediction_errors`.
     """
-    check_loops(b)
-    with eval_mode(model):
-        device = next(model.parameters()).device
-        rows = []
-        for start in range(0, tokens.shape[0], batch_size):
-            preds = model(tokens[start : start + batch_size].to(device), b)[-1]  # [B, P]
-            rows.append((preds - ys[start : start + batch_size].to(device)).square().cpu())
-    return torch.cat(rows) / (model.config.n_dims if scale is None else scale)  # [n_prompts, P]
+    return prediction_errors(model, tokens, ys, b, per_prompt=True, **options)
 
 
 def bootstrap_band(

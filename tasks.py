@@ -101,6 +101,8 @@ class Task:
         generator: torch.Generator | None = None,
         active_dims: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x's [B, P, d] ~ N(x_mean, x_std^2 I) and their labels [B, P]; with `active_dims`, only the
+        first `active_dims` coordinates of x vary (the others are 0: the dimension curriculum)."""
         _check_sizes(batch_size, n_points)
         if active_dims is not None and (not is_int(active_dims) or not 1 <= active_dims <= self.n_dims):
             raise ValueError(f"active_dims={active_dims!r} must be None or an integer in [1, n_dims={self.n_dims}]")
@@ -111,13 +113,10 @@ class Task:
         return xs, self.labels(xs, generator)
 
     def sample(
-        self,
-        batch_size: int,
-        n_points: int,
-        generator: torch.Generator | None = None,
-        active_dims: int | None = None,
+        self, batch_size: int, n_points: int, generator: torch.Generator | None = None, **options
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = self.sample_xy(batch_size, n_points, generator, active_dims=active_dims)
+        """A batch of prompts: (tokens [B, 2P-1, d], ys [B, P]); options (`active_dims`) as in `sample_xy`."""
+        xs, ys = self.sample_xy(batch_size, n_points, generator, **options)
         return build_prompt(xs, ys), ys
 
     def with_x_std(self, x_std: float) -> Self:
@@ -352,13 +351,7 @@ def sample_ood_xy(
 
 
 def sample_ood(
-    task: Task,
-    kind: str,
-    batch_size: int,
-    n_points: int,
-    generator: torch.Generator | None = None,
-    scale: float = 2.0,
-    noise_std: float = 1.0,
+    task: Task, kind: str, batch_size: int, n_points: int, generator: torch.Generator | None = None, **options
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """An out-of-distribution prompt of `task` (Garg et al. 2022, section 4): (tokens [B, 2P-1, d], ys [B, P]).
 
@@ -375,7 +368,8 @@ def sample_ood(
     - scaled_x: (x - x_mean) multiplied by `scale` (the same draws as `task.sample_xy`);
     - scaled_y: y multiplied by `scale` (x's and function as `task.sample_xy`);
     - label_noise: y + noise_std * N(0, 1) on every point (x's and function as `task.sample_xy`).
+    options: `scale` (default 2) and `noise_std` (default 1), passed to `sample_ood_xy`.
     Deterministic given the generator.
     """
-    xs, ys = sample_ood_xy(task, kind, batch_size, n_points, generator, scale=scale, noise_std=noise_std)
+    xs, ys = sample_ood_xy(task, kind, batch_size, n_points, generator, **options)
     return build_prompt(xs, ys), ys
