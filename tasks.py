@@ -4,7 +4,7 @@ Owns how a prompt is made (sample x's, sample a function f, lay out x_1, f(x_1),
 tokens), the function classes of Garg et al. 2022 (arXiv 2208.01066) and their out-of-distribution
 (OOD) prompt suite. The estimators a looped model is compared against live in `baselines.py`.
 
-Token layout (seed 000): x_1, y_1, x_2, y_2, ..., x_P with the final y dropped, 2P-1 tokens of
+Token layout (the Laptev study's): x_1, y_1, x_2, y_2, ..., x_P with the final y dropped, 2P-1 tokens of
 width n_dims; each y token holds y in channel 0 and zeros elsewhere. P = N + 1 (N in-context
 examples plus the query).
 
