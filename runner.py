@@ -18,6 +18,7 @@ Owns:
 from __future__ import annotations
 
 import concurrent.futures as futures
+import hashlib
 import json
 import math
 import multiprocessing
@@ -49,6 +50,7 @@ from utils import (
     save_run,
     state_updates,
     train,
+    training_key,
     validate,
     write_json,
 )
@@ -199,6 +201,12 @@ class RunSpec:
             labels=dict(values["labels"]),
         )
 
+    def training_key(self) -> str:
+        """A short hash of what determines this run's training (model, task, training config;
+        the evaluation settings apart): its checkpoint's name carries it, so a changed spec never
+        resumes another spec's training state."""
+        return training_key(self.model, [self.train], self.task)
+
     def cost(self) -> float:
         """Relative compute, to start the largest runs first."""
         config = self.model
@@ -209,13 +217,13 @@ class RunSpec:
 def execute_run(spec: RunSpec, out_dir: str | Path, progress: bool = False) -> dict:
     """Train and validate one run; write `data/<name>.json` and `models/<name>/`. Returns the record.
 
-    An interrupted run resumes from `checkpoints/<name>.ckpt` on the next call.
+    An interrupted run resumes from `checkpoints/<name>-<training key>.ckpt` on the next call.
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
     task = task_from_dict(spec.task)
     model = build_model(spec.model, spec.train.seed)
-    checkpoint = out_dir / "checkpoints" / f"{spec.name}.ckpt"
+    checkpoint = out_dir / "checkpoints" / f"{spec.name}-{spec.training_key()}.ckpt"
     result = train(model, task, spec.train, run=None, progress=progress, checkpoint=checkpoint)
     record = finish_run(spec, task, model, result, out_dir, started)
     checkpoint.unlink(missing_ok=True)
@@ -229,6 +237,7 @@ def finish_run(spec: RunSpec, task, model, result, out_dir: Path, started: float
         "spec": spec.to_dict(),
         "parameters": count_parameters(model),
         "hardware": hardware(),
+        "software": {"torch": torch.__version__, "device": str(next(model.parameters()).device)},
         "train": result.to_dict(),
     }
     if result.status == "finished":
@@ -297,7 +306,8 @@ def ensemble_groups(specs: list[RunSpec]) -> list[list[RunSpec]]:
 def execute_ensemble(specs: list[RunSpec], out_dir: str | Path) -> list[dict]:
     """Train `specs` (one `ensemble_groups` group) as one batched model, then validate and save
     each member as `execute_run` does. A group the ensemble cannot train runs one by one. An
-    interrupted group resumes from `checkpoints/ensemble_<first name>_<members>.ckpt`."""
+    interrupted group resumes from `checkpoints/ensemble_<first name>_<members>-<key>.ckpt`, the
+    key a hash of the members' training keys."""
     out_dir = Path(out_dir)
     started = time.perf_counter()
     try:
@@ -305,7 +315,8 @@ def execute_ensemble(specs: list[RunSpec], out_dir: str | Path) -> list[dict]:
     except ValueError:
         return [execute_run(spec, out_dir) for spec in specs]
     task = task_from_dict(specs[0].task)
-    checkpoint = out_dir / "checkpoints" / f"ensemble_{specs[0].name}_{len(specs)}.ckpt"
+    key = hashlib.sha256("".join(spec.training_key() for spec in specs).encode()).hexdigest()[:12]
+    checkpoint = out_dir / "checkpoints" / f"ensemble_{specs[0].name}_{len(specs)}-{key}.ckpt"
     models, results = train_ensemble(specs[0].model, task, [spec.train for spec in specs], checkpoint=checkpoint)
     records = [
         finish_run(spec, task, model, result, out_dir, started)

@@ -21,6 +21,8 @@ so a member of an ensemble trains on exactly the loss a single run trains on. A 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 import warnings
@@ -37,7 +39,7 @@ from seeding import make_generator
 from storage import atomic_write_bytes, torch_bytes
 from transformer import ModelConfig
 
-CHECKPOINT_FORMAT = 2  # a checkpoint written by an older version is not resumed from
+CHECKPOINT_FORMAT = 3  # a checkpoint written by an older version is not resumed from
 
 
 @dataclass
@@ -115,6 +117,18 @@ def step_loss(
     return loss_value(preds, ys, config, model.config.n_dims, predicted)
 
 
+def training_key(model_config: ModelConfig, configs: list[TrainConfig], task: dict | None = None) -> str:
+    """A short hash of what determines training: the model, every member's `TrainConfig` (less
+    `threads`, which changes no number) and, where given, the task's dict. A checkpoint carries
+    the key of the run that wrote it, and a run with another key does not resume from it."""
+    canonical = {
+        "model": model_config.to_dict(),
+        "train": [{k: v for k, v in config.to_dict().items() if k != "threads"} for config in configs],
+        "task": task,
+    }
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device of `TrainConfig.device`; a clear error when CUDA is asked for but absent."""
     device = torch.device(name)
@@ -177,6 +191,7 @@ def train_step(
 class Stepper(Protocol):
     """What `train_loop` drives (see the module docstring)."""
 
+    model_config: ModelConfig
     configs: list[TrainConfig]
     device: torch.device
     stopped: set[int]
@@ -195,7 +210,7 @@ class SingleStepper:
 
     def __init__(self, model: torch.nn.Module, task, config: TrainConfig) -> None:
         check_training(model.config, task, config)
-        self.configs, self.task = [config], task
+        self.model_config, self.configs, self.task = model.config, [config], task
         self.device = use_device(config)
         self._model = model.to(self.device).train()
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -244,9 +259,12 @@ def train_loop(
     Level-1 validation runs at 0% and every `eval_every` of training on the fixed held-out
     set. checkpoint: a file path; state is saved there every `checkpoint_every` steps (0: at
     each validation) and when training ends, and an existing file is resumed from (bit-identical
-    weights on CPU). runs: None, or one wandb run (anything with `.log(dict, step=int)`) per
-    member. A member whose loss is not finite stops with a warning; its result keeps everything
-    so far and has status "diverged", and a resumed run keeps it stopped.
+    weights on CPU) if it was written by a run of the same model and training configs
+    (`training_key`); a checkpoint of another run, or one that cannot be read, is set aside
+    (renamed `<name>.set-aside`) with a warning and training starts afresh.
+    runs: None, or one wandb run (anything with `.log(dict, step=int)`) per member.
+    A member whose loss is not finite stops with a warning; its result keeps everything so far
+    and has status "diverged", and a resumed run keeps it stopped.
     """
     configs = stepper.configs
     first = configs[0]
@@ -261,8 +279,9 @@ def train_loop(
     checkpoint_steps = set(range(every, first.steps + 1, every)) if every else {s for s in eval_steps if s > 0}
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     start, elapsed = 0, 0.0
+    key = training_key(stepper.model_config, configs)
     if checkpoint is not None and checkpoint.exists():
-        start, elapsed = _load_checkpoint(checkpoint, stepper, results)
+        start, elapsed = _load_checkpoint(checkpoint, stepper, results, key)
     started = time.perf_counter() - elapsed
 
     def validate_now(done: int) -> None:
@@ -308,7 +327,7 @@ def train_loop(
         if all_stopped():
             break
         if checkpoint is not None and done + 1 in checkpoint_steps:
-            _save_checkpoint(checkpoint, stepper, results, done + 1, time.perf_counter() - started)
+            _save_checkpoint(checkpoint, stepper, results, done + 1, time.perf_counter() - started, key)
     else:
         if first.steps in eval_steps:
             validate_now(first.steps)
@@ -321,7 +340,7 @@ def train_loop(
             result.status = "finished"
         result.wall_time_s = seconds
     if checkpoint is not None:
-        _save_checkpoint(checkpoint, stepper, results, done, seconds)
+        _save_checkpoint(checkpoint, stepper, results, done, seconds, key)
     return results
 
 
@@ -353,9 +372,12 @@ def _progress_bar(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, desc="train", leave=False)
 
 
-def _save_checkpoint(path: Path, stepper: Stepper, results: list[TrainResult], done: int, seconds: float) -> None:
+def _save_checkpoint(
+    path: Path, stepper: Stepper, results: list[TrainResult], done: int, seconds: float, key: str
+) -> None:
     state: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
+        "key": key,  # the run that wrote it (`training_key`)
         "done": done,  # steps finished (a stopped member's losses end earlier)
         "wall_time_s": seconds,
         "stepper": stepper.state_dict(),
@@ -364,18 +386,26 @@ def _save_checkpoint(path: Path, stepper: Stepper, results: list[TrainResult], d
     atomic_write_bytes(path, torch_bytes(state))
 
 
-def _load_checkpoint(path: Path, stepper: Stepper, results: list[TrainResult]) -> tuple[int, float]:
+def _set_aside(path: Path, why: str) -> tuple[int, float]:
+    """Rename an unusable checkpoint out of the way (kept for inspection) and start afresh."""
+    aside = path.with_name(path.name + ".set-aside")
+    path.replace(aside)
+    warnings.warn(f"checkpoint {path} {why}; it is set aside as {aside.name} and the run starts afresh", stacklevel=4)
+    return 0, 0.0
+
+
+def _load_checkpoint(path: Path, stepper: Stepper, results: list[TrainResult], key: str) -> tuple[int, float]:
     """Restore `stepper` and `results` from `path`; return (steps done, wall time so far)."""
-    state = torch.load(path, map_location=stepper.device, weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        warnings.warn(
-            f"checkpoint {path} was written by an older version of the training loop; the run starts afresh",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return 0, 0.0
+    try:
+        state = torch.load(path, map_location=stepper.device, weights_only=True)
+    except Exception as error:  # truncated or corrupt: whatever torch.load raised
+        return _set_aside(path, f"cannot be read ({type(error).__name__}: {error})")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        return _set_aside(path, "was written by an older version of the training loop")
+    if state.get("key") != key:
+        return _set_aside(path, f"belongs to another run (training key {state.get('key')}, this run's {key})")
     stepper.load_state_dict(state["stepper"])
     for result, saved in zip(results, state["results"], strict=True):
-        for key, value in saved.items():
-            setattr(result, key, value)
+        for key_, value in saved.items():
+            setattr(result, key_, value)
     return state["done"], state["wall_time_s"]

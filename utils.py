@@ -45,6 +45,7 @@ from training import (
     train,
     train_loop,
     train_step,
+    training_key,
 )
 
 __all__ = [
@@ -87,6 +88,7 @@ __all__ = [
     "train",
     "train_loop",
     "train_step",
+    "training_key",
     "validate",
     "write_json",
 ]

@@ -1,11 +1,14 @@
 """The grid runner: backends agree, results are cached and skipped, crashes stay contained,
 and committed records (written before EvalConfig was renamed) still match their specs."""
 
+import dataclasses
 import os
 
 import pytest
+import torch
 
 import runner
+import training
 from runner import EvalConfig, Level2Config, RunSpec, choose_preset, results_dir, run_grid
 from tasks import LinearRegression
 from transformer import ModelConfig
@@ -239,3 +242,29 @@ def test_experiment_3_records_hold_their_label_leakage():
     assert all(len(r["label_sensitivity"]["own"]) == 11 for r in records)
     tables = [r for r in records if "positional_table" in r]
     assert [r["spec"]["name"] for r in tables] == ["lpe_cm_5_42"]
+
+
+def test_a_changed_spec_never_resumes_the_interrupted_runs_checkpoint(tmp_path, monkeypatch):
+    first = spec(1, steps=8)
+    first = dataclasses.replace(first, train=dataclasses.replace(first.train, checkpoint_every=2))
+    real_step = training.SingleStepper.step
+
+    def interrupt_at_5(self, done):
+        if done == 5:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_step(self, done)
+
+    monkeypatch.setattr(training.SingleStepper, "step", interrupt_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute_run(first, tmp_path)
+    checkpoints = list((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert [p.name for p in checkpoints] == [f"tiny_2_1-{first.training_key()}.ckpt"]
+    monkeypatch.setattr(training.SingleStepper, "step", real_step)
+    # Same name, another learning rate: its training key differs, so it trains from step 0.
+    changed = dataclasses.replace(first, train=dataclasses.replace(first.train, lr=1e-4))
+    assert changed.training_key() != first.training_key()
+    assert dataclasses.replace(first, evaluation=EvalConfig(launches=1)).training_key() == first.training_key()
+    record = runner.execute_run(changed, tmp_path / "fresh")
+    resumed_elsewhere = runner.execute_run(changed, tmp_path)
+    assert resumed_elsewhere["train"]["loss"] == record["train"]["loss"]
+    assert record["software"] == {"torch": torch.__version__, "device": "cpu"}

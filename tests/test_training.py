@@ -378,3 +378,27 @@ def test_evaluation_helpers_restore_the_training_mode_when_they_raise():
     model.eval()
     prediction_errors(model, tokens, ys, 2)
     assert not model.training
+
+
+def test_a_checkpoint_of_another_spec_is_set_aside_not_resumed(tmp_path):
+    # The interrupted run had lr 3e-3; the re-run under the same checkpoint path has lr 1e-3 and
+    # fewer steps. Resuming would continue the old state and report the new spec.
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run(config(steps=20, checkpoint_every=5), checkpoint=path, task=Interrupting(TASK, limit=13))
+    changed = config(steps=10, lr=1e-3, checkpoint_every=5)
+    _, fresh = run(changed)
+    with pytest.warns(UserWarning, match="belongs to another run .* set aside as run.ckpt.set-aside"):
+        _, rerun = run(changed, checkpoint=path)
+    assert rerun.loss == fresh.loss and len(rerun.loss) == 10
+    assert (tmp_path / "run.ckpt.set-aside").exists()
+
+
+def test_a_corrupt_checkpoint_is_named_set_aside_and_the_run_restarts(tmp_path):
+    path = tmp_path / "run.ckpt"
+    path.write_bytes(b"not a checkpoint")
+    _, fresh = run(config())
+    with pytest.warns(UserWarning, match=r"checkpoint .*run.ckpt cannot be read"):
+        _, rerun = run(config(), checkpoint=path)
+    assert rerun.loss == fresh.loss
+    assert (tmp_path / "run.ckpt.set-aside").read_bytes() == b"not a checkpoint"
