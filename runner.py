@@ -24,8 +24,11 @@ import math
 import multiprocessing
 import os
 import platform
+import re
+import tempfile
 import time
 import traceback
+import warnings
 from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ from utils import (
     TrainConfig,
     bootstrap_band,
     build_model,
+    check_effective,
     error_scale,
     heldout_prompts,
     label_sensitivity,
@@ -152,6 +156,10 @@ class EvalConfig:
 Level2Config = EvalConfig  # deprecated alias: the old name, kept so existing notebooks and tests still run
 
 
+# A run's name is the file stem of its JSON: no path separators, no leading dot, a sane length.
+RUN_NAME = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9_.+=-]{0,119}")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One run: a model, a task, how to train it and how to evaluate it.
@@ -175,6 +183,27 @@ class RunSpec:
             require(self.evaluation == EvalConfig(), "RunSpec: give evaluation= or the deprecated level2=, not both")
             object.__setattr__(self, "evaluation", level2)
         require(isinstance(self.evaluation, EvalConfig), "RunSpec.evaluation must be an EvalConfig")
+        require(
+            isinstance(self.name, str) and RUN_NAME.fullmatch(self.name) is not None,
+            f"RunSpec.name={self.name!r} must be 1 to 120 letters, digits, '_', '-', '+', '=' or '.', not starting "
+            "with '.' (it is the file stem of the run's JSON inside the results folder)",
+        )
+        require(isinstance(self.model, ModelConfig), "RunSpec.model must be a ModelConfig")
+        require(isinstance(self.train, TrainConfig), "RunSpec.train must be a TrainConfig")
+        try:
+            task_from_dict(self.task)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"RunSpec.task={self.task!r} is not a task's dict (Task.to_dict()): {error}") from None
+        try:
+            survives_json = json.loads(json.dumps(self.labels)) == self.labels
+        except (TypeError, ValueError):
+            survives_json = False
+        require(
+            isinstance(self.labels, dict) and survives_json,
+            f"RunSpec.labels={self.labels!r} must survive JSON unchanged (string keys; str, int, float, bool or None "
+            "values or lists of them; no tuples or numpy numbers), since the cache compares them",
+        )
+        check_effective(self.model, self.train)
 
     def to_dict(self) -> dict:
         return {
@@ -342,14 +371,35 @@ def _nan_to_none(values: list[float]) -> list[float | None]:
     return [None if math.isnan(value) else value for value in values]
 
 
+def _check_writable(folder: Path) -> None:
+    """Fail before any training when the results folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"results folder {folder} cannot be written ({error}); choose another out_dir") from None
+
+
 def load_result(spec: RunSpec, out_dir: str | Path) -> dict | None:
     """The saved record of `spec`, or None if it has not run. A record of a different spec
     under the same name raises, so that nothing computed is silently replaced."""
     path = Path(out_dir) / "data" / f"{spec.name}.json"
     if not path.exists():
         return None
-    record = read_json(path)
-    if RunSpec.from_dict(record["spec"]).to_dict() != spec.to_dict():
+    try:
+        record = read_json(path)
+        stored = RunSpec.from_dict(record["spec"]).to_dict()
+    except (ValueError, KeyError, TypeError) as error:  # truncated or hand-edited: the run is redone
+        aside = path.with_name(path.name + ".set-aside")
+        path.replace(aside)
+        warnings.warn(
+            f"{path} cannot be read as a run record ({type(error).__name__}: {error}); it is set aside as "
+            f"{aside.name} and run {spec.name!r} runs again",
+            stacklevel=2,
+        )
+        return None
+    if stored != spec.to_dict():
         raise ValueError(
             f"{path} holds a run with another configuration than spec {spec.name!r}; "
             "delete it or write to another results folder"
@@ -387,6 +437,7 @@ def run_grid(
     if duplicates:
         raise ValueError(f"run names must be unique; repeated: {duplicates}")
     out_dir = Path(out_dir)
+    _check_writable(out_dir / "data")
     records: dict[str, dict] = {}
     pending = []
     for spec in specs:

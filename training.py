@@ -137,9 +137,32 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_effective(model_config: ModelConfig, config: TrainConfig) -> None:
+    """Raise `ValueError` for a model setting that these training runs would never use (a
+    report would describe a truncation or an alternation that never happened)."""
+    n_examples = config.n_points - 1
+    if model_config.context_keep != "all":
+        if model_config.context_n is not None and model_config.context_n >= n_examples:
+            raise ValueError(
+                f"ModelConfig.context_n={model_config.context_n} keeps every one of the {n_examples} examples of "
+                f"TrainConfig.n_points={config.n_points}: nothing is cut; choose context_n < {n_examples}"
+            )
+        if model_config.context_cut_at > config.b:
+            raise ValueError(
+                f"ModelConfig.context_cut_at={model_config.context_cut_at} comes after the last of the "
+                f"TrainConfig.b={config.b} loops: nothing is cut in training; choose 1..{config.b}"
+            )
+    if model_config.loop_stacks > config.b:
+        raise ValueError(
+            f"ModelConfig.loop_stacks={model_config.loop_stacks} is more stacks than TrainConfig.b={config.b} loops: "
+            f"some stacks would never run; choose 1..{config.b}"
+        )
+
+
 def check_training(model_config: ModelConfig, task, config: TrainConfig) -> None:
     """Raise `ValueError` before any training when the model, task and config do not fit."""
     model_config.check_prompt(config.n_points)
+    check_effective(model_config, config)
     if task.n_dims != model_config.n_dims:
         raise ValueError(f"task.n_dims={task.n_dims} differs from ModelConfig.n_dims={model_config.n_dims}")
     if config.dims_curriculum is not None and config.dims_curriculum[0] > task.n_dims:

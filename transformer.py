@@ -207,6 +207,12 @@ class ModelConfig:
             )
         else:
             require_real("ModelConfig.ema_alpha", self.ema_alpha, 0, 1, strict=True)
+        # A setting that can have no effect is an error: a report would describe it as if it had one.
+        require(
+            self.injection in ("ema", "ema_learned") or self.ema_alpha == ModelConfig.ema_alpha,
+            f"ModelConfig.ema_alpha={self.ema_alpha!r} has no effect with injection={self.injection!r}; "
+            "it is the moving average's a for injection 'ema' or 'ema_learned'",
+        )
         require_choice("ModelConfig.context_keep", self.context_keep, CONTEXT_KEEP_CHOICES)
         require_int("ModelConfig.context_shrink", self.context_shrink, minimum=0)
         if self.context_keep == "all":

@@ -4,6 +4,7 @@ and committed records (written before EvalConfig was renamed) still match their 
 import dataclasses
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from transformer import ModelConfig
 from utils import TrainConfig
 
 MODEL = ModelConfig(n_dims=2, n_layers=1, n_heads=2, hidden_dim=8, mlp_hidden=16, context=9)
+TASK = LinearRegression(2).to_dict()
 LEVEL2 = EvalConfig(launches=2, batches_per_launch=1, batch_size=8, extrapolation_b=(1, 3))
 
 
@@ -184,12 +186,12 @@ def test_label_sensitivity_and_positional_table_are_recorded(tmp_path):
 
 def test_eval_config_validation_and_the_deprecated_names():
     assert Level2Config is EvalConfig
-    old_style = RunSpec("r", MODEL, {}, TrainConfig(steps=1), level2=LEVEL2)  # the deprecated keyword
+    old_style = RunSpec("r", MODEL, TASK, TrainConfig(steps=1), level2=LEVEL2)  # the deprecated keyword
     assert old_style.evaluation == LEVEL2 and old_style == RunSpec(
-        "r", MODEL, {}, TrainConfig(steps=1), evaluation=LEVEL2
+        "r", MODEL, TASK, TrainConfig(steps=1), evaluation=LEVEL2
     )
     with pytest.raises(ValueError, match="give evaluation= or the deprecated level2=, not both"):
-        RunSpec("r", MODEL, {}, TrainConfig(steps=1), evaluation=LEVEL2, level2=LEVEL2)
+        RunSpec("r", MODEL, TASK, TrainConfig(steps=1), evaluation=LEVEL2, level2=LEVEL2)
     for bad, message in [
         (dict(launches=0), r"EvalConfig.launches=0 must be an integer >= 1"),
         (dict(batch_size=2.5), r"EvalConfig.batch_size=2.5 must be an integer >= 1"),
@@ -268,3 +270,54 @@ def test_a_changed_spec_never_resumes_the_interrupted_runs_checkpoint(tmp_path, 
     resumed_elsewhere = runner.execute_run(changed, tmp_path)
     assert resumed_elsewhere["train"]["loss"] == record["train"]["loss"]
     assert record["software"] == {"torch": torch.__version__, "device": "cpu"}
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(name="../../x"), r"RunSpec.name='../../x' must be 1 to 120 letters"),
+        (dict(name=""), r"RunSpec.name='' must be"),
+        (dict(name="a\x00b"), r"RunSpec.name=.* must be"),
+        (dict(name="x" * 300), r"RunSpec.name=.* must be 1 to 120"),
+        (dict(name=".hidden"), r"not starting with '.'"),
+        (dict(labels={"b": (1, 2)}), r"RunSpec.labels=.* must survive JSON unchanged"),
+        (dict(labels={1: "a"}), r"RunSpec.labels=.* must survive JSON unchanged"),
+        (dict(labels={"seed": np.int64(3)}), r"RunSpec.labels=.* must survive JSON unchanged"),
+        (dict(task={"name": "Nope"}), r"RunSpec.task=.* is not a task's dict"),
+        (dict(model=dataclasses.replace(MODEL, loop_stacks=3)), r"loop_stacks=3 is more stacks than TrainConfig.b=2"),
+        (
+            dict(model=dataclasses.replace(MODEL, context_keep="first", context_n=4)),
+            r"context_n=4 keeps every one of the 4 examples",
+        ),
+        (
+            dict(model=dataclasses.replace(MODEL, context_keep="first", context_n=2, context_cut_at=3)),
+            r"context_cut_at=3 comes after the last of the TrainConfig.b=2 loops",
+        ),
+    ],
+)
+def test_a_bad_run_spec_is_refused_on_creation(changes, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(spec(1), **changes)
+
+
+def test_ema_alpha_without_ema_is_refused():
+    with pytest.raises(ValueError, match=r"ema_alpha=0.3 has no effect with injection='add'"):
+        dataclasses.replace(MODEL, ema_alpha=0.3)
+    dataclasses.replace(MODEL, injection="ema", ema_alpha=0.3)
+
+
+def test_a_truncated_record_is_set_aside_and_its_run_redone(tmp_path):
+    first = run_grid([spec(1)], tmp_path, backend="inline", progress=False)[0]
+    path = tmp_path / "data" / "tiny_2_1.json"
+    path.write_text(path.read_text()[:100])  # a truncated file
+    with pytest.warns(UserWarning, match=r"tiny_2_1.json cannot be read as a run record .* set aside"):
+        again = run_grid([spec(1)], tmp_path, backend="inline", progress=False)[0]
+    assert again["train"]["loss"] == first["train"]["loss"]
+    assert (tmp_path / "data" / "tiny_2_1.json.set-aside").exists()
+
+
+def test_an_unwritable_results_folder_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="results folder .* cannot be written"):
+        run_grid([spec(1)], blocker / "results", backend="inline", progress=False)
