@@ -25,7 +25,9 @@ import multiprocessing
 import os
 import platform
 import re
+import signal
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -407,6 +409,30 @@ def load_result(spec: RunSpec, out_dir: str | Path) -> dict | None:
     return record
 
 
+def _start_worker(parent: int) -> None:
+    """A pool worker: Ctrl-C is the parent's to handle (it stops the pool), and the worker ends
+    itself when its parent is gone (killed), instead of idling forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+
+
+def _stop_pool(pool: futures.ProcessPoolExecutor) -> None:
+    """Interrupt: cancel the queued runs and end the running ones now. A run that was stopped
+    resumes from its last checkpoint when the grid runs again; finished runs are saved."""
+    processes = list((pool._processes or {}).values())  # the executor has no public handle on them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+
+
 def _execute_in_worker(spec: RunSpec, out_dir: str) -> dict:
     # One torch thread per worker process: with another process busy, 2 threads can be 20x slower.
     torch.set_num_threads(1)
@@ -465,10 +491,17 @@ def run_grid(
         n_workers = min(workers or os.cpu_count() or 1, len(pending))
         # spawn, not fork: forking a process whose torch/OpenMP threads already ran can hang.
         context = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(n_workers, mp_context=context) as pool:
+        pool = futures.ProcessPoolExecutor(
+            n_workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
+        )
+        try:
             jobs = {pool.submit(_execute_in_worker, spec, str(out_dir)): spec for spec in pending}
             for job in futures.as_completed(jobs):
                 collect(jobs[job], job.result)
+        except BaseException:  # KeyboardInterrupt (Ctrl-C, Jupyter's interrupt) or an error here
+            _stop_pool(pool)
+            raise
+        pool.shutdown()
     elif backend == "ensemble":
         for group in ensemble_groups(pending):
             try:

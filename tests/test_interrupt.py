@@ -1,0 +1,96 @@
+"""Interrupting a pool grid stops it now: no queued run starts, no worker is left behind, and
+the grid resumes later. Behaviour only (which runs started, which processes exist), no timings."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from conftest import ROOT
+
+GRID = textwrap.dedent(
+    """
+    import sys
+    from runner import EvalConfig, RunSpec, run_grid
+    from tasks import LinearRegression
+    from transformer import ModelConfig
+    from utils import TrainConfig
+
+    model = ModelConfig(n_dims=2, n_layers=1, n_heads=2, hidden_dim=8, mlp_hidden=16, context=9)
+    specs = [
+        RunSpec(
+            name=f"run_{index}",
+            model=model,
+            task=LinearRegression(2).to_dict(),
+            # a checkpoint after every step: a run that starts leaves a file at once
+            train=TrainConfig(steps=int(sys.argv[2]), batch_size=4, b=2, n_points=5, seed=index, eval_prompts=8,
+                              checkpoint_every=1),
+            evaluation=EvalConfig(launches=1, batches_per_launch=1, batch_size=4, extrapolation_b=(1, 2)),
+        )
+        for index in range(4)
+    ]
+    if __name__ == "__main__":
+        run_grid(specs, sys.argv[1], backend="pool", workers=2, progress=False)
+        print("grid finished")
+    """
+)
+
+
+def start_grid(tmp_path, steps):
+    script = tmp_path / "grid.py"
+    script.write_text(GRID)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "out"), str(steps)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoints = tmp_path / "out" / "checkpoints"
+    for _ in range(600):  # until both workers run a run (their checkpoints appear)
+        if checkpoints.exists() and len(list(checkpoints.glob("*.ckpt"))) >= 2:
+            break
+        time.sleep(0.1)
+    else:
+        process.kill()
+        pytest.fail("the workers never started a run")
+    workers = [child for child in psutil.Process(process.pid).children(recursive=True)]
+    return process, workers, checkpoints
+
+
+def gone(processes, within=10.0):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def started_runs(checkpoints):
+    return {path.name.split("-")[0] for path in checkpoints.glob("*.ckpt*")}
+
+
+def test_sigint_stops_the_grid_now_and_it_resumes_later(tmp_path):
+    process, workers, checkpoints = start_grid(tmp_path, steps=100000)
+    os.kill(process.pid, signal.SIGINT)  # what Jupyter's interrupt sends to the kernel
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert gone(workers), "a worker process is still running after the interrupt"
+    time.sleep(1.0)
+    assert started_runs(checkpoints) == {"run_0", "run_1"}  # the queued runs never started
+    assert not list((tmp_path / "out" / "data").glob("run_*.json"))
+
+
+def test_a_killed_parent_leaves_no_worker_behind(tmp_path):
+    process, workers, _ = start_grid(tmp_path, steps=100000)
+    process.kill()  # SIGKILL: the parent cannot clean up
+    process.communicate(timeout=30)
+    assert gone(workers), "a worker outlived its killed parent"
