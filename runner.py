@@ -465,16 +465,39 @@ def run_grid(
     out_dir = Path(out_dir)
     _check_writable(out_dir / "data")
     records: dict[str, dict] = {}
-    pending = []
+    pending, elsewhere = [], []  # elsewhere: runs another sitting on this folder is computing
     for spec in specs:
         record = load_result(spec, out_dir)
-        if record is None:
+        if record is not None:
+            records[spec.name] = record
+        elif _take_lock(out_dir, spec.name):
             pending.append(spec)
         else:
-            records[spec.name] = record
+            elsewhere.append(spec)
     pending.sort(key=lambda spec: -spec.cost())  # largest first balances the workers
+    try:
+        _run_pending(pending, out_dir, backend, workers, progress, slurm, records, len(specs))
+    finally:
+        for spec in pending:
+            _release_lock(out_dir, spec.name)
+    for spec in elsewhere:  # wait for the other sitting; a run it abandoned is computed here
+        records[spec.name] = _wait_for_other_sitting(spec, out_dir, backend, workers, progress, slurm)
+    return [records[name] for name in names]
+
+
+def _run_pending(
+    pending: list[RunSpec],
+    out_dir: Path,
+    backend: str,
+    workers: int | None,
+    progress: bool,
+    slurm: dict | None,
+    records: dict[str, dict],
+    total: int,
+) -> None:
+    """Compute `pending` with `backend`, adding each record to `records` (see `run_grid`)."""
     failures: dict[str, str] = {}
-    bar = _runs_bar(len(specs), len(records), progress)
+    bar = _runs_bar(total, len(records), progress)
 
     def collect(spec: RunSpec, get_record) -> None:
         try:
@@ -525,8 +548,76 @@ def run_grid(
         bar.close()
     if failures:
         details = "\n".join(f"--- {name}\n{text}" for name, text in failures.items())
-        raise RuntimeError(f"{len(failures)} of {len(specs)} runs failed (the others are saved):\n{details}")
-    return [records[name] for name in names]
+        raise RuntimeError(f"{len(failures)} of {total} runs failed (the others are saved):\n{details}")
+
+
+def _lock_path(out_dir: Path, name: str) -> Path:
+    return out_dir / "locks" / f"{name}.lock"
+
+
+def _take_lock(out_dir: Path, name: str) -> bool:
+    """Claim run `name` for this process (a file created exclusively); False if another live
+    process on this machine holds it. A lock left by a process that is gone is taken over."""
+    path = _lock_path(out_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            with open(path, "x") as file:
+                file.write(f"{os.getpid()} {platform.node()}\n")
+            return True
+        except FileExistsError:
+            if _lock_holder_alive(path):
+                return False
+            path.unlink(missing_ok=True)  # stale: its process is gone
+    return False
+
+
+def _lock_holder_alive(path: Path) -> bool:
+    try:
+        pid, host = path.read_text().split()
+    except (OSError, ValueError):
+        return False  # vanished or half written: treat as free
+    if host != platform.node():
+        return True  # another machine (a shared folder): it cannot be checked from here
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _release_lock(out_dir: Path, name: str) -> None:
+    path = _lock_path(out_dir, name)
+    try:
+        if path.read_text().split()[0] == str(os.getpid()):
+            path.unlink()
+    except (OSError, IndexError):
+        pass
+
+
+def _wait_for_other_sitting(
+    spec: RunSpec, out_dir: Path, backend: str, workers: int | None, progress: bool, slurm: dict | None
+) -> dict:
+    """The record of a run another sitting is computing, once it is written; if that sitting
+    stops without writing it, the run is computed here."""
+    print(f"run {spec.name!r} is being computed by another sitting on {out_dir}; waiting for it")
+    while True:
+        record = load_result(spec, out_dir)
+        if record is not None:
+            return record
+        if _take_lock(out_dir, spec.name):
+            try:
+                record = load_result(spec, out_dir)  # written between the two checks
+                if record is None:
+                    records: dict[str, dict] = {}
+                    _run_pending([spec], out_dir, backend, workers, progress, slurm, records, 1)
+                    record = records[spec.name]
+                return record
+            finally:
+                _release_lock(out_dir, spec.name)
+        time.sleep(1.0)
 
 
 def run_grid_timed(

@@ -74,7 +74,8 @@ def gone(processes, within=10.0):
 
 
 def started_runs(checkpoints):
-    return {path.name.split("-")[0] for path in checkpoints.glob("*.ckpt*")}
+    # a run's checkpoint, or the temporary file of one being written when its worker was ended
+    return {path.name.lstrip(".").split("-")[0] for path in checkpoints.glob("*.ckpt*")}
 
 
 def test_sigint_stops_the_grid_now_and_it_resumes_later(tmp_path):
@@ -86,6 +87,7 @@ def test_sigint_stops_the_grid_now_and_it_resumes_later(tmp_path):
     time.sleep(1.0)
     assert started_runs(checkpoints) == {"run_0", "run_1"}  # the queued runs never started
     assert not list((tmp_path / "out" / "data").glob("run_*.json"))
+    assert not list((tmp_path / "out" / "locks").glob("*.lock"))  # this sitting's claims are released
 
 
 def test_a_killed_parent_leaves_no_worker_behind(tmp_path):

@@ -3,6 +3,10 @@ and committed records (written before EvalConfig was renamed) still match their 
 
 import dataclasses
 import os
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -321,3 +325,38 @@ def test_an_unwritable_results_folder_fails_before_training(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(ValueError, match="results folder .* cannot be written"):
         run_grid([spec(1)], blocker / "results", backend="inline", progress=False)
+
+
+def test_a_run_another_sitting_holds_is_waited_for_not_computed_twice(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = tmp_path / "locks" / "tiny_2_1.lock"
+        lock.parent.mkdir(parents=True)
+        lock.write_text(f"{holder.pid} {runner.platform.node()}\n")
+        returned = []
+        thread = threading.Thread(
+            target=lambda: returned.append(run_grid([spec(1), spec(2)], tmp_path, backend="inline", progress=False))
+        )
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "data" / "tiny_2_2.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)
+        # The free run is done; the held one is neither computed nor started here while its holder lives.
+        assert not (tmp_path / "data" / "tiny_2_1.json").exists()
+        assert not list((tmp_path / "checkpoints").glob("tiny_2_1-*"))
+        assert thread.is_alive()
+    finally:
+        holder.kill()
+        holder.wait()
+    thread.join(timeout=60)  # the holder is gone without a record: this sitting computes the run
+    assert [r["spec"]["name"] for r in returned[0]] == ["tiny_2_1", "tiny_2_2"]
+    assert not lock.exists()
+
+
+def test_a_stale_lock_is_taken_over(tmp_path):
+    lock = tmp_path / "locks" / "tiny_2_1.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(f"999999999 {runner.platform.node()}\n")  # no such process
+    records = run_grid([spec(1)], tmp_path, backend="inline", progress=False)
+    assert records[0]["train"]["status"] == "finished" and not lock.exists()
