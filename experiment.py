@@ -173,6 +173,8 @@ class Experiment:
             f"{len(specs)} runs; grid wall time {self.grid['wall_time_s'] / 60:.1f} min on {self.grid['hardware']}; "
             f"diverged: {diverged or 'none'}"
         )
+        for record in self.results.diverged:
+            print(f"  {record['spec']['name']}: {record['train']['message']}")
         return self.results
 
     def figure(self, fig, name: str) -> Path:
@@ -203,6 +205,20 @@ class Experiment:
             {"preset": f"`{self.preset}`", **rows, "hardware": self.grid["hardware"], "wall time": self.wall_time()}
         )
 
+    def divergence_section(self) -> str:
+        """The report's closing section: which runs diverged and why (every report states it)."""
+        diverged = self.results.diverged
+        if not diverged:
+            lines = [f"None: all {len(self.results)} runs finished training."]
+        else:
+            lines = [
+                f"{len(diverged)} of {len(self.results)} runs stopped on a non-finite loss; their seeds are "
+                "left out of every mean, verdict and plot above:",
+                "",
+            ]
+            lines += [f"- `{r['spec']['name']}`: {r['train']['message']}" for r in diverged]
+        return "\n## Diverged runs\n\n" + "\n".join(lines) + "\n"
+
     def template(self, part: str | None = None) -> Path:
         """The report template (`part=None`) or one of its optional parts."""
         name = f"experiment {self.number}" + ("" if part is None else f" - {part}")
@@ -214,7 +230,8 @@ class Experiment:
         value a placeholder (`fill_template`). Returns the path written."""
         texts = [self.template().read_text()] + [self.template(part).read_text() for part in parts]
         path = self.out / "README.md"
-        atomic_write_bytes(path, fill_template("".join(texts), values).encode())
+        report = fill_template("".join(texts), values) + self.divergence_section()
+        atomic_write_bytes(path, report.encode())
         print(f"wrote {path}")
         return path
 

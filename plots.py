@@ -38,7 +38,11 @@ def mean_std(rows: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def band(ax, x: Sequence[float], rows: Sequence[Sequence[float]], label: str, color: str, **line) -> None:
-    """Mean across rows with a shaded band of plus or minus one standard deviation."""
+    """Mean across rows with a shaded band of plus or minus one standard deviation. Without
+    rows (every run of the group diverged) only the legend entry says so."""
+    if not len(rows):
+        ax.plot([], [], label=f"{label} (no finished run)", color=color, **line)
+        return
     mean, std = mean_std(rows)
     ax.plot(x, mean, label=label, color=color, **line)
     lower = mean - std
@@ -57,7 +61,9 @@ def bootstrap_curve(ax, summary: dict, label: str | None, color: str, **line) ->
 
 
 def boxplot(ax, groups: Sequence[Sequence[float]], labels: Sequence[str], colors: Sequence[str]) -> None:
-    """Boxes without fliers, every value overlaid as a dot (as the reference study drew them)."""
+    """Boxes without fliers, every value overlaid as a dot (as the reference study drew them).
+    A group without values (every run diverged) leaves its place empty."""
+    groups = [values if len(values) else [np.nan] for values in groups]
     boxes = ax.boxplot(groups, showfliers=False, patch_artist=True, widths=0.6)
     ax.set_xticks(range(1, len(labels) + 1), labels)
     for patch, color in zip(boxes["boxes"], colors, strict=False):
@@ -82,10 +88,13 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> s
 
 
 def mean_pm_std(values: Sequence[float]) -> str:
-    """'mean ± std' across seeds for a report; 'n/a' without values; says so when some are not finite."""
+    """'mean ± std' across seeds for a report; 'n/a' without values; one value is shown as such
+    (a spread of one seed is no spread); says so when some are not finite."""
     values = np.asarray(values, dtype=float)
     if not len(values):
         return "n/a"
+    if len(values) == 1:
+        return f"{fmt(values[0])} (1 seed)" if np.isfinite(values[0]) else "not finite (1 seed)"
     if not np.isfinite(values).all():  # a model whose outputs overflowed at this loop count
         return f"not finite in {int((~np.isfinite(values)).sum())} of {len(values)} seeds"
     return f"{fmt(values.mean())} ± {fmt(values.std())}"
@@ -93,10 +102,11 @@ def mean_pm_std(values: Sequence[float]) -> str:
 
 def compare(a: Sequence[float], b: Sequence[float]) -> str:
     """'lower' / 'higher' when a's seed mean is clearly apart from b's (the gap exceeds the two
-    seed standard deviations together), else a sentence saying the spreads overlap."""
+    seed standard deviations together), else a sentence saying why it cannot tell. Each side
+    needs at least two finished seeds: one seed has no spread to compare against."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if not len(a) or not len(b):
-        return "cannot tell (runs diverged)"
+    if len(a) < 2 or len(b) < 2:
+        return "cannot tell (fewer than 2 finished seeds on a side: runs diverged)"
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return "cannot tell (some errors are not finite: the outputs overflowed)"
     if abs(a.mean() - b.mean()) <= a.std() + b.std():

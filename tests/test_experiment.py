@@ -135,7 +135,18 @@ def test_experiment_reads_the_environment_and_writes_figures_and_reports(tmp_pat
     (reports / "experiment 7 - conclusions smoke.md").write_text("\n## Conclusions\n{number} runs\n")
     monkeypatch.setattr(experiment, "REPORTS", reports)
     written = exp.write_report({"preset": "smoke", "verdict": "lower", "number": 2}, parts=["conclusions smoke"])
-    assert written.read_text() == "# Experiment 7 (smoke)\nlower\n\n## Conclusions\n2 runs\n"
+    assert written.read_text() == (
+        "# Experiment 7 (smoke)\nlower\n\n## Conclusions\n2 runs\n"
+        "\n## Diverged runs\n\nNone: all 2 runs finished training.\n"
+    )
+    diverged = record("small", 1, 3, status="diverged")
+    diverged["train"]["message"] = "training stopped at step 5: the loss is nan (not finite)"
+    exp.results = Results([record("small", 1, 1), diverged])
+    report = exp.write_report({"preset": "smoke", "verdict": "lower", "number": 2}, parts=["conclusions smoke"])
+    assert report.read_text().endswith(
+        "## Diverged runs\n\n1 of 2 runs stopped on a non-finite loss; their seeds are left out of every mean, "
+        "verdict and plot above:\n\n- `small_1_3`: training stopped at step 5: the loss is nan (not finite)\n"
+    )
     with pytest.raises(ValueError, match=r"values without a placeholder \['number'\]"):
         exp.write_report({"preset": "smoke", "verdict": "lower", "number": 2})
     with pytest.raises(FileNotFoundError):
