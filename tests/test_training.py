@@ -402,3 +402,11 @@ def test_a_corrupt_checkpoint_is_named_set_aside_and_the_run_restarts(tmp_path):
         _, rerun = run(config(), checkpoint=path)
     assert rerun.loss == fresh.loss
     assert (tmp_path / "run.ckpt.set-aside").read_bytes() == b"not a checkpoint"
+
+
+def test_long_loops_need_a_gradient_window_before_training():
+    long = ModelConfig(n_dims=3, n_layers=1, n_heads=2, hidden_dim=8, mlp_hidden=16, context=15)
+    with pytest.raises(ValueError, match=r"TrainConfig.b=400 with grad_window=None backpropagates through 400 loops"):
+        train(build_model(long, 0), TASK, config(b=400), progress=False)
+    result = train(build_model(long, 0), TASK, config(b=400, grad_window=4, steps=1), progress=False)
+    assert result.status == "finished"
