@@ -43,6 +43,8 @@ from tasks import OOD_KINDS, task_from_dict
 from transformer import ModelConfig, count_parameters
 from utils import (
     TrainConfig,
+    TrainResult,
+    atomic_write_bytes,
     bootstrap_band,
     build_model,
     check_effective,
@@ -55,6 +57,7 @@ from utils import (
     read_json,
     save_run,
     state_updates,
+    torch_bytes,
     train,
     training_key,
     validate,
@@ -245,30 +248,65 @@ class RunSpec:
         return float(per_token) * self.train.b * self.train.steps * self.train.batch_size * self.train.n_points
 
 
-def execute_run(spec: RunSpec, out_dir: str | Path, progress: bool = False) -> dict:
+def trained_dir() -> Path:
+    """Where trained runs are kept by their training key, for every notebook to reuse: the
+    ignored `scratch/trained/` (under `LOOPED_RESULTS_ROOT` when it is set)."""
+    return Path(os.environ.get("LOOPED_RESULTS_ROOT", ROOT)) / "scratch" / "trained"
+
+
+def _store_trained(spec: RunSpec, model, result: TrainResult) -> None:
+    """Keep a trained run (weights and training result) under its training key."""
+    folder = trained_dir() / spec.training_key()
+    write_json(folder / "result.json", {"train": result.to_dict(), "model": spec.model.to_dict()})
+    atomic_write_bytes(folder / "model.pt", torch_bytes(model.state_dict()))
+
+
+def _reuse_trained(spec: RunSpec):
+    """(model, TrainResult) of a run with this training key trained before, by any notebook, or None."""
+    folder = trained_dir() / spec.training_key()
+    if not (folder / "model.pt").exists() or not (folder / "result.json").exists():
+        return None
+    model = build_model(spec.model, spec.train.seed)
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    return model.to(spec.train.device), TrainResult(**read_json(folder / "result.json")["train"])
+
+
+def execute_run(spec: RunSpec, out_dir: str | Path, progress: bool = False, backend: str = "inline") -> dict:
     """Train and validate one run; write `data/<name>.json` and `models/<name>/`. Returns the record.
 
-    An interrupted run resumes from `checkpoints/<name>-<training key>.ckpt` on the next call.
+    A run whose training key was trained before (by this or another notebook) is not trained
+    again: its weights and training result come from `trained_dir()`, and only the evaluation
+    runs. An interrupted run resumes from `checkpoints/<name>-<training key>.ckpt`.
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
     task = task_from_dict(spec.task)
+    reused = _reuse_trained(spec)
+    if reused is not None:
+        return finish_run(spec, task, *reused, out_dir, started, backend=backend, reused=True)
     model = build_model(spec.model, spec.train.seed)
     checkpoint = out_dir / "checkpoints" / f"{spec.name}-{spec.training_key()}.ckpt"
     result = train(model, task, spec.train, run=None, progress=progress, checkpoint=checkpoint)
-    record = finish_run(spec, task, model, result, out_dir, started)
+    _store_trained(spec, model, result)
+    record = finish_run(spec, task, model, result, out_dir, started, backend=backend)
     checkpoint.unlink(missing_ok=True)
     return record
 
 
-def finish_run(spec: RunSpec, task, model, result, out_dir: Path, started: float) -> dict:
+def finish_run(
+    spec: RunSpec, task, model, result, out_dir: Path, started: float, backend: str = "inline", reused: bool = False
+) -> dict:
     """Validate a trained model (levels 1 and 2, extrapolation, errors per position and the
-    optional evaluations of `EvalConfig`), then write its JSON and weights. Returns the record."""
+    optional evaluations of `EvalConfig`), then write its JSON and weights. Returns the record.
+    The record states how it was trained: backend, device, torch version, its training key and
+    whether the training was reused from an earlier run with that key."""
     record: dict[str, Any] = {
         "spec": spec.to_dict(),
         "parameters": count_parameters(model),
         "hardware": hardware(),
-        "software": {"torch": torch.__version__, "device": str(next(model.parameters()).device)},
+        "software": {"torch": torch.__version__, "device": str(next(model.parameters()).device), "backend": backend},
+        "training_key": spec.training_key(),
+        "training_reused": reused,
         "train": result.to_dict(),
     }
     if result.status == "finished":
@@ -346,11 +384,19 @@ def execute_ensemble(specs: list[RunSpec], out_dir: str | Path) -> list[dict]:
     except ValueError:
         return [execute_run(spec, out_dir) for spec in specs]
     task = task_from_dict(specs[0].task)
+    reused = [_reuse_trained(spec) for spec in specs]
+    if all(pair is not None for pair in reused):  # every member was trained before
+        return [
+            finish_run(spec, task, *pair, out_dir, started, backend="ensemble", reused=True)
+            for spec, pair in zip(specs, reused, strict=True)
+        ]
     key = hashlib.sha256("".join(spec.training_key() for spec in specs).encode()).hexdigest()[:12]
     checkpoint = out_dir / "checkpoints" / f"ensemble_{specs[0].name}_{len(specs)}-{key}.ckpt"
     models, results = train_ensemble(specs[0].model, task, [spec.train for spec in specs], checkpoint=checkpoint)
+    for spec, model, result in zip(specs, models, results, strict=True):
+        _store_trained(spec, model, result)
     records = [
-        finish_run(spec, task, model, result, out_dir, started)
+        finish_run(spec, task, model, result, out_dir, started, backend="ensemble")
         for spec, model, result in zip(specs, models, results, strict=True)
     ]
     checkpoint.unlink(missing_ok=True)
@@ -433,10 +479,10 @@ def _stop_pool(pool: futures.ProcessPoolExecutor) -> None:
         process.join(timeout=10)
 
 
-def _execute_in_worker(spec: RunSpec, out_dir: str) -> dict:
+def _execute_in_worker(spec: RunSpec, out_dir: str, backend: str = "pool") -> dict:
     # One torch thread per worker process: with another process busy, 2 threads can be 20x slower.
     torch.set_num_threads(1)
-    return execute_run(spec, out_dir)
+    return execute_run(spec, out_dir, backend=backend)
 
 
 def run_grid(
@@ -509,7 +555,7 @@ def _run_pending(
 
     if backend == "inline":
         for spec in pending:
-            collect(spec, lambda spec=spec: execute_run(spec, out_dir, progress=progress))
+            collect(spec, lambda spec=spec: execute_run(spec, out_dir, progress=progress, backend="inline"))
     elif backend == "pool" and pending:
         n_workers = min(workers or os.cpu_count() or 1, len(pending))
         # spawn, not fork: forking a process whose torch/OpenMP threads already ran can hang.
@@ -541,7 +587,7 @@ def _run_pending(
         cluster = parameters.pop("cluster", None)
         executor = submitit.AutoExecutor(folder=out_dir / "submitit", cluster=cluster)
         executor.update_parameters(**parameters)
-        jobs = [(executor.submit(_execute_in_worker, spec, str(out_dir)), spec) for spec in pending]
+        jobs = [(executor.submit(_execute_in_worker, spec, str(out_dir), "submitit"), spec) for spec in pending]
         for job, spec in jobs:
             collect(spec, job.result)
     if bar is not None:

@@ -8,6 +8,7 @@ and grows through training; the CUDA tolerance below is stated for these 12-step
 
 import dataclasses
 import os
+import shutil
 
 import pytest
 import torch
@@ -139,6 +140,7 @@ def test_runner_ensemble_backend_matches_inline_and_auto_picks_the_pool_on_cpu(t
     ]
     assert [len(group) for group in runner.ensemble_groups(specs)] == [2]
     batched = run_grid(specs, tmp_path / "ensemble", backend="ensemble", progress=False)
+    shutil.rmtree(runner.trained_dir())  # inline must train, not reuse the ensemble's training
     inline = run_grid(specs, tmp_path / "inline", backend="inline", progress=False)
     for a, b in zip(batched, inline, strict=True):
         torch.testing.assert_close(a["train"]["loss"], b["train"]["loss"], rtol=1e-5, atol=1e-6)

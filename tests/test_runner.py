@@ -3,6 +3,7 @@ and committed records (written before EvalConfig was renamed) still match their 
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -38,6 +39,7 @@ def spec(seed, b=2, steps=6, name=None):
 def test_inline_and_pool_give_identical_records(tmp_path):
     specs = [spec(1), spec(2, b=1)]
     inline = run_grid(specs, tmp_path / "inline", backend="inline", progress=False)
+    shutil.rmtree(runner.trained_dir())  # the pool must train, not reuse the inline training
     pooled = run_grid(specs, tmp_path / "pool", backend="pool", workers=2, progress=False)
     for a, b in zip(inline, pooled, strict=True):
         assert a["train"]["loss"] == b["train"]["loss"]
@@ -87,6 +89,7 @@ def test_submitit_local_executor(tmp_path):
         [spec(3)], tmp_path, backend="submitit", slurm={"cluster": "local", "timeout_min": 5}, progress=False
     )
     inline = run_grid([spec(3)], tmp_path / "inline", backend="inline", progress=False)
+    shutil.rmtree(runner.trained_dir())
     assert records[0]["train"]["loss"] == inline[0]["train"]["loss"]
 
 
@@ -271,9 +274,12 @@ def test_a_changed_spec_never_resumes_the_interrupted_runs_checkpoint(tmp_path, 
     assert changed.training_key() != first.training_key()
     assert dataclasses.replace(first, evaluation=EvalConfig(launches=1)).training_key() == first.training_key()
     record = runner.execute_run(changed, tmp_path / "fresh")
+    shutil.rmtree(runner.trained_dir())  # train again, next to the interrupted run's checkpoint
     resumed_elsewhere = runner.execute_run(changed, tmp_path)
+    assert not record["training_reused"] and not resumed_elsewhere["training_reused"]
     assert resumed_elsewhere["train"]["loss"] == record["train"]["loss"]
-    assert record["software"] == {"torch": torch.__version__, "device": "cpu"}
+    assert record["software"] == {"torch": torch.__version__, "device": "cpu", "backend": "inline"}
+    assert record["training_key"] == changed.training_key()
 
 
 @pytest.mark.parametrize(
@@ -360,3 +366,14 @@ def test_a_stale_lock_is_taken_over(tmp_path):
     lock.write_text(f"999999999 {runner.platform.node()}\n")  # no such process
     records = run_grid([spec(1)], tmp_path, backend="inline", progress=False)
     assert records[0]["train"]["status"] == "finished" and not lock.exists()
+
+
+def test_a_run_trained_by_another_notebook_is_reused_not_trained_again(tmp_path, monkeypatch):
+    first = run_grid([spec(1)], tmp_path / "experiment A", backend="inline", progress=False)[0]
+    monkeypatch.setattr(runner, "train", lambda *args, **kwargs: pytest.fail("trained again"))
+    # Another experiment: another name and another evaluation, the same training.
+    other = dataclasses.replace(spec(1), name="shared_run", evaluation=EvalConfig(launches=1, extrapolation_b=(1, 2)))
+    again = run_grid([other], tmp_path / "experiment B", backend="inline", progress=False)[0]
+    assert again["training_reused"] and not first["training_reused"]
+    assert again["train"] == first["train"]
+    assert again["level2"]["extrapolation"]["reference"][0] == first["level2"]["extrapolation"]["reference"][0]  # b = 1
