@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 import plots
+from baselines import baseline_position_errors
 from runner import ROOT, RunSpec, choose_preset, results_dir, run_grid_timed
-from utils import atomic_write_bytes, save_svg
+from utils import TrainConfig, atomic_write_bytes, heldout_prompts, save_svg
 
 REPORTS = ROOT / "experiments" / "reports"
 
@@ -190,6 +191,30 @@ class Experiment:
             pass
         return path
 
+    def heldout_baselines(self, task, train: TrainConfig, names: Sequence[str] | None = None) -> tuple:
+        """The held-out prompts of `train` (tokens, ys) and the classical estimators' error at
+        every position on them ({name: [P]}; `names` picks estimators)."""
+        heldout = heldout_prompts(task, train.eval_prompts, train.n_points, train.eval_seed)
+        return heldout, baseline_position_errors(*heldout, **({} if names is None else {"names": tuple(names)}))
+
+    def error_vs_examples(
+        self,
+        groups: Mapping[str, Results],
+        baselines: Mapping[str, Sequence[float]],
+        width: float = 7,
+        height: float = 4.5,
+        legend_size: float = 6,
+        name: str = "error vs examples",
+    ) -> Path:
+        """The one-panel error-against-examples figure: each group's last-loop error at every
+        position beside the classical estimators (`heldout_baselines`)."""
+        fig, axes = plots.subplots(1, 1, width=width, height=height)
+        curves = {label: results.position_errors() for label, results in groups.items()}
+        plots.error_vs_examples(axes[0, 0], curves, baselines)
+        axes[0, 0].set_ylabel("squared error / d (last loop)")
+        axes[0, 0].legend(fontsize=legend_size)
+        return self.figure(fig, name)
+
     def wall_time(self) -> str:
         """The report's wall-time cell: the grid's sitting and the runs' own time added up."""
         minutes = sum(r["wall_time_s"] for r in self.results) / 60
@@ -266,6 +291,14 @@ def fill_template(template: str, values: Mapping[str, Any]) -> str:
 def settings_table(rows: Mapping[str, Any]) -> str:
     """The design section's "| setting | value |" table, one row per entry."""
     return plots.markdown_table(["setting", "value"], rows.items())
+
+
+def baselines_at_query(heldout: tuple, baselines: Mapping[str, Sequence[float]], n_dims: int) -> str:
+    """'least squares 0.01, averaging 0.41, predicting 0: 1' at the query position, for a report."""
+    zero = float(heldout[1][:, -1].square().mean() / n_dims)
+    return ", ".join(f"{name} {plots.fmt(errors[-1])}" for name, errors in baselines.items()) + (
+        f", predicting 0: {plots.fmt(zero)}"
+    )
 
 
 def joined(values: Iterable[Any]) -> str:

@@ -131,7 +131,8 @@ def error_vs_examples(ax, curves: dict[str, Sequence[Sequence[float]]], baseline
     ax.set_yscale("log")  # first, so that the bands are clipped for a log axis
     for i, (label, rows) in enumerate(curves.items()):
         rows = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
-        band(ax, range(rows.shape[1]), rows, label, COLORS[i % len(COLORS)])
+        positions = range(rows.shape[1]) if rows.ndim == 2 else []  # no rows: every run diverged
+        band(ax, positions, rows, label, COLORS[i % len(COLORS)])
     for j, (name, errors) in enumerate(baselines.items()):
         ax.plot(
             range(len(errors)),

@@ -36,3 +36,37 @@ def test_notebook_runs_at_smoke(path, tmp_path, monkeypatch):
     assert any(p.suffix == ".svg" for p in written)
     assert not (tmp_path / "results").exists()
     assert os.environ["PRESET"] == "smoke"
+
+
+def test_experiment_1_reports_a_grid_with_diverged_runs(tmp_path, monkeypatch):
+    """Every seed of one model and one seed of another diverged: the notebook still plots what
+    finished, writes its report, names the diverged runs and calls no verdict from one seed."""
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("BACKEND", "inline")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    path = next(p for p in NOTEBOOKS if p.name.startswith("experiment 1 "))
+
+    def execute():
+        notebook = nbformat.read(path, as_version=4)
+        NotebookClient(
+            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
+
+    execute()  # trains the smoke grid
+    data = tmp_path / "scratch" / "experiment 1" / "data"
+    diverged = []
+    for record_path in sorted(data.glob("*.json")):
+        record = json.loads(record_path.read_text())
+        labels = record.get("spec", {}).get("labels", {})
+        if labels.get("model") == "tiny" or (labels.get("model") == "small" and labels.get("seed") == 42):
+            record["train"]["status"] = "diverged"
+            record["train"]["message"] = "training stopped at step 3: the loss is nan (not finite)"
+            for key in ("level2", "position_errors", "loop_errors"):
+                record.pop(key, None)
+            record_path.write_text(json.dumps(record))
+            diverged.append(record["spec"]["name"])
+    execute()  # renders from the cache
+    report = (tmp_path / "scratch" / "experiment 1" / "README.md").read_text()
+    section = report.split("## Diverged runs")[1]
+    assert all(f"`{name}`" in section for name in diverged)
+    assert "± 0 " not in report and "(1 seed)" in report
