@@ -244,6 +244,15 @@ class Experiment:
             lines += [f"- `{r['spec']['name']}`: {r['train']['message']}" for r in diverged]
         return "\n## Diverged runs\n\n" + "\n".join(lines) + "\n"
 
+    @staticmethod
+    def evaluation_rows(evaluation, extrapolation_note: str = "") -> dict[str, str]:
+        """The settings rows every report shares for level 2 and the extrapolation."""
+        return {
+            "level 2": f"{evaluation.launches} launches x {evaluation.batches_per_launch} x {evaluation.batch_size} "
+            "prompts per run, test std ~ U(0, 2), mean 0",
+            "extrapolation": f"eval b = {joined(evaluation.extrapolation_b)} on the held-out set{extrapolation_note}",
+        }
+
     def template(self, part: str | None = None) -> Path:
         """The report template (`part=None`) or one of its optional parts."""
         name = f"experiment {self.number}" + ("" if part is None else f" - {part}")
