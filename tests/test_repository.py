@@ -66,8 +66,13 @@ def test_pyproject_lists_every_top_level_module():
     assert sorted(py_modules()) == sorted(top_level_modules())
 
 
-def test_no_sys_path_edits_in_scripts_benchmarks_and_test_set_up():
-    files = [ROOT / "tests" / "conftest.py", *ROOT.glob("scripts/*.py"), *ROOT.glob("benchmarks/*.py")]
+def test_no_sys_path_edits_in_scripts_benchmarks_notebooks_and_test_set_up():
+    files = [
+        ROOT / "tests" / "conftest.py",
+        *ROOT.glob("scripts/*.py"),
+        *ROOT.glob("benchmarks/*.py"),
+        *ROOT.glob("experiments/*.ipynb"),
+    ]
     editing = [str(path.relative_to(ROOT)) for path in files if "sys.path.insert" in path.read_text()]
     assert not editing, f"import the installed library instead of editing sys.path: {editing}"
 
