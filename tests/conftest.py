@@ -16,3 +16,24 @@ def separate_results_root(tmp_path, monkeypatch):
     """Every test writes scratch output (the runner's store of trained runs included) under its own
     temporary folder, so no test reuses another's training."""
     monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path / "results root"))
+
+
+def tiny_specs(seeds, steps: int = 4, launches: int = 1) -> list:
+    """RunSpecs of a 2-dimensional toy model, one per seed, named `tiny_<seed>` (seconds to train)."""
+    from runner import EvalConfig, RunSpec
+    from tasks import LinearRegression
+    from transformer import ModelConfig
+    from utils import TrainConfig
+
+    model = ModelConfig(n_dims=2, n_layers=1, n_heads=2, hidden_dim=8, mlp_hidden=16, context=9)
+    return [
+        RunSpec(
+            name=f"tiny_{seed}",
+            model=model,
+            task=LinearRegression(2).to_dict(),
+            train=TrainConfig(steps=steps, batch_size=4, b=2, n_points=5, seed=seed, eval_prompts=8),
+            evaluation=EvalConfig(launches=launches, batches_per_launch=1, batch_size=8, extrapolation_b=(1, 2)),
+            labels={"model": "tiny", "seed": seed},
+        )
+        for seed in seeds
+    ]

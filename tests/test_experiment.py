@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import tiny_specs
 
 import experiment
 from experiment import Experiment, Results, fill_template, placeholders, settings_table
@@ -160,27 +161,11 @@ def test_settings_table_layout():
 
 
 def test_experiment_runs_a_grid_from_its_cache(tmp_path, monkeypatch):
-    from runner import EvalConfig, RunSpec
-    from tasks import LinearRegression
-    from transformer import ModelConfig
-    from utils import TrainConfig
-
     monkeypatch.setenv("PRESET", "smoke")
     monkeypatch.setenv("BACKEND", "inline")
     monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
     exp = Experiment(1, {"smoke": {}})
-    model = ModelConfig(n_dims=2, n_layers=1, n_heads=2, hidden_dim=8, mlp_hidden=16, context=9)
-    specs = [
-        RunSpec(
-            name=f"tiny_{seed}",
-            model=model,
-            task=LinearRegression(2).to_dict(),
-            train=TrainConfig(steps=4, batch_size=4, b=2, n_points=5, seed=seed, eval_prompts=8),
-            evaluation=EvalConfig(launches=2, batches_per_launch=1, batch_size=8, extrapolation_b=(1, 2)),
-            labels={"model": "tiny", "seed": seed},
-        )
-        for seed in (1, 2)
-    ]
+    specs = tiny_specs((1, 2), steps=4, launches=2)
     results = exp.run(specs, progress=False)
     assert results.names == ["tiny_1", "tiny_2"] and exp.grid["runs"] == 2
     again = Experiment(1, {"smoke": {}}).run(specs, progress=False)

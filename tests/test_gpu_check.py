@@ -5,27 +5,11 @@ import subprocess
 import sys
 import tarfile
 
-from conftest import ROOT
-
-from runner import EvalConfig, RunSpec
-from tasks import LinearRegression
-from transformer import ModelConfig
-from utils import TrainConfig
+from conftest import ROOT, tiny_specs
 
 
 def test_gpu_check_smoke_on_cpu(tmp_path):
-    model = ModelConfig(n_dims=2, n_layers=1, n_heads=2, hidden_dim=8, mlp_hidden=16, context=9)
-    specs = [
-        RunSpec(
-            name=f"tiny_{seed}",
-            model=model,
-            task=LinearRegression(2).to_dict(),
-            train=TrainConfig(steps=3, batch_size=4, b=2, n_points=5, seed=seed, eval_prompts=8),
-            evaluation=EvalConfig(launches=1, batches_per_launch=1, batch_size=4, extrapolation_b=(1, 2)),
-            labels={"model": "tiny", "seed": seed},
-        ).to_dict()
-        for seed in (1, 2)
-    ]
+    specs = [spec.to_dict() for spec in tiny_specs((1, 2), steps=3)]
     grid = tmp_path / "specs.json"
     grid.write_text(json.dumps(specs))
     out = tmp_path / "out"
