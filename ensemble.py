@@ -110,7 +110,8 @@ class Ensemble:
         autocast: torch.dtype | None = None,
     ) -> None:
         check_ensemble(model_config, configs)
-        check_training(model_config, task, configs[0])
+        for config in configs:  # members differ in b, which the checks of unused settings read
+            check_training(model_config, task, config)
         self.model_config, self.task, self.configs = model_config, task, configs
         self.device = use_device(configs[0])
         members = [build_model(model_config, c.seed).to(self.device) for c in configs]

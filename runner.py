@@ -18,7 +18,6 @@ Owns:
 from __future__ import annotations
 
 import concurrent.futures as futures
-import hashlib
 import json
 import math
 import multiprocessing
@@ -30,7 +29,6 @@ import tempfile
 import threading
 import time
 import traceback
-import warnings
 from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,20 +42,20 @@ from transformer import ModelConfig, count_parameters
 from utils import (
     TrainConfig,
     TrainResult,
-    atomic_write_bytes,
     bootstrap_band,
     build_model,
     check_effective,
     error_scale,
     heldout_prompts,
     label_sensitivity,
+    load_run,
     ood_prompts,
     prediction_errors,
     prompt_errors,
     read_json,
     save_run,
+    set_aside,
     state_updates,
-    torch_bytes,
     train,
     training_key,
     validate,
@@ -256,19 +254,18 @@ def trained_dir() -> Path:
 
 def _store_trained(spec: RunSpec, model, result: TrainResult) -> None:
     """Keep a trained run (weights and training result) under its training key."""
-    folder = trained_dir() / spec.training_key()
-    write_json(folder / "result.json", {"train": result.to_dict(), "model": spec.model.to_dict()})
-    atomic_write_bytes(folder / "model.pt", torch_bytes(model.state_dict()))
+    save_run(
+        trained_dir() / spec.training_key(), model, {"model_config": spec.model.to_dict(), "train": result.to_dict()}
+    )
 
 
 def _reuse_trained(spec: RunSpec):
     """(model, TrainResult) of a run with this training key trained before, by any notebook, or None."""
     folder = trained_dir() / spec.training_key()
-    if not (folder / "model.pt").exists() or not (folder / "result.json").exists():
+    if not (folder / "run.json").exists():  # save_run writes it after the weights
         return None
-    model = build_model(spec.model, spec.train.seed)
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-    return model.to(spec.train.device), TrainResult(**read_json(folder / "result.json")["train"])
+    model, record = load_run(folder)
+    return model.to(spec.train.device), TrainResult(**record["train"])
 
 
 def execute_run(spec: RunSpec, out_dir: str | Path, progress: bool = False, backend: str = "inline") -> dict:
@@ -376,7 +373,7 @@ def execute_ensemble(specs: list[RunSpec], out_dir: str | Path) -> list[dict]:
     """Train `specs` (one `ensemble_groups` group) as one batched model, then validate and save
     each member as `execute_run` does. A group the ensemble cannot train runs one by one. An
     interrupted group resumes from `checkpoints/ensemble_<first name>_<members>-<key>.ckpt`, the
-    key a hash of the members' training keys."""
+    key the group's `training_key`."""
     out_dir = Path(out_dir)
     started = time.perf_counter()
     try:
@@ -390,7 +387,7 @@ def execute_ensemble(specs: list[RunSpec], out_dir: str | Path) -> list[dict]:
             finish_run(spec, task, *pair, out_dir, started, backend="ensemble", reused=True)
             for spec, pair in zip(specs, reused, strict=True)
         ]
-    key = hashlib.sha256("".join(spec.training_key() for spec in specs).encode()).hexdigest()[:12]
+    key = training_key(specs[0].model, [spec.train for spec in specs], specs[0].task)
     checkpoint = out_dir / "checkpoints" / f"ensemble_{specs[0].name}_{len(specs)}-{key}.ckpt"
     models, results = train_ensemble(specs[0].model, task, [spec.train for spec in specs], checkpoint=checkpoint)
     for spec, model, result in zip(specs, models, results, strict=True):
@@ -439,13 +436,8 @@ def load_result(spec: RunSpec, out_dir: str | Path) -> dict | None:
         record = read_json(path)
         stored = RunSpec.from_dict(record["spec"]).to_dict()
     except (ValueError, KeyError, TypeError) as error:  # truncated or hand-edited: the run is redone
-        aside = path.with_name(path.name + ".set-aside")
-        path.replace(aside)
-        warnings.warn(
-            f"{path} cannot be read as a run record ({type(error).__name__}: {error}); it is set aside as "
-            f"{aside.name} and run {spec.name!r} runs again",
-            stacklevel=2,
-        )
+        why = f"cannot be read as a run record ({type(error).__name__}: {error})"
+        set_aside(path, why, f"run {spec.name!r} runs again")
         return None
     if stored != spec.to_dict():
         raise ValueError(

@@ -1,6 +1,7 @@
 """Files: atomic writes of JSON, weights and SVG, and saved runs.
 
-Owns `atomic_write_bytes` (readers see the old file or the new one, never a part), `write_json`
+Owns `atomic_write_bytes` (readers see the old file or the new one, never a part), `set_aside`
+(an unusable file renamed out of the way with a warning), `write_json`
 and `read_json`, `torch_bytes`, `save_run` / `load_run` (weights loaded with weights_only) and
 `save_svg` (byte-identical SVG for identical figures).
 """
@@ -11,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,16 @@ def torch_bytes(obj: Any) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
+
+
+def set_aside(path: Path, why: str, then: str, what: str = "") -> Path:
+    """Rename an unusable file to `<name>.set-aside` (kept for inspection) and warn, naming the file
+    (after `what` it is), why it is unusable and what happens instead (`then`). Returns the new path."""
+    aside = path.with_name(path.name + ".set-aside")
+    path.replace(aside)
+    named = f"{what} {path}" if what else str(path)
+    warnings.warn(f"{named} {why}; it is set aside as {aside.name} and {then}", stacklevel=3)
+    return aside
 
 
 def save_run(directory: str | Path, model: torch.nn.Module, record: dict) -> None:

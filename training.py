@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from configs import TrainConfig
 from evaluation import error_scale, evaluate, heldout_prompts
 from seeding import make_generator
-from storage import atomic_write_bytes, torch_bytes
+from storage import atomic_write_bytes, set_aside, torch_bytes
 from transformer import ModelConfig
 
 CHECKPOINT_FORMAT = 3  # a checkpoint written by an older version is not resumed from
@@ -422,10 +422,8 @@ def _save_checkpoint(
 
 
 def _set_aside(path: Path, why: str) -> tuple[int, float]:
-    """Rename an unusable checkpoint out of the way (kept for inspection) and start afresh."""
-    aside = path.with_name(path.name + ".set-aside")
-    path.replace(aside)
-    warnings.warn(f"checkpoint {path} {why}; it is set aside as {aside.name} and the run starts afresh", stacklevel=4)
+    """An unusable checkpoint: out of the way (kept for inspection), and the run starts afresh."""
+    set_aside(path, why, "the run starts afresh", what="checkpoint")
     return 0, 0.0
 
 

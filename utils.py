@@ -31,7 +31,17 @@ from evaluation import (
     validate,
 )
 from seeding import STREAMS, build_model, make_generator, seed_everything, stream_seed
-from storage import SVG_HASH_SALT, atomic_write_bytes, load_run, read_json, save_run, save_svg, torch_bytes, write_json
+from storage import (
+    SVG_HASH_SALT,
+    atomic_write_bytes,
+    load_run,
+    read_json,
+    save_run,
+    save_svg,
+    set_aside,
+    torch_bytes,
+    write_json,
+)
 from training import (
     SingleStepper,
     StepPlan,
@@ -82,6 +92,7 @@ __all__ = [
     "save_run",
     "save_svg",
     "seed_everything",
+    "set_aside",
     "state_updates",
     "step_loss",
     "stream_seed",

@@ -37,3 +37,17 @@ def tiny_specs(seeds, steps: int = 4, launches: int = 1) -> list:
         )
         for seed in seeds
     ]
+
+
+def interrupt_at(monkeypatch, stepper_class: type, step: int):
+    """Make `stepper_class.step` raise KeyboardInterrupt at training step `step`, like a kill in the
+    middle of training; returns the real `step` (to restore it, or to wrap it)."""
+    real_step = stepper_class.step
+
+    def step_or_interrupt(self, done):
+        if done == step:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_step(self, done)
+
+    monkeypatch.setattr(stepper_class, "step", step_or_interrupt)
+    return real_step

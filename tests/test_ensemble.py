@@ -12,6 +12,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import interrupt_at
 
 import ensemble
 import runner
@@ -157,14 +158,7 @@ def test_runner_ensemble_backend_matches_inline_and_auto_picks_the_pool_on_cpu(t
 def test_an_interrupted_ensemble_resumes_to_the_same_result(tmp_path, monkeypatch):
     configs = [dataclasses.replace(BASE, seed=seed, b=b, checkpoint_every=4) for seed, b in ((1, 2), (2, 3))]
     _, uninterrupted = train_ensemble(MODEL, TASK, configs)
-    real_step = ensemble.Ensemble.step
-
-    def crash_at_step_7(self, done):
-        if done == 7:
-            raise KeyboardInterrupt("simulated interruption")
-        return real_step(self, done)
-
-    monkeypatch.setattr(ensemble.Ensemble, "step", crash_at_step_7)
+    real_step = interrupt_at(monkeypatch, ensemble.Ensemble, 7)
     path = tmp_path / "ensemble.ckpt"
     with pytest.raises(KeyboardInterrupt):
         train_ensemble(MODEL, TASK, configs, checkpoint=path)

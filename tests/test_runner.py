@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import interrupt_at
 
 import runner
 import training
@@ -256,14 +257,7 @@ def test_experiment_3_records_hold_their_label_leakage():
 def test_a_changed_spec_never_resumes_the_interrupted_runs_checkpoint(tmp_path, monkeypatch):
     first = spec(1, steps=8)
     first = dataclasses.replace(first, train=dataclasses.replace(first.train, checkpoint_every=2))
-    real_step = training.SingleStepper.step
-
-    def interrupt_at_5(self, done):
-        if done == 5:
-            raise KeyboardInterrupt("simulated interruption")
-        return real_step(self, done)
-
-    monkeypatch.setattr(training.SingleStepper, "step", interrupt_at_5)
+    real_step = interrupt_at(monkeypatch, training.SingleStepper, 5)
     with pytest.raises(KeyboardInterrupt):
         runner.execute_run(first, tmp_path)
     checkpoints = list((tmp_path / "checkpoints").glob("*.ckpt"))
