@@ -7,12 +7,14 @@ how many loops run, how many points a prompt has and how many x coordinates are 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from checks import is_int, is_real, require, require_choice, require_int, require_real
 
 LOSS_CHOICES = ("mse", "mae", "huber")
 SUPERVISE_CHOICES = ("all", "last")
+LR_SCHEDULE_CHOICES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -25,9 +27,13 @@ class TrainConfig:
     eval_prompts, eval_seed: the fixed held-out prompt set (its own seed, shared by all runs).
     checkpoint_every: steps between checkpoints when `train` is given a checkpoint path
                       (0: at every level-1 validation).
-    loops_curriculum: None (every step runs b loops) or (b_start, every): training step t runs
-                      min(b, b_start + t // every) loops, the paper's growing loop count.
-                      Validation always runs b loops.
+    lr_schedule, warmup: the learning rate of every step. The first round(warmup * steps) steps
+                      rise linearly from lr / warmup_steps to lr; then "constant" keeps lr and
+                      "cosine" decays it along half a cosine towards 0 (reached one step after the last).
+    loops_curriculum: None (every step runs b loops), (b_start, every) or (b_start, every,
+                      increment): training step t runs min(b, b_start + increment * (t // every))
+                      loops (increment 1 when omitted), the paper's growing loop count (it adds
+                      2 every 500 steps). Validation always runs b loops.
     points_curriculum: None or (P_start, every, increment): training step t uses
                       min(n_points, P_start + increment * (t // every)) points per prompt, the
                       paper's growing prompt length. Validation always uses n_points.
@@ -47,6 +53,8 @@ class TrainConfig:
     huber_delta: float = 1.0
     supervise: str = "all"
     clip_grad_norm: float | None = None
+    lr_schedule: str = "constant"
+    warmup: float = 0.0
     seed: int = 42
     device: str = "cpu"
     threads: int | None = 1
@@ -68,6 +76,11 @@ class TrainConfig:
         )
         require_choice("TrainConfig.loss", self.loss, LOSS_CHOICES)
         require_choice("TrainConfig.supervise", self.supervise, SUPERVISE_CHOICES)
+        require_choice("TrainConfig.lr_schedule", self.lr_schedule, LR_SCHEDULE_CHOICES)
+        require(
+            is_real(self.warmup) and 0 <= self.warmup < 1,
+            f"TrainConfig.warmup={self.warmup!r} must be a fraction of the steps in [0, 1)",
+        )
         require_real("TrainConfig.huber_delta", self.huber_delta, minimum=0, strict=True)
         require(
             self.clip_grad_norm is None or (is_real(self.clip_grad_norm) and self.clip_grad_norm > 0),
@@ -90,28 +103,35 @@ class TrainConfig:
         )
         require_int("TrainConfig.checkpoint_every", self.checkpoint_every, minimum=0)
         self._check_schedule(
-            "loops_curriculum", 2, self.b, f"(b_start, every) with 1 <= b_start <= b={self.b} and every >= 1"
+            "loops_curriculum",
+            (2, 3),
+            self.b,
+            f"(b_start, every) or (b_start, every, increment) with 1 <= b_start <= b={self.b}, every >= 1 "
+            "and increment >= 1",
         )
         self._check_schedule(
             "points_curriculum",
-            3,
+            (3,),
             self.n_points,
             f"(P_start, every, increment) with 1 <= P_start <= n_points={self.n_points}, every >= 1 and increment >= 1",
         )
         # The ceiling is the task's n_dims, which `check_training` checks; here only the form.
         self._check_schedule(
-            "dims_curriculum", 3, 10**9, "(d_start, every, increment) with d_start >= 1, every >= 1 and increment >= 1"
+            "dims_curriculum",
+            (3,),
+            10**9,
+            "(d_start, every, increment) with d_start >= 1, every >= 1 and increment >= 1",
         )
 
-    def _check_schedule(self, name: str, length: int, ceiling: int, form: str) -> None:
-        """A curriculum is None or `length` integers: a start in 1..ceiling, then values >= 1.
+    def _check_schedule(self, name: str, lengths: tuple[int, ...], ceiling: int, form: str) -> None:
+        """A curriculum is None or (one of `lengths`) integers: a start in 1..ceiling, then values >= 1.
         Stored as a tuple (a record read back from JSON gives a list)."""
         value = getattr(self, name)
         if value is None:
             return
         require(
             isinstance(value, (tuple, list))
-            and len(value) == length
+            and len(value) in lengths
             and all(is_int(v) for v in value)
             and 1 <= value[0] <= ceiling
             and all(v >= 1 for v in value[1:]),
@@ -123,8 +143,22 @@ class TrainConfig:
         """The loop count of training step `step` (0-based)."""
         if self.loops_curriculum is None:
             return self.b
-        start, every = self.loops_curriculum
-        return min(self.b, start + step // every)
+        start, every, *increment = self.loops_curriculum
+        return min(self.b, start + (increment[0] if increment else 1) * (step // every))
+
+    def warmup_steps(self) -> int:
+        """How many steps the learning rate rises for (`warmup`)."""
+        return round(self.warmup * self.steps)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of training step `step` (0-based): `lr_schedule` after `warmup`."""
+        warmup = self.warmup_steps()
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        if self.lr_schedule == "constant":
+            return self.lr
+        decay_steps = max(1, self.steps - warmup)
+        return 0.5 * self.lr * (1 + math.cos(math.pi * (step - warmup) / decay_steps))
 
     def points_at(self, step: int) -> int:
         """The prompt length (points) of training step `step` (0-based)."""

@@ -39,7 +39,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from configs import TrainConfig
 from seeding import build_model, make_generator
-from training import TrainResult, check_training, plan_at, sample_batch, step_loss, train_loop, use_device
+from training import TrainResult, check_training, plan_at, sample_batch, set_lr, step_loss, train_loop, use_device
 from transformer import BaseLoopedTransformer, ModelConfig
 
 # TrainConfig fields that may differ between the members of one ensemble.
@@ -201,6 +201,7 @@ class Ensemble:
             return values
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        set_lr(self.optimizer, first, done)  # members share lr, schedule and steps
         if first.clip_grad_norm is not None:
             _clip_per_member(self.params, first.clip_grad_norm)
         self.optimizer.step()

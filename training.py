@@ -72,6 +72,12 @@ def plan_at(config: TrainConfig, step: int, n_dims: int) -> StepPlan:
     return StepPlan(config.loops_at(step), config.points_at(step), active_dims)
 
 
+def set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int) -> None:
+    """Give every parameter group the learning rate of training step `step` (`TrainConfig.lr_at`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr_at(step)
+
+
 def sample_batch(task, config: TrainConfig, plan: StepPlan, generator: torch.Generator):
     """One training batch (tokens [B, S, d], ys [B, P]) as `plan` says."""
     if plan.active_dims is None:
@@ -257,6 +263,7 @@ class SingleStepper:
             return [None]
         config = self.configs[0]
         plan = plan_at(config, done, self.task.n_dims)
+        set_lr(self.optimizer, config, done)
         value = train_step(
             self._model, self.optimizer, self.task, self.generator, config, plan.b, plan.n_points, plan.active_dims
         )

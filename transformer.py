@@ -65,6 +65,7 @@ __all__ = [
     "MIXER_CHOICES",
     "CONTEXT_KEEP_CHOICES",
     "STATE_KEEP_CHOICES",
+    "INIT_CHOICES",
     "RENAMED_VALUES",
     "current_names",
     "ModelConfig",
@@ -72,6 +73,7 @@ __all__ = [
     # the model
     "BaseLoopedTransformer",
     "count_parameters",
+    "gpt2_init",
     "flops_per_loop",
     # the shared stack
     "SelfAttention",
@@ -97,6 +99,8 @@ BLOCK_CHOICES = ("laptev", "gpt2", "lstm")
 MIXER_CHOICES = ("attention", "ssm")
 CONTEXT_KEEP_CHOICES = ("all", "first", "last", "random")
 STATE_KEEP_CHOICES = ("all", "last_in_place", "last_shifted")
+INIT_CHOICES = ("torch", "gpt2")
+GPT2_INIT_STD = 0.02
 
 # Choice names that changed, per field: old name -> current name. Records, checkpoints and
 # notebooks written with an old name still load; the config then holds (and saves) the new one.
@@ -144,6 +148,13 @@ class ModelConfig:
                `StateSelection`): "all", or the last round(state_fraction * S) tokens, kept
                "last_in_place" (the Aleksandr study; the rest zeroed) or "last_shifted" to the
                front (the Murawiecki study). state_fraction 0 carries nothing: every loop sees only e.
+    init:      the initial weights. "torch": PyTorch's defaults (linear weights U(+-1/sqrt(fan_in)),
+               std 1/sqrt(3 fan_in), about 0.10 at width 32; a learned PE table N(0, 1)).
+               "gpt2": GPT-2's, as the paper's code gets them from Hugging Face's GPT2Model:
+               inside the looped stacks and the learned PE table, weights N(0, 0.02), biases 0,
+               and each residual projection (attention out, MLP out) N(0, 0.02 / sqrt(2 n_layers));
+               the read-in and read-out keep PyTorch's defaults, as in the paper's code
+               (`gpt2_init`).
 
     Old choice names (`RENAMED_VALUES`, e.g. block="seed000") are accepted and replaced by the
     current ones, so `to_dict` always writes the current names.
@@ -169,6 +180,7 @@ class ModelConfig:
     context_shrink: int = 0
     state_keep: str = "all"
     state_fraction: float = 1.0
+    init: str = "torch"
 
     def __post_init__(self) -> None:
         # Old choice names first, so that they pass validation and are stored under the new ones
@@ -235,6 +247,12 @@ class ModelConfig:
                 f"ModelConfig.context_keep={self.context_keep!r} is not allowed with {recurrent}: "
                 "a recurrence cannot mask keys; use context_keep='all'",
             )
+        require_choice("ModelConfig.init", self.init, INIT_CHOICES)
+        require(
+            self.init == "torch" or (self.block != "lstm" and self.mixer == "attention"),
+            f"ModelConfig.init={self.init!r} is GPT-2's initialisation of attention layers; it needs "
+            f"block 'laptev' or 'gpt2' and mixer 'attention' (got block={self.block!r}, mixer={self.mixer!r})",
+        )
         require_choice("ModelConfig.state_keep", self.state_keep, STATE_KEEP_CHOICES)
         require_real("ModelConfig.state_fraction", self.state_fraction, 0, 1)
         require(
@@ -302,6 +320,8 @@ class BaseLoopedTransformer(nn.Module):
         self.state_selection = StateSelection(config)
         # n_dims outputs with only channel 0 read, as in the Laptev study (keeps its parameter count).
         self.readout = nn.Linear(config.hidden_dim, config.n_dims)
+        if config.init == "gpt2":  # drawn after the defaults, so "torch" models are unchanged
+            gpt2_init(self)
 
     def embed_prompt(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, S, d] -> [B, S, h]
         require(
@@ -359,6 +379,32 @@ class BaseLoopedTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor, b: int, grad_window: int | None = None) -> torch.Tensor:
         preds = [self.read_out(state) for state in self.states(tokens, b, grad_window)]  # b x [B, P]
         return torch.stack(preds)  # [b, B, P]
+
+
+def gpt2_init(model: BaseLoopedTransformer) -> None:
+    """GPT-2's initialisation of the looped stacks and the learned PE table (`ModelConfig.init`).
+
+    Linear and embedding weights N(0, 0.02), biases 0, LayerNorms 1 and 0; the two projections
+    that write into the residual stream of each layer (attention out, MLP out) N(0, 0.02 /
+    sqrt(2 n_layers)), GPT-2's depth scaling, counted per stack as the paper's code does (the
+    loops are not counted). The read-in, read-out and injection parameters keep PyTorch's
+    defaults, as the paper's read-in and read-out do."""
+    residual_std = GPT2_INIT_STD / math.sqrt(2 * model.config.n_layers)
+    with torch.no_grad():
+        for stack in (model.stack, *model.other_stacks):
+            for module in stack.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    module.weight.normal_(0.0, GPT2_INIT_STD)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    module.bias.zero_()
+                if isinstance(module, nn.LayerNorm):
+                    module.weight.fill_(1.0)
+                    module.bias.zero_()
+            for layer in stack.layers:  # attention layers only (ModelConfig checks it)
+                layer.attn.proj.weight.normal_(0.0, residual_std)
+                layer.mlp[2].weight.normal_(0.0, residual_std)
+        if isinstance(getattr(model.positional, "table", None), nn.Embedding):
+            model.positional.table.weight.normal_(0.0, GPT2_INIT_STD)
 
 
 # ----------------------------------------------------------------------------- the shared stack
