@@ -19,7 +19,9 @@ are optional parts (e.g. "conclusions cpu") the notebook appends by name. Placeh
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,10 +31,15 @@ import numpy as np
 
 import plots
 from baselines import baseline_position_errors
+from checks import require
 from runner import ROOT, RunSpec, choose_preset, results_dir, run_grid_timed
+from tasks import task_from_dict
 from utils import TrainConfig, atomic_write_bytes, heldout_prompts, save_svg
+from verdicts import Gate, learned_table, reference_errors, trained_groups
 
 REPORTS = ROOT / "experiments" / "reports"
+# The report headings under which conclusions are drawn: the gate's verdict is repeated there.
+CONCLUDING_HEADING = re.compile(r"^## (?:.*against these numbers|Conclusions).*$", re.MULTILINE)
 
 
 class Results(Sequence):
@@ -84,6 +91,16 @@ class Results(Sequence):
     @property
     def names(self) -> list[str]:
         return [r["spec"]["name"] for r in self.records]
+
+    def configurations(self, exclude: Sequence[str] = ("seed",)) -> dict[str, Results]:
+        """The runs grouped into configurations, by every label but `exclude` (a configuration
+        and its seeds), in grid order: {"model=small, b=10": Results, ...}."""
+        groups: dict[str, list[dict]] = {}
+        for record in self.records:
+            labels = record["spec"]["labels"]
+            name = ", ".join(f"{key}={value}" for key, value in labels.items() if key not in exclude)
+            groups.setdefault(name, []).append(record)
+        return {name: Results(records) for name, records in groups.items()}
 
     def labels(self, key: str) -> list:
         """The distinct values of one label, in grid order."""
@@ -253,18 +270,72 @@ class Experiment:
             "extrapolation": f"eval b = {joined(evaluation.extrapolation_b)} on the held-out set{extrapolation_note}",
         }
 
+    def learned_section(self, gate: Gate | None = None) -> tuple[str, str | None]:
+        """The "did the models learn?" subsection every report opens its results with: for each
+        task and held-out set of the grid, the gate, the reference errors on those prompts and
+        `verdicts.learned_table` of its configurations, then how many passed and what that
+        means for the comparisons that follow. Returns (the subsection, that last sentence when
+        some configuration did not pass, else None)."""
+        gate = Gate() if gate is None else gate
+        by_heldout: dict[str, dict[str, Results]] = {}
+        for name, results in self.results.configurations().items():
+            spec = results[0]["spec"]
+            train = spec["train"]
+            key = json.dumps(
+                [spec["task"], train["n_points"], train["eval_prompts"], train["eval_seed"]], sort_keys=True
+            )
+            by_heldout.setdefault(key, {})[name] = results
+        blocks, passed, total = [], [], 0
+        for groups in by_heldout.values():
+            spec = next(iter(groups.values()))[0]["spec"]
+            references = reference_errors(task_from_dict(spec["task"]), TrainConfig(**spec["train"]))
+            task_name = spec["task"].get("name", "task")
+            blocks.append(
+                (f"Task `{task_name}`. " if len(by_heldout) > 1 else "") + learned_table(groups, references, gate)
+            )
+            passed += trained_groups(groups, references, gate)
+            total += len(groups)
+        steps = joined(sorted({r["spec"]["train"]["steps"] for r in self.results}))
+        if not passed:
+            summary = (
+                f"**None of the {total} configurations passed the gate.** Every comparison below is between models "
+                f"that had not learned the task after {steps} training steps: it describes how far training got at "
+                "this budget, not what the models learn, and no finding about the architectures is drawn from it."
+            )
+        elif len(passed) == total:
+            section = "\n\n".join(blocks)
+            return f"### Did the models learn?\n\n{section}\n\nAll {total} configurations passed the gate.\n", None
+        else:
+            summary = (
+                f"{len(passed)} of {total} configurations passed the gate ({'; '.join(passed)}). A comparison that "
+                "involves any other configuration describes training at this budget, not what the models learn."
+            )
+        return "### Did the models learn?\n\n" + "\n\n".join(blocks) + "\n\n" + summary + "\n", summary
+
     def template(self, part: str | None = None) -> Path:
         """The report template (`part=None`) or one of its optional parts."""
         name = f"experiment {self.number}" + ("" if part is None else f" - {part}")
         return REPORTS / f"{name}.md"
 
-    def write_report(self, values: Mapping[str, Any], parts: Sequence[str] = ()) -> Path:
+    def write_report(self, values: Mapping[str, Any], parts: Sequence[str] = (), learned: bool = True) -> Path:
         """Fill the report template and the named optional parts (appended in order) with
         `values` and write `<out>/README.md`. Every placeholder must have a value and every
-        value a placeholder (`fill_template`). Returns the path written."""
+        value a placeholder (`fill_template`). With `learned`, the "did the models learn?"
+        subsection (`learned_section`) opens the template's "## Results" section and, when some
+        configuration did not pass the gate, its verdict is repeated under every heading that
+        draws conclusions ("## ... against these numbers", "## Conclusions ..."). Returns the
+        path written."""
         texts = [self.template().read_text()] + [self.template(part).read_text() for part in parts]
         path = self.out / "README.md"
-        report = fill_template("".join(texts), values) + self.divergence_section()
+        report = fill_template("".join(texts), values)
+        if learned:
+            heading = "\n## Results\n"
+            require(heading in report, f"{self.template().name} has no '## Results' section to open with the gate")
+            section, summary = self.learned_section()
+            report = report.replace(heading, heading + "\n" + section + "\n", 1)
+            if summary is not None:
+                report = CONCLUDING_HEADING.sub(lambda m: f"{m.group(0)}\n\n> Gate: {summary}\n", report)
+        report += self.divergence_section()
         atomic_write_bytes(path, report.encode())
         print(f"wrote {path}")
         return path

@@ -181,7 +181,7 @@ def learned_table(
                 _ratio(v.mean, references.get("averaging")),
                 _ratio(v.mean, references[ZERO]),
                 f"{v.passed} of {v.seeds}",
-                ", ".join(f"{-t:+.0%}" for t in tails) if tails else "not judged (decaying lr)",
+                ", ".join(f"{0.0 - t:+.0%}" for t in tails) if tails else "not judged (decaying lr)",
                 v.status,
             ]
         )

@@ -70,10 +70,17 @@ def test_members_with_different_b_are_each_supervised_on_their_own_loops():
     assert_same_as_separate_runs(configs)
 
 
-def test_clipping_and_curricula_act_per_member():
+def test_clipping_schedules_and_curricula_act_per_member():
     configs = [
         dataclasses.replace(
-            BASE, seed=seed, b=b, clip_grad_norm=0.05, loops_curriculum=(1, 4), points_curriculum=(4, 5, 2)
+            BASE,
+            seed=seed,
+            b=b,
+            clip_grad_norm=0.05,
+            lr_schedule="cosine",
+            warmup=0.25,
+            loops_curriculum=(1, 4, 2),
+            points_curriculum=(4, 5, 2),
         )
         for seed, b in ((4, 3), (5, 4))
     ]

@@ -135,7 +135,9 @@ def test_experiment_reads_the_environment_and_writes_figures_and_reports(tmp_pat
     (reports / "experiment 7.md").write_text("# Experiment 7 ({preset})\n{verdict}\n")
     (reports / "experiment 7 - conclusions smoke.md").write_text("\n## Conclusions\n{number} runs\n")
     monkeypatch.setattr(experiment, "REPORTS", reports)
-    written = exp.write_report({"preset": "smoke", "verdict": "lower", "number": 2}, parts=["conclusions smoke"])
+    written = exp.write_report(
+        {"preset": "smoke", "verdict": "lower", "number": 2}, parts=["conclusions smoke"], learned=False
+    )
     assert written.read_text() == (
         "# Experiment 7 (smoke)\nlower\n\n## Conclusions\n2 runs\n"
         "\n## Diverged runs\n\nNone: all 2 runs finished training.\n"
@@ -143,13 +145,17 @@ def test_experiment_reads_the_environment_and_writes_figures_and_reports(tmp_pat
     diverged = record("small", 1, 3, status="diverged")
     diverged["train"]["message"] = "training stopped at step 5: the loss is nan (not finite)"
     exp.results = Results([record("small", 1, 1), diverged])
-    report = exp.write_report({"preset": "smoke", "verdict": "lower", "number": 2}, parts=["conclusions smoke"])
+    report = exp.write_report(
+        {"preset": "smoke", "verdict": "lower", "number": 2}, parts=["conclusions smoke"], learned=False
+    )
     assert report.read_text().endswith(
         "## Diverged runs\n\n1 of 2 runs stopped on a non-finite loss; their seeds are left out of every mean, "
         "verdict and plot above:\n\n- `small_1_3`: training stopped at step 5: the loss is nan (not finite)\n"
     )
     with pytest.raises(ValueError, match=r"values without a placeholder \['number'\]"):
-        exp.write_report({"preset": "smoke", "verdict": "lower", "number": 2})
+        exp.write_report({"preset": "smoke", "verdict": "lower", "number": 2}, learned=False)
+    with pytest.raises(ValueError, match=r"experiment 7.md has no '## Results' section to open with the gate"):
+        exp.write_report({"preset": "smoke", "verdict": "lower"})
     with pytest.raises(FileNotFoundError):
         exp.write_report({}, parts=["conclusions cpu"])
 
@@ -171,3 +177,42 @@ def test_experiment_runs_a_grid_from_its_cache(tmp_path, monkeypatch):
     again = Experiment(1, {"smoke": {}}).run(specs, progress=False)
     assert again.records == results.records
     assert len(results.where(seed=2).extrapolation(at=2)) == 1
+
+
+def gate_record(label, seed, final, steps=100):
+    """A record with a real task and training config whose held-out error ends at `final`."""
+    spec = tiny_specs([seed], steps=steps)[0].to_dict()
+    spec["labels"] = {"variant": label, "seed": seed}
+    evals = [{"step": 0, "reference": 1.0, "last_loop": 1.0}]
+    evals += [{"step": step, "reference": final, "last_loop": final} for step in (steps * 4 // 5, steps)]
+    return {"spec": spec, "train": {"status": "finished", "evals": evals, "loss": [1.0]}, "wall_time_s": 1.0}
+
+
+def test_reports_open_their_results_with_the_gate_and_repeat_it_where_they_conclude(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(7, {"smoke": {}})
+    exp.grid = {"wall_time_s": 1.0, "hardware": "a laptop", "backend": "inline"}
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "experiment 7.md").write_text("# E7\n\n## Results\ntable\n\n## The claims against these numbers\nx\n")
+    (reports / "experiment 7 - conclusions smoke.md").write_text("\n## Conclusions (smoke)\ny\n")
+    monkeypatch.setattr(experiment, "REPORTS", reports)
+
+    exp.results = Results([gate_record("learned", s, 0.01) for s in (1, 2)] + [gate_record("plateau", 1, 0.9)])
+    text = exp.write_report({}, parts=["conclusions smoke"]).read_text()
+    results = text.split("## Results\n", 1)[1]
+    assert results.startswith("\n### Did the models learn?\n\nGate: mean held-out last-loop error")
+    assert "| variant=learned | 0.01, 0.01 | 0.01 |" in results and "| 2 of 2 |" in results
+    assert "| variant=plateau | 0.9 |" in results and "did not learn at this budget" in results
+    summary = "1 of 2 configurations passed the gate (variant=learned)."
+    assert summary in results.split("## The claims")[0]
+    assert "## The claims against these numbers\n\n> Gate: 1 of 2" in text
+    assert "## Conclusions (smoke)\n\n> Gate: 1 of 2" in text
+
+    exp.results = Results([gate_record("learned", s, 0.01) for s in (1, 2)])
+    text = exp.write_report({}).read_text()
+    assert "All 1 configurations passed the gate." in text and "> Gate:" not in text
+
+    exp.results = Results([gate_record("plateau", 1, 0.9)])
+    assert "**None of the 1 configurations passed the gate.**" in exp.write_report({}).read_text()

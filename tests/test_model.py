@@ -215,6 +215,28 @@ def test_build_model_is_independent_of_global_rng():
     assert not torch.equal(next(first.parameters()), next(third.parameters()))
 
 
+@pytest.mark.parametrize("block", ["laptev", "gpt2"])
+def test_gpt2_initialisation(block):
+    """0.02 inside the looped stack and the PE table, 0.02 / sqrt(2 n_layers) on the residual
+    projections, biases 0; the read-in and read-out are PyTorch's, as with init='torch'."""
+    values = {**SMALL, "n_layers": 2, "hidden_dim": 64, "mlp_hidden": 256, "pe": "learned", "block": block}
+    gpt2 = build_model(ModelConfig(**values, init="gpt2"), seed=3)
+    default = build_model(ModelConfig(**values), seed=3)
+    assert torch.equal(gpt2.embed.weight, default.embed.weight) and torch.equal(
+        gpt2.readout.weight, default.readout.weight
+    )
+    residual = 0.02 / 2  # sqrt(2 * 2 layers)
+    for layer in gpt2.stack.layers:
+        assert layer.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+        assert layer.mlp[0].weight.std().item() == pytest.approx(0.02, rel=0.05)
+        assert layer.attn.proj.weight.std().item() == pytest.approx(residual, rel=0.1)
+        assert layer.mlp[2].weight.std().item() == pytest.approx(residual, rel=0.05)
+        assert not layer.attn.qkv.bias.any() and not layer.mlp[2].bias.any()
+    assert gpt2.positional.table.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert default.positional.table.weight.std().item() == pytest.approx(1.0, rel=0.05)  # nn.Embedding's N(0, 1)
+    assert default.stack.layers[0].mlp[0].weight.std().item() == pytest.approx(1 / (3 * 64) ** 0.5, rel=0.05)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -229,6 +251,9 @@ def test_build_model_is_independent_of_global_rng():
         (dict(pe=["learned"]), "ModelConfig.pe=['learned'] is not allowed; choose one of"),
         (dict(ema_alpha="0.5"), "ModelConfig.ema_alpha='0.5' must be a finite number in (0, 1)"),
         (dict(injection="ema", ema_alpha=float("nan")), "ModelConfig.ema_alpha=nan must be a finite number in [0, 1)"),
+        (dict(init="xavier"), "ModelConfig.init='xavier' is not allowed; choose one of ('torch', 'gpt2')"),
+        (dict(init="gpt2", block="lstm"), "ModelConfig.init='gpt2' is GPT-2's initialisation of attention layers"),
+        (dict(init="gpt2", mixer="ssm"), "it needs block 'laptev' or 'gpt2' and mixer 'attention'"),
     ],
 )
 def test_model_config_errors(overrides, message):

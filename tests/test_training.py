@@ -75,9 +75,11 @@ class Interrupting:
         return self.task.sample(*args, **kwargs)
 
 
-@pytest.mark.parametrize("checkpoint_every", [0, 5])
-def test_resume_after_interruption_is_bit_identical(tmp_path, checkpoint_every):
-    train_config = config(steps=20, checkpoint_every=checkpoint_every)
+@pytest.mark.parametrize(
+    "checkpoint_every, schedule", [(0, {}), (5, {}), (5, dict(lr_schedule="cosine", warmup=0.2, clip_grad_norm=1.0))]
+)
+def test_resume_after_interruption_is_bit_identical(tmp_path, checkpoint_every, schedule):
+    train_config = config(steps=20, checkpoint_every=checkpoint_every, **schedule)
     reference_model, reference = run(train_config)
     path = tmp_path / "run.ckpt"
     with pytest.raises(KeyboardInterrupt):
@@ -256,6 +258,16 @@ def test_svg_bytes_are_deterministic(tmp_path):
             r"TrainConfig.loops_curriculum=\(4, 10\) must be None or \(b_start, every\)",
         ),
         (dict(loops_curriculum=(1, 0)), r"TrainConfig.loops_curriculum=\(1, 0\) must be None"),
+        (
+            dict(loops_curriculum=(1, 2, 0)),
+            r"TrainConfig.loops_curriculum=\(1, 2, 0\) must be None or .* increment >= 1",
+        ),
+        (
+            dict(lr_schedule="linear"),
+            r"TrainConfig.lr_schedule='linear' is not allowed; choose one of \('constant', 'cosine'\)",
+        ),
+        (dict(warmup=1), r"TrainConfig.warmup=1 must be a fraction of the steps in \[0, 1\)"),
+        (dict(warmup=-0.1), r"TrainConfig.warmup=-0.1 must be a fraction"),
         (dict(loops_curriculum=5), "TrainConfig.loops_curriculum=5 must be None"),
         (dict(n_points=8, points_curriculum=(9, 2, 1)), r"TrainConfig.points_curriculum=\(9, 2, 1\) must be None"),
         (dict(points_curriculum=(2, 2)), r"TrainConfig.points_curriculum=\(2, 2\) must be None"),
@@ -289,6 +301,33 @@ def test_loops_curriculum_schedule_and_training():
     assert held_at_one.loss == plain_one.loss
     _, growing = run(config(b=3, loops_curriculum=(1, 4)))
     assert growing.loss[:4] == plain_one.loss[:4] and growing.loss[4:] != plain_one.loss[4:]
+
+
+def test_the_loops_curriculum_can_grow_by_several_loops():
+    schedule = config(b=4, loops_curriculum=(1, 3, 2))
+    assert [schedule.loops_at(t) for t in range(10)] == [1, 1, 1, 3, 3, 3, 4, 4, 4, 4]
+    assert config(b=4, loops_curriculum=(1, 3, 1)).loops_at(5) == config(b=4, loops_curriculum=(1, 3)).loops_at(5)
+
+
+def test_learning_rate_schedules():
+    warm_constant = config(steps=10, lr=1.0, warmup=0.2)
+    assert [warm_constant.lr_at(t) for t in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    cosine = config(steps=12, lr=1.0, lr_schedule="cosine", warmup=1 / 6)  # 2 warm-up steps, 10 decaying
+    assert [cosine.lr_at(t) for t in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert cosine.lr_at(7) == pytest.approx(0.5)  # half-way through the decay
+    assert 0 < cosine.lr_at(11) < 0.03 and all(cosine.lr_at(t) > cosine.lr_at(t + 1) for t in range(2, 11))
+    assert config(lr=3e-3).lr_at(5) == 3e-3  # the default: constant, no warm-up
+
+
+def test_every_step_trains_at_its_scheduled_learning_rate():
+    """Step t of a warm-up run moves the weights as a constant run at lr_at(t) would: the first
+    step of a 4-step warm-up to 3e-3 is a step at 7.5e-4."""
+    warm = config(steps=8, warmup=0.5)
+    _, warmed = run(warm)
+    _, slow = run(config(steps=8, lr=warm.lr_at(0)))
+    _, fast = run(config(steps=8))
+    assert warmed.loss[:2] == slow.loss[:2]  # the loss of step 1 is measured after the step at lr_at(0)
+    assert warmed.loss[1] != fast.loss[1]
 
 
 def test_points_curriculum_schedule_and_training():
