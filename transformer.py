@@ -384,7 +384,8 @@ class BaseLoopedTransformer(nn.Module):
 def gpt2_init(model: BaseLoopedTransformer) -> None:
     """GPT-2's initialisation of the looped stacks and the learned PE table (`ModelConfig.init`).
 
-    Linear and embedding weights N(0, 0.02), biases 0, LayerNorms 1 and 0; the two projections
+    Linear and embedding weights N(0, 0.02), biases 0 (LayerNorms keep PyTorch's 1 and 0, as in
+    GPT-2); the two projections
     that write into the residual stream of each layer (attention out, MLP out) N(0, 0.02 /
     sqrt(2 n_layers)), GPT-2's depth scaling, counted per stack as the paper's code does (the
     loops are not counted). The read-in, read-out and injection parameters keep PyTorch's
@@ -396,9 +397,6 @@ def gpt2_init(model: BaseLoopedTransformer) -> None:
                 if isinstance(module, (nn.Linear, nn.Embedding)):
                     module.weight.normal_(0.0, GPT2_INIT_STD)
                 if isinstance(module, nn.Linear) and module.bias is not None:
-                    module.bias.zero_()
-                if isinstance(module, nn.LayerNorm):
-                    module.weight.fill_(1.0)
                     module.bias.zero_()
             for layer in stack.layers:  # attention layers only (ModelConfig checks it)
                 layer.attn.proj.weight.normal_(0.0, residual_std)
