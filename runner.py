@@ -659,16 +659,21 @@ def _wait_for_other_sitting(
 
 
 def run_grid_timed(
-    specs: list[RunSpec], out_dir: str | Path, backend: str = "auto", **options
+    specs: list[RunSpec], out_dir: str | Path, backend: str = "auto", sitting: str = "grid", **options
 ) -> tuple[list[dict], dict]:
-    """`run_grid`, plus `data/grid.json` with the wall time, hardware and backend of the
+    """`run_grid`, plus `data/<sitting>.json` with the wall time, hardware and backend of the
     sitting that computed the runs. A re-run from the cache (under half that time) keeps the
-    stored figures, so a report always states what the computation cost."""
+    stored figures, so a report always states what the computation cost. A notebook with two
+    stages (say a tuning stage whose outcome configures the grid) names each stage's sitting."""
+    require(
+        re.fullmatch(r"[A-Za-z0-9_-]+", sitting) is not None,
+        f"sitting={sitting!r} is not allowed; use letters, digits, '_' or '-' (it names data/<sitting>.json)",
+    )
     started = time.perf_counter()
     backend = resolve_backend(backend, specs)
     records = run_grid(specs, out_dir, backend=backend, **options)
     seconds = time.perf_counter() - started
-    grid_file = Path(out_dir) / "data" / "grid.json"
+    grid_file = Path(out_dir) / "data" / f"{sitting}.json"
     if not grid_file.exists() or seconds > 0.5 * read_json(grid_file)["wall_time_s"]:
         write_json(grid_file, {"wall_time_s": seconds, "hardware": hardware(), "backend": backend, "runs": len(specs)})
     return records, read_json(grid_file)
