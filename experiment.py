@@ -35,7 +35,7 @@ from checks import require
 from runner import ROOT, RunSpec, choose_preset, results_dir, run_grid_timed
 from tasks import task_from_dict
 from utils import TrainConfig, atomic_write_bytes, heldout_prompts, save_svg
-from verdicts import Gate, learned_table, reference_errors, trained_groups
+from verdicts import ZERO, Gate, learned_table, reference_errors, trained_groups
 
 REPORTS = ROOT / "experiments" / "reports"
 # The report headings under which conclusions are drawn: the gate's verdict is repeated there.
@@ -137,13 +137,15 @@ class Results(Sequence):
         """Each run's extrapolation curve over `EvalConfig.extrapolation_b`: rows [runs, eval b]."""
         return [r["level2"]["extrapolation"][metric] for r in self.finished]
 
-    def level2(self, metric: str = "reference") -> list[float]:
-        """Every level-2 launch of every run, pooled (the boxplots' values)."""
-        return [v for r in self.finished for v in r["level2"]["launches"][metric]]
+    def level2(self, metric: str = "reference", relative: bool = False) -> list[float]:
+        """Every level-2 launch of every run, pooled (the boxplots' values); `relative`: each
+        launch divided by its test variance (`level2_launches`)."""
+        return [v for r in self.finished for v in level2_launches(r, metric, relative)]
 
-    def level2_median(self, metric: str = "reference") -> np.ndarray:
-        """Each run's median over its level-2 launches (the study's summary)."""
-        return self.values(lambda r: np.median(r["level2"]["launches"][metric]))
+    def level2_median(self, metric: str = "reference", relative: bool = False) -> np.ndarray:
+        """Each run's median over its level-2 launches (the study's summary; `relative`: of the
+        launches divided by their test variance, `level2_launches`)."""
+        return self.values(lambda r: level2_median(r, metric, relative))
 
     def final_loss(self, last: int) -> np.ndarray:
         """Each run's mean training loss over its last `last` steps (at least one)."""
@@ -270,13 +272,14 @@ class Experiment:
             "extrapolation": f"eval b = {joined(evaluation.extrapolation_b)} on the held-out set{extrapolation_note}",
         }
 
-    def learned_section(self, gate: Gate | None = None) -> tuple[str, str | None]:
+    def learned_section(self, gate: Gate | Mapping[str, Gate] | None = None) -> tuple[str, str | None]:
         """The "did the models learn?" subsection every report opens its results with: for each
         task and held-out set of the grid, the gate, the reference errors on those prompts and
         `verdicts.learned_table` of its configurations, then how many passed and what that
-        means for the comparisons that follow. Returns (the subsection, that last sentence when
+        means for the comparisons that follow. `gate`: one `Gate` for every task (default
+        `Gate()`), or one per task name (`task.to_dict()["name"]`), fixed before the runs, for
+        grids of several function classes. Returns (the subsection, that last sentence when
         some configuration did not pass, else None)."""
-        gate = Gate() if gate is None else gate
         by_heldout: dict[str, dict[str, Results]] = {}
         for name, results in self.results.configurations().items():
             spec = results[0]["spec"]
@@ -288,12 +291,15 @@ class Experiment:
         blocks, passed, total = [], [], 0
         for groups in by_heldout.values():
             spec = next(iter(groups.values()))[0]["spec"]
-            references = reference_errors(task_from_dict(spec["task"]), TrainConfig(**spec["train"]))
             task_name = spec["task"].get("name", "task")
+            task_gate = gate_for(gate, task_name)
+            names = ("least squares", "averaging")
+            names += (task_gate.reference,) if task_gate.reference not in (*names, ZERO) else ()
+            references = reference_errors(task_from_dict(spec["task"]), TrainConfig(**spec["train"]), names)
             blocks.append(
-                (f"Task `{task_name}`. " if len(by_heldout) > 1 else "") + learned_table(groups, references, gate)
+                (f"Task `{task_name}`. " if len(by_heldout) > 1 else "") + learned_table(groups, references, task_gate)
             )
-            passed += trained_groups(groups, references, gate)
+            passed += trained_groups(groups, references, task_gate)
             total += len(groups)
         steps = joined(sorted({r["spec"]["train"]["steps"] for r in self.results}))
         if not passed:
@@ -317,21 +323,27 @@ class Experiment:
         name = f"experiment {self.number}" + ("" if part is None else f" - {part}")
         return REPORTS / f"{name}.md"
 
-    def write_report(self, values: Mapping[str, Any], parts: Sequence[str] = (), learned: bool = True) -> Path:
+    def write_report(
+        self,
+        values: Mapping[str, Any],
+        parts: Sequence[str] = (),
+        learned: bool = True,
+        gate: Gate | Mapping[str, Gate] | None = None,
+    ) -> Path:
         """Fill the report template and the named optional parts (appended in order) with
         `values` and write `<out>/README.md`. Every placeholder must have a value and every
         value a placeholder (`fill_template`). With `learned`, the "did the models learn?"
         subsection (`learned_section`) opens the template's "## Results" section and, when some
         configuration did not pass the gate, its verdict is repeated under every heading that
-        draws conclusions ("## ... against these numbers", "## Conclusions ..."). Returns the
-        path written."""
+        draws conclusions ("## ... against these numbers", "## Conclusions ..."); `gate` as in
+        `learned_section`. Returns the path written."""
         texts = [self.template().read_text()] + [self.template(part).read_text() for part in parts]
         path = self.out / "README.md"
         report = fill_template("".join(texts), values)
         if learned:
             heading = "\n## Results\n"
             require(heading in report, f"{self.template().name} has no '## Results' section to open with the gate")
-            section, summary = self.learned_section()
+            section, summary = self.learned_section(gate)
             report = report.replace(heading, heading + "\n" + section + "\n", 1)
             if summary is not None:
                 report = CONCLUDING_HEADING.sub(lambda m: f"{m.group(0)}\n\n> Gate: {summary}\n", report)
@@ -339,6 +351,31 @@ class Experiment:
         atomic_write_bytes(path, report.encode())
         print(f"wrote {path}")
         return path
+
+
+def gate_for(gate: Gate | Mapping[str, Gate] | None, task_name: str) -> Gate:
+    """The gate of one task: `gate` itself, `Gate()` when None, or `gate[task_name]`."""
+    if gate is None:
+        return Gate()
+    if isinstance(gate, Gate):
+        return gate
+    require(task_name in gate, f"no gate was fixed for task {task_name!r}; gates are given for {sorted(gate)}")
+    return gate[task_name]
+
+
+def level2_launches(record: dict, metric: str = "reference", relative: bool = False) -> np.ndarray:
+    """One run's level-2 launch errors. Each launch draws its test std from U(0, 2), so its error
+    scales with std^2 as much as with the model: `relative` divides each launch by std^2, which
+    for linear regression with unit-variance weights is the expected error of predicting 0 on
+    that launch, and so removes the spread that comes from the draw of the test std."""
+    launches = record["level2"]["launches"]
+    errors = np.asarray(launches[metric], dtype=float)
+    return errors / np.square(np.asarray(launches["std"], dtype=float)) if relative else errors
+
+
+def level2_median(record: dict, metric: str = "reference", relative: bool = False) -> float:
+    """The median of one run's level-2 launches (`level2_launches`): a value for `verdicts.paired`."""
+    return float(np.median(level2_launches(record, metric, relative)))
 
 
 def placeholders(template: str) -> list[str]:

@@ -77,6 +77,16 @@ def test_level2_losses_positions_and_label_sensitivity(results):
     np.testing.assert_array_equal(runs.values(lambda r: r["train"]["evals"][-1]["reference"]), [0.1, 0.2])
 
 
+def test_level2_relative_divides_each_launch_by_its_test_variance():
+    launches = {"last_loop": [0.5, 2.0, 0.09], "std": [0.5, 2.0, 0.3]}
+    run = {"level2": {"launches": launches}, "train": {"status": "finished"}}
+    np.testing.assert_allclose(experiment.level2_launches(run, "last_loop", relative=True), [2.0, 0.5, 1.0])
+    np.testing.assert_allclose(experiment.level2_launches(run, "last_loop"), [0.5, 2.0, 0.09])
+    assert experiment.level2_median(run, "last_loop", relative=True) == pytest.approx(1.0)
+    np.testing.assert_allclose(Results([run]).level2_median("last_loop", relative=True), [1.0])
+    assert Results([run]).level2("last_loop", relative=True) == pytest.approx([2.0, 0.5, 1.0])
+
+
 def test_mean_std_formats_like_the_reports(results):
     runs = results.where(model="small", b=5)
     assert runs.mean_std() == "7.5 ± 2.5"
@@ -216,3 +226,19 @@ def test_reports_open_their_results_with_the_gate_and_repeat_it_where_they_concl
 
     exp.results = Results([gate_record("plateau", 1, 0.9)])
     assert "**None of the 1 configurations passed the gate.**" in exp.write_report({}).read_text()
+
+
+def test_a_gate_per_task_is_applied_to_that_task_and_a_missing_one_is_named(tmp_path, monkeypatch):
+    from verdicts import Gate
+
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(7, {"smoke": {}})
+    exp.results = Results([gate_record("plateau", s, 0.04) for s in (1, 2)])  # task LinearRegression(2)
+    strict = exp.learned_section()[0]
+    assert "did not learn at this budget" in strict
+    lenient = exp.learned_section({"LinearRegression": Gate(reference="averaging", fraction=0.9)})[0]
+    assert "0.9 x averaging" in lenient and "All 1 configurations passed the gate." in lenient
+    missing = r"no gate was fixed for task 'LinearRegression'; gates are given for \['ReLUNetwork'\]"
+    with pytest.raises(ValueError, match=missing):
+        exp.learned_section({"ReLUNetwork": Gate()})

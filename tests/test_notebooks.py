@@ -58,6 +58,8 @@ def test_experiment_1_reports_a_grid_with_diverged_runs(tmp_path, monkeypatch):
     for record_path in sorted(data.glob("*.json")):
         record = json.loads(record_path.read_text())
         labels = record.get("spec", {}).get("labels", {})
+        if labels.get("stage") == "tuning":  # the tuning table states its own diverged runs
+            continue
         if labels.get("model") == "tiny" or (labels.get("model") == "small" and labels.get("seed") == 42):
             record["train"]["status"] = "diverged"
             record["train"]["message"] = "training stopped at step 3: the loss is nan (not finite)"

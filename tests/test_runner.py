@@ -220,11 +220,12 @@ def test_old_records_map_level2_to_evaluation():
     assert RunSpec.from_dict(old) == spec(1)
 
 
-# run records only: grid.json holds the grid's wall time, Experiment 4's "learned alpha.json" a side result
+# run records only: grid.json and tuning.json hold sittings' wall times, Experiment 4's "learned alpha.json" a side
+# result
 COMMITTED = sorted(
     p
     for p in (runner.ROOT / "results").glob("experiment */data/*.json")
-    if p.name not in ("grid.json", "learned alpha.json")
+    if p.name not in ("grid.json", "tuning.json", "learned alpha.json")
 )
 
 
@@ -371,3 +372,15 @@ def test_a_run_trained_by_another_notebook_is_reused_not_trained_again(tmp_path,
     assert again["training_reused"] and not first["training_reused"]
     assert again["train"] == first["train"]
     assert again["level2"]["extrapolation"]["reference"][0] == first["level2"]["extrapolation"]["reference"][0]  # b = 1
+
+
+def test_each_sitting_keeps_its_own_wall_time_file(tmp_path):
+    from utils import read_json
+
+    _, tuning = runner.run_grid_timed([spec(1)], tmp_path, backend="inline", sitting="tuning")
+    _, grid = runner.run_grid_timed([spec(2)], tmp_path, backend="inline")
+    assert read_json(tmp_path / "data" / "tuning.json") == tuning and tuning["runs"] == 1
+    assert read_json(tmp_path / "data" / "grid.json") == grid
+    with pytest.raises(ValueError, match=r"sitting='../grid' is not allowed; use letters, digits"):
+        runner.run_grid_timed([spec(3)], tmp_path, backend="inline", sitting="../grid")
+    assert not (tmp_path / "data" / "tiny_2_3.json").exists()  # refused before any training
