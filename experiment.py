@@ -114,6 +114,12 @@ class Results(Sequence):
             raise ValueError(f"these runs have different parameter counts: {sorted(counts)}")
         return counts.pop() if counts else None
 
+    def run_minutes(self) -> float:
+        """The runs' own time added up, in minutes. A record's `wall_time_s` is the sitting that
+        wrote it; a run resumed from a checkpoint trained partly in earlier sittings, which its
+        `train.wall_time_s` (accumulated across sittings) counts, so each run counts the larger."""
+        return sum(max(r["wall_time_s"], r["train"].get("wall_time_s", 0.0)) for r in self.records) / 60
+
     # per-run values (finished runs only, so that a diverged run never raises)
 
     def values(self, get: Callable[[dict], Any]) -> np.ndarray:
@@ -236,7 +242,7 @@ class Experiment:
 
     def wall_time(self) -> str:
         """The report's wall-time cell: the grid's sitting and the runs' own time added up."""
-        minutes = sum(r["wall_time_s"] for r in self.results) / 60
+        minutes = self.results.run_minutes()
         return (
             f"grid {self.grid['wall_time_s'] / 60:.1f} min ({self.grid['backend']} backend); "
             f"{minutes:.1f} run-minutes in total"

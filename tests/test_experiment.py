@@ -242,3 +242,9 @@ def test_a_gate_per_task_is_applied_to_that_task_and_a_missing_one_is_named(tmp_
     missing = r"no gate was fixed for task 'LinearRegression'; gates are given for \['ReLUNetwork'\]"
     with pytest.raises(ValueError, match=missing):
         exp.learned_section({"ReLUNetwork": Gate()})
+
+
+def test_run_minutes_count_the_training_of_a_run_resumed_from_earlier_sittings():
+    fresh = {"wall_time_s": 120.0, "train": {"wall_time_s": 110.0}}  # trained and evaluated in one sitting
+    resumed = {"wall_time_s": 60.0, "train": {"wall_time_s": 1200.0}}  # this sitting finished its last steps
+    assert Results([fresh, resumed]).run_minutes() == pytest.approx((120.0 + 1200.0) / 60)
