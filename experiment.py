@@ -35,7 +35,7 @@ from checks import require
 from runner import ROOT, RunSpec, choose_preset, results_dir, run_grid_timed
 from tasks import task_from_dict
 from utils import TrainConfig, atomic_write_bytes, heldout_prompts, save_svg
-from verdicts import ZERO, Gate, learned_table, reference_errors, trained_groups
+from verdicts import Gate, learned_table, reference_errors, reference_names, trained_groups
 
 REPORTS = ROOT / "experiments" / "reports"
 # The report headings under which conclusions are drawn: the gate's verdict is repeated there.
@@ -299,9 +299,9 @@ class Experiment:
             spec = next(iter(groups.values()))[0]["spec"]
             task_name = spec["task"].get("name", "task")
             task_gate = gate_for(gate, task_name)
-            names = ("least squares", "averaging")
-            names += (task_gate.reference,) if task_gate.reference not in (*names, ZERO) else ()
-            references = reference_errors(task_from_dict(spec["task"]), TrainConfig(**spec["train"]), names)
+            references = reference_errors(
+                task_from_dict(spec["task"]), TrainConfig(**spec["train"]), reference_names(task_gate)
+            )
             blocks.append(
                 (f"Task `{task_name}`. " if len(by_heldout) > 1 else "") + learned_table(groups, references, task_gate)
             )

@@ -13,6 +13,8 @@ Owns the rule "trained before compared":
   validations (the fixed held-out set at 0%, every `eval_every` and 100% of training).
 - `verdict`: one configuration's seeds against the gate; `learned_table`: the "did the models
   learn?" table every report opens its results with.
+- `reference_names`: the estimators a gate needs beside least squares and averaging;
+  `tune_rates`: the one rule that picks a peak learning rate from tuning runs.
 - `paired`: two configurations compared on the seeds they share (the same seed draws the same
   training data, so a per-seed difference removes the data stream's share of the spread).
 """
@@ -87,6 +89,41 @@ def reference_errors(
     errors = {name: values[-1] for name, values in baseline_position_errors(tokens, ys, tuple(names), scale).items()}
     errors[ZERO] = float(ys[:, -1].square().mean() / scale)
     return errors
+
+
+def reference_names(gate: Gate, names: Sequence[str] = ("least squares", "averaging")) -> tuple[str, ...]:
+    """The estimators for `reference_errors` that a report shows beside `gate`: `names`, plus the
+    gate's own reference when it is a named estimator not among them."""
+    names = tuple(names)
+    return names + ((gate.reference,) if gate.reference not in (*names, ZERO) else ())
+
+
+def tune_rates(groups: Mapping[str, Iterable[dict]], threshold: float) -> tuple[dict[str, float], str]:
+    """Pick each model's peak learning rate from its tuning runs (one per candidate rate), the same
+    way for every model: the fewest steps to `threshold`; ties, and models where no candidate reaches
+    it, by the lower final error; a diverged run last. Returns ({model: chosen lr}, the table of every
+    candidate tried, chosen or dropped)."""
+
+    def rank(record: dict) -> tuple:
+        error = final_error(record)
+        step = None if error is None else steps_to_gate(record, threshold)
+        return (error is None, step is None, step or 0, np.inf if error is None else error)
+
+    groups = {model: list(records) for model, records in groups.items()}
+    chosen = {model: min(records, key=rank)["spec"]["train"]["lr"] for model, records in groups.items()}
+    rows = []
+    for model, records in groups.items():
+        for r in records:
+            error = final_error(r)
+            rows.append([
+                model,
+                f"{r['spec']['train']['lr']:g}",
+                "diverged" if error is None else steps_to_gate(r, threshold) or "not reached",
+                "" if error is None else fmt(error),
+                "yes" if r["spec"]["train"]["lr"] == chosen[model] else "",
+            ])
+    header = ["model", "peak lr", "steps to the gate", "final error (tuning stream)", "chosen"]
+    return chosen, markdown_table(header, rows)
 
 
 def final_error(record: dict) -> float | None:

@@ -5,7 +5,18 @@ from conftest import tiny_specs
 
 from tasks import LinearRegression
 from utils import TrainConfig
-from verdicts import Gate, learned_table, paired, reference_errors, steps_to_gate, tail_change, trained_groups, verdict
+from verdicts import (
+    Gate,
+    learned_table,
+    paired,
+    reference_errors,
+    reference_names,
+    steps_to_gate,
+    tail_change,
+    trained_groups,
+    tune_rates,
+    verdict,
+)
 
 
 def run(seed, errors, schedule="constant", status="finished", steps=100):
@@ -81,3 +92,28 @@ def test_paired_comparisons_match_seeds_and_need_every_seed_to_agree():
     mixed = [run(s, [1.0, e]) for s, e in ((1, 0.1), (2, 0.5), (3, 0.3))]
     assert paired(mixed, b).verdict() == "too close to tell (2 of 3 seeds lower)"
     assert paired(a[:2], b[:2]).verdict() == "too close to tell (2 of 2 seeds lower)"  # 2 seeds never suffice
+
+
+def test_reference_names_add_the_gates_own_estimator_once():
+    assert reference_names(Gate()) == ("least squares", "averaging")
+    assert reference_names(Gate(reference="averaging", fraction=0.5)) == ("least squares", "averaging")
+    assert reference_names(Gate(reference="3-nearest neighbours", fraction=0.5)) == (
+        "least squares", "averaging", "3-nearest neighbours")
+
+
+def test_tune_rates_takes_the_fewest_steps_then_the_lower_error_and_lists_every_candidate():
+    def tuning_run(lr, errors, status="finished"):
+        record = run(42, errors, status=status)
+        record["spec"]["train"]["lr"] = lr
+        return record
+
+    fast = tuning_run(1e-2, [1.0, 0.05, 0.04])  # under 0.1 at step 50
+    slow = tuning_run(3e-3, [1.0, 0.5, 0.01])  # under 0.1 at step 100, with a lower final error
+    flat = tuning_run(1e-3, [1.0, 0.6, 0.5])
+    lower = tuning_run(3e-4, [1.0, 0.6, 0.4])
+    diverged = tuning_run(3e-2, [1.0, 0.01], status="diverged")
+    chosen, table = tune_rates({"a": [slow, fast, diverged], "b": [flat, lower, diverged]}, 0.1)
+    assert chosen == {"a": 1e-2, "b": 3e-4}
+    assert "| a | 0.01 | 50 | 0.04 | yes |" in table and "| a | 0.003 | 100 | 0.01 |  |" in table
+    assert "| b | 0.001 | not reached | 0.5 |  |" in table and "| b | 0.0003 | not reached | 0.4 | yes |" in table
+    assert "| a | 0.03 | diverged |  |  |" in table
