@@ -21,6 +21,13 @@ tolerance (tests/test_ensemble.py checks losses, validations and weights):
 - its own stop: a member whose loss is not finite stops there with its weights as they were
   (status "diverged", as a single run does); the others go on.
 
+Attention (`Ensemble(attention=...)`): vmap's batching rules for torch's fused attention kernels
+either run the kernel member by member (CPU) or fail (CUDA, torch 2.11: "attn_bias: wrong shape
+(batch dimension)", "LSE is not correctly aligned (strideH)"). "folded" (the default) folds the
+member axis into the batch axis and calls the kernel once on [M * B, heads, S, d], exactly what a
+single run computes on its own [B, heads, S, d]; "math" runs torch's MATH kernel under vmap
+(plain batched matrix products); "vmap" leaves the choice to torch (for measurements).
+
 Limits (checked, with a clear error): members share every `TrainConfig` field except `seed` and
 `b`; a truncated gradient window needs one b for all members; the LSTM block (a fused kernel
 without a vmap rule) and random context selection (a per-prompt checksum on the CPU) are not
@@ -34,8 +41,10 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 
 from configs import TrainConfig
 from seeding import build_model, make_generator
@@ -44,6 +53,62 @@ from transformer import BaseLoopedTransformer, ModelConfig
 
 # TrainConfig fields that may differ between the members of one ensemble.
 MEMBER_FIELDS = ("seed", "b")
+# How the members' attention is computed (module docstring).
+ATTENTION = ("folded", "math", "vmap")
+
+
+class _MemberFoldedAttention(torch.autograd.Function):
+    """scaled_dot_product_attention whose vmap rule folds the vmapped (member) axis into the batch
+    axis: one call of torch's kernel on [M * B, heads, S, d] instead of vmap's batching rule.
+
+    Only the vmap rule is used by the ensemble; it calls the kernel directly, so the backward is
+    the kernel's own. `forward`/`backward` serve a call outside vmap (the backward recomputes)."""
+
+    @staticmethod
+    def forward(q, k, v, attn_mask, is_causal):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, attn_mask, is_causal = inputs
+        ctx.save_for_backward(q, k, v)
+        ctx.attn_mask, ctx.is_causal = attn_mask, is_causal
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+            out = F.scaled_dot_product_attention(*leaves, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal)
+            grads = torch.autograd.grad(out, leaves, grad)
+        return (*grads, None, None)
+
+    @staticmethod
+    def vmap(info, in_dims, q, k, v, attn_mask, is_causal):
+        members = info.batch_size
+
+        def fold(tensor: torch.Tensor, dim: int | None) -> torch.Tensor:  # [M, B, ...] -> [M * B, ...]
+            tensor = tensor.movedim(dim, 0) if dim is not None else tensor.expand(members, *tensor.shape)
+            return tensor.reshape(-1, *tensor.shape[2:])
+
+        mask = None if attn_mask is None else fold(attn_mask, in_dims[3])
+        out = F.scaled_dot_product_attention(
+            fold(q, in_dims[0]), fold(k, in_dims[1]), fold(v, in_dims[2]), attn_mask=mask, is_causal=is_causal
+        )  # [M * B, heads, S, d]
+        return out.view(members, -1, *out.shape[1:]), 0  # [M, B, heads, S, d]
+
+
+class _FoldMemberAttention(TorchFunctionMode):
+    """While active, scaled_dot_product_attention goes through `_MemberFoldedAttention`."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            extra = set(kwargs) - {"attn_mask", "is_causal"}
+            if len(args) != 3 or extra:
+                raise NotImplementedError(f"folded attention takes q, k, v, attn_mask and is_causal; got {extra}")
+            return _MemberFoldedAttention.apply(*args, kwargs.get("attn_mask"), kwargs.get("is_causal", False))
+        return func(*args, **kwargs)
 
 
 def check_ensemble(model_config: ModelConfig, configs: list[TrainConfig]) -> None:
@@ -96,9 +161,10 @@ class Ensemble:
     """The stacked members: parameters and buffers with a leading member axis [M, ...], one Adam
     over them, one training-data generator per member, and `step`, one training step of all.
 
-    `compile` wraps the vmapped forward in torch.compile; `autocast` (a dtype such as
-    torch.bfloat16) runs it under autocast on CUDA. Both are for speed measurements on a GPU
-    (benchmarks/ensemble_speed.py); training uses neither, so its results match single runs.
+    `attention` is one of `ATTENTION` (module docstring). `compile` wraps the vmapped forward in
+    torch.compile; `autocast` (a dtype such as torch.bfloat16) runs it under autocast on CUDA.
+    Both are for speed measurements on a GPU (benchmarks/ensemble_speed.py); training uses
+    neither, so its results match single runs.
     """
 
     def __init__(
@@ -108,12 +174,19 @@ class Ensemble:
         configs: list[TrainConfig],
         compile: bool = False,
         autocast: torch.dtype | None = None,
+        attention: str = "folded",
     ) -> None:
+        if attention not in ATTENTION:
+            raise ValueError(f"Ensemble attention={attention!r} must be one of {ATTENTION}")
         check_ensemble(model_config, configs)
         for config in configs:  # members differ in b, which the checks of unused settings read
             check_training(model_config, task, config)
         self.model_config, self.task, self.configs = model_config, task, configs
         self.device = use_device(configs[0])
+        if compile and attention == "folded" and self.device.type == "cuda":
+            # measured on an H100 (torch 2.11): inductor hands the efficient-attention backward a
+            # gradient whose strides it rejects ("LSE is not correctly aligned (strideH)")
+            raise ValueError("Ensemble compile=True needs attention='math' on CUDA (folded attention fails to compile)")
         members = [build_model(model_config, c.seed).to(self.device) for c in configs]
         with torch.random.fork_rng(devices=[]):
             template = BaseLoopedTransformer(model_config).to("meta")  # structure only; weights come from `params`
@@ -135,19 +208,15 @@ class Ensemble:
             return functional_call(template, (member_params, member_buffers), (tokens, b, grad_window))
 
         batched = vmap(forward, in_dims=(0, 0, 0, None, None))
-        batched = torch.compile(batched) if compile else batched
-        if self.device.type == "cuda":
-            # The fused CUDA attention kernels' vmap batching rules fail (torch 2.11 on an H100:
-            # "attn_bias: wrong shape (batch dimension)" with a mask, "LSE is not correctly
-            # aligned (strideH)" in the backward); the MATH kernel is plain batched matrix
-            # products, into which vmap folds the member axis. It was also the faster of the two.
-            def math_attention(*args):
-                with sdpa_kernel(SDPBackend.MATH):
-                    return batched(*args)
+        mode = {"folded": _FoldMemberAttention, "math": lambda: sdpa_kernel(SDPBackend.MATH)}.get(attention)
 
-            self.forward = math_attention
-        else:
-            self.forward = batched
+        def with_attention(*args):
+            if mode is None:
+                return batched(*args)
+            with mode():
+                return batched(*args)
+
+        self.forward = torch.compile(with_attention) if compile else with_attention
 
     def model(self, member: int) -> BaseLoopedTransformer:
         """An ordinary model holding member `member`'s current weights."""
@@ -186,14 +255,17 @@ class Ensemble:
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
             preds = self.forward(self.params, self.buffers, tokens, max(loops), first.grad_window)  # [M, b_max, B, P]
         preds = preds.float()
-        total, values = preds.new_zeros(()), []
-        for index, (config, (member_tokens, ys)) in enumerate(zip(self.configs, batches, strict=True)):
-            if index in self.frozen:
-                values.append(None)
-                continue
-            loss = step_loss(self.template, preds[index, : loops[index]], member_tokens, ys, config, loops[index])
-            values.append(loss.item())
-            if math.isfinite(values[-1]):
+        losses = {
+            index: step_loss(self.template, preds[index, : loops[index]], member_tokens, ys, config, loops[index])
+            for index, (config, (member_tokens, ys)) in enumerate(zip(self.configs, batches, strict=True))
+            if index not in self.frozen
+        }
+        values: list[float | None] = [None] * len(self.configs)
+        total = preds.new_zeros(())
+        numbers = torch.stack(list(losses.values())).tolist() if losses else []  # one device sync, not one per member
+        for (index, loss), number in zip(losses.items(), numbers, strict=True):
+            values[index] = number
+            if math.isfinite(number):
                 total = total + loss
             else:
                 self.frozen[index] = _member_state(self.params, index)

@@ -8,13 +8,15 @@ time and model-steps per second (M / step time for the ensemble, 1 / step time a
 speed-up of the ensemble over training the M models one after another.
 
     python benchmarks/ensemble_speed.py [--members 1 4 16 64] [--shapes tiny small medium]
-        [--device cuda] [--compile] [--bf16] [--sdpa math] [--steps 5] [--warmup 2] [--b 10] [--batch 64]
+        [--device cuda] [--compile] [--bf16] [--attention folded] [--profile] [--steps 5] [--warmup 2] [--b 10]
+        [--batch 64]
 
 `--compile` (torch.compile of the vmapped forward) and `--bf16` (bf16 autocast) apply to the
-ensemble on CUDA only. `--sdpa math` runs attention as plain matrix products (torch's MATH
-kernel) instead of the fused kernel: under vmap those batch over the members (the member axis
-folds into the batch), which is the way out where the fused kernel has no vmap batching rule and
-vmap would run it member by member. On CPU one thread is used, as in the runner's workers; ensembles are not
+ensemble on CUDA only. `--attention` is how the ensemble computes attention (`ensemble.ATTENTION`):
+"folded" (the default) calls torch's kernel once with the member axis folded into the batch,
+"math" runs the MATH kernel (plain matrix products) under vmap, "vmap" leaves the kernel and its
+vmap batching rule to torch, which runs a kernel without a rule member by member (printed at the
+end). On CPU one thread is used, as in the runner's workers; ensembles are not
 expected to pay there (docs/design.md): the runner uses one process per core on CPU and the
 ensemble on CUDA.
 """
@@ -22,7 +24,6 @@ ensemble on CUDA.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 import warnings
@@ -32,7 +33,7 @@ import torch
 # The sibling benchmark: Python puts a script's own folder first on sys.path.
 from train_speed import N_POINTS, SHAPES
 
-from ensemble import Ensemble
+from ensemble import ATTENTION, Ensemble
 from tasks import LinearRegression
 from transformer import ModelConfig
 from utils import TrainConfig, build_model, make_generator, train_step
@@ -65,7 +66,15 @@ def time_alone(model_config: ModelConfig, config: TrainConfig, steps: int, warmu
 
 
 def time_ensemble(
-    model_config: ModelConfig, config: TrainConfig, members: int, steps: int, warmup: int, compile: bool, bf16: bool
+    model_config: ModelConfig,
+    config: TrainConfig,
+    members: int,
+    steps: int,
+    warmup: int,
+    compile: bool,
+    bf16: bool,
+    attention: str = "folded",
+    profile: bool = False,
 ) -> float:
     configs = [TrainConfig(**{**config.to_dict(), "seed": config.seed + m}) for m in range(members)]
     ensemble = Ensemble(
@@ -74,18 +83,25 @@ def time_ensemble(
         configs,
         compile=compile,
         autocast=torch.bfloat16 if bf16 else None,
+        attention=attention,
     )
     counter = iter(range(10**9))
-    return median_seconds(lambda: ensemble.step(next(counter)), steps, warmup, ensemble.device)
+    seconds = median_seconds(lambda: ensemble.step(next(counter)), steps, warmup, ensemble.device)
+    if profile:
+        print_profile(lambda: ensemble.step(next(counter)), ensemble.device)
+    return seconds
 
 
-def attention_kernel(choice: str):
-    """A context in which scaled_dot_product_attention uses `choice` ("default": torch's pick)."""
-    if choice == "default":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+def print_profile(step, device: torch.device, rows: int = 15) -> None:
+    """The operators (and on CUDA the kernels) that take the time of one `step()`."""
+    from torch.profiler import ProfilerActivity, profile
 
-    return sdpa_kernel(SDPBackend.MATH)
+    on_cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])) as profiler:
+        step()
+        if on_cuda:
+            torch.cuda.synchronize()
+    print(profiler.key_averages().table(sort_by="cuda_time_total" if on_cuda else "cpu_time_total", row_limit=rows))
 
 
 def main() -> None:
@@ -96,8 +112,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the ensemble's forward (CUDA)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the ensemble's forward (CUDA)")
     parser.add_argument(
-        "--sdpa", choices=("default", "math"), default="default", help="attention kernel: torch's choice or MATH"
+        "--attention", choices=ATTENTION, default="folded", help="the ensemble's attention (ensemble.ATTENTION)"
     )
+    parser.add_argument("--profile", action="store_true", help="print the operators that take one ensemble step's time")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--b", type=int, default=10, help="loops per forward")
@@ -115,7 +132,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {device_name}; n_dims 8, P {N_POINTS}, batch {args.batch} per member, "
         f"b {args.b}; median of {args.steps} steps after {args.warmup} warm-up; "
-        f"compile {args.compile}, bf16 {args.bf16}, attention kernel {args.sdpa}"
+        f"compile {args.compile}, bf16 {args.bf16}, ensemble attention {args.attention}"
     )
     print("shape   members  ensemble ms/step  model-steps/s  alone ms/step  alone model-steps/s  speed-up")
     fallbacks: set[str] = set()  # ops that vmap runs member by member (no batching rule on this device)
@@ -125,10 +142,18 @@ def main() -> None:
         )
         alone = time_alone(SHAPES[name], config, args.steps, args.warmup)
         for members in args.members:
-            with warnings.catch_warnings(record=True) as caught, attention_kernel(args.sdpa):
+            with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 together = time_ensemble(
-                    SHAPES[name], config, members, args.steps, args.warmup, args.compile, args.bf16
+                    SHAPES[name],
+                    config,
+                    members,
+                    args.steps,
+                    args.warmup,
+                    args.compile,
+                    args.bf16,
+                    args.attention,
+                    args.profile,
                 )
             fallbacks |= {
                 str(w.message).split("batching rule for ")[1].split(".")[0]

@@ -9,6 +9,7 @@ and grows through training; the CUDA tolerance below is stated for these 12-step
 import dataclasses
 import os
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -187,3 +188,44 @@ def test_truncated_context_members_train_on_the_loss_of_separate_runs(keep):
     truncated = dataclasses.replace(MODEL, context_keep=keep, context_n=2)
     configs = [dataclasses.replace(BASE, seed=seed, b=b) for seed, b in ((1, 3), (2, 4))]
     assert_same_as_separate_runs(configs, model_config=truncated)
+
+
+@pytest.mark.parametrize("fields", [{}, {"context_keep": "first", "context_n": 2}, {"block": "gpt2", "pe": "learned"}])
+def test_every_attention_mode_gives_the_same_outputs_and_gradients(fields):
+    # "folded" (the default) calls the attention kernel once on the members folded into the batch;
+    # "math" and "vmap" go through vmap's batching rules. The outputs and gradients must agree.
+    model_config = dataclasses.replace(MODEL, **fields)
+    configs = [dataclasses.replace(BASE, seed=seed) for seed in (1, 2, 3)]
+    tokens = torch.stack([TASK.sample(8, 8, make_generator(seed, "validation"))[0] for seed in (1, 2, 3)]).to(DEVICE)
+    # "vmap" on CUDA reaches the fused kernels' batching rules, which fail there (ensemble.py)
+    modes = ensemble.ATTENTION if DEVICE == "cpu" else ("folded", "math")
+    found, fallbacks = {}, {}
+    for attention in modes:
+        members = ensemble.Ensemble(model_config, TASK, configs, attention=attention)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            preds = members.forward(members.params, members.buffers, tokens, 3, None)  # [M, b, B, P]
+            grads = torch.autograd.grad(preds.square().sum(), list(members.params.values()))
+        found[attention] = (preds.detach(), grads)
+        fallbacks[attention] = [str(w.message) for w in caught if "batching rule" in str(w.message)]
+    # folded never reaches vmap's batching rule for attention; on CPU the fused kernel has none,
+    # so there vmap runs it member by member (and says so), which is what the fold avoids
+    assert fallbacks["folded"] == []
+    if DEVICE == "cpu" and "context_keep" not in fields:
+        assert any("scaled_dot_product" in message for message in fallbacks["vmap"])
+    close = TOLERANCE[1]
+    for attention in modes[1:]:
+        torch.testing.assert_close(found["folded"][0], found[attention][0], **close)
+        for got, want in zip(found["folded"][1], found[attention][1], strict=True):
+            torch.testing.assert_close(got, want, **close)
+
+
+def test_an_unknown_attention_mode_is_refused():
+    with pytest.raises(ValueError, match=r"Ensemble attention='flash' must be one of \('folded', 'math', 'vmap'\)"):
+        ensemble.Ensemble(MODEL, TASK, [BASE], attention="flash")
+
+
+@pytest.mark.skipif(not DEVICE.startswith("cuda"), reason="the folded attention compiles on CPU; the limit is CUDA's")
+def test_compiling_folded_attention_on_cuda_is_refused():
+    with pytest.raises(ValueError, match="compile=True needs attention='math' on CUDA"):
+        ensemble.Ensemble(MODEL, TASK, [BASE], compile=True)

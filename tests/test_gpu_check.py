@@ -20,7 +20,7 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert not [key for key in report if key.endswith("_error")], report
     assert report["ensemble_tests"]["exit"] == 0
     assert all(worst == {"plain": 0.0, "vmap": 0.0} for worst in report["causality"].values())
-    assert report["learning"]["status"] == ["finished"] * 4
+    assert report["learning"]["status"] == ["finished"] * 8
     assert "model-steps/s" in (out / "speed.txt").read_text()
     with tarfile.open(out / "grid_records.tar.gz") as archive:
         assert sorted(archive.getnames()) == ["data/tiny_1.json", "data/tiny_2.json"]
