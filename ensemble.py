@@ -285,7 +285,11 @@ class Ensemble:
 
 
 def train_ensemble(
-    model_config: ModelConfig, task, configs: list[TrainConfig], checkpoint: str | Path | None = None
+    model_config: ModelConfig,
+    task,
+    configs: list[TrainConfig],
+    checkpoint: str | Path | None = None,
+    runs: list | None = None,
 ) -> tuple[list[BaseLoopedTransformer], list[TrainResult]]:
     """Train one member per TrainConfig as one vmapped model; return their models and results.
 
@@ -293,7 +297,8 @@ def train_ensemble(
     `training.train(model, task, c)` gives, to float tolerance: both go through
     `training.train_loop`. Every result's wall time is the ensemble's (the members share it).
     checkpoint: a file path to save to and resume from, as in `training.train_loop`.
+    runs: None, or one wandb run per member (`training.train_loop`).
     """
     ensemble = Ensemble(model_config, task, configs)
-    results = train_loop(ensemble, task, checkpoint=checkpoint)
+    results = train_loop(ensemble, task, checkpoint=checkpoint, runs=runs)
     return [ensemble.model(index) for index in range(len(configs))], results

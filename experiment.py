@@ -34,6 +34,7 @@ from baselines import baseline_position_errors
 from checks import require
 from runner import ROOT, RunSpec, choose_preset, results_dir, run_grid_timed
 from tasks import task_from_dict
+from tracking import tracking_from_env
 from utils import TrainConfig, atomic_write_bytes, heldout_prompts, save_svg
 from verdicts import Gate, learned_table, reference_errors, reference_names, trained_groups
 
@@ -175,8 +176,9 @@ class Experiment:
     """One notebook's experiment: number, preset and where its runs and report go.
 
     `presets` maps preset names to the notebook's parameters; `PRESET` picks one (default
-    "cpu"), and `exp.p` holds it. `BACKEND` (default "auto") and `DEVICE` (default "cpu")
-    come from the environment as well."""
+    "cpu"), and `exp.p` holds it. `BACKEND` (default "auto"), `DEVICE` (default "cpu") and
+    `TRACK` (default "off"; "wandb": one wandb run per training run, `tracking.py`) come from
+    the environment as well."""
 
     def __init__(self, number: int, presets: Mapping[str, Any], default: str = "cpu"):
         self.number = number
@@ -184,14 +186,21 @@ class Experiment:
         self.backend = os.environ.get("BACKEND", "auto")
         self.device = os.environ.get("DEVICE", "cpu")
         self.out = results_dir(number, self.preset)
+        self.tracking = tracking_from_env(f"experiment {number} {self.preset}", self.out)
         self.grid: dict = {}
         self.results = Results([])
-        print(f"experiment {number}, preset {self.preset}: writing to {self.out}")
+        tracked = (
+            f"; tracking runs in wandb project {self.tracking.project!r} ({self.tracking.mode})"
+            if self.tracking
+            else ""
+        )
+        print(f"experiment {number}, preset {self.preset}: writing to {self.out}{tracked}")
 
     def run(self, specs: list[RunSpec], **options: Any) -> Results:
         """Run the grid (`runner.run_grid_timed`; finished runs come from the cache) and return
         its records. `self.grid` keeps the wall time, hardware and backend of the sitting that
         computed them."""
+        options.setdefault("tracking", self.tracking)
         records, self.grid = run_grid_timed(specs, self.out, backend=self.backend, **options)
         self.results = Results(records)
         diverged = self.results.diverged.names

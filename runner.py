@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+import tracking as tracked
 from checks import require, require_choice, require_int
 from ensemble import MEMBER_FIELDS, check_ensemble, train_ensemble
 from tasks import OOD_KINDS, task_from_dict
@@ -268,8 +269,15 @@ def _reuse_trained(spec: RunSpec):
     return model.to(spec.train.device), TrainResult(**record["train"])
 
 
-def execute_run(spec: RunSpec, out_dir: str | Path, progress: bool = False, backend: str = "inline") -> dict:
+def execute_run(
+    spec: RunSpec,
+    out_dir: str | Path,
+    progress: bool = False,
+    backend: str = "inline",
+    tracking: tracked.Tracking | None = None,
+) -> dict:
     """Train and validate one run; write `data/<name>.json` and `models/<name>/`. Returns the record.
+    `tracking`: None, or where its wandb run goes (`tracking.py`).
 
     A run whose training key was trained before (by this or another notebook) is not trained
     again: its weights and training result come from `trained_dir()`, and only the evaluation
@@ -278,16 +286,22 @@ def execute_run(spec: RunSpec, out_dir: str | Path, progress: bool = False, back
     out_dir = Path(out_dir)
     started = time.perf_counter()
     task = task_from_dict(spec.task)
-    reused = _reuse_trained(spec)
-    if reused is not None:
-        return finish_run(spec, task, *reused, out_dir, started, backend=backend, reused=True)
-    model = build_model(spec.model, spec.train.seed)
-    checkpoint = out_dir / "checkpoints" / f"{spec.name}-{spec.training_key()}.ckpt"
-    result = train(model, task, spec.train, run=None, progress=progress, checkpoint=checkpoint)
-    _store_trained(spec, model, result)
-    record = finish_run(spec, task, model, result, out_dir, started, backend=backend)
-    checkpoint.unlink(missing_ok=True)
-    return record
+    run, record = tracked.start(tracking, spec.name, spec.to_dict()), None
+    try:
+        reused = _reuse_trained(spec)
+        if reused is not None:
+            tracked.log_curves(run, reused[1])
+            record = finish_run(spec, task, *reused, out_dir, started, backend=backend, reused=True)
+            return record
+        model = build_model(spec.model, spec.train.seed)
+        checkpoint = out_dir / "checkpoints" / f"{spec.name}-{spec.training_key()}.ckpt"
+        result = train(model, task, spec.train, run=run, progress=progress, checkpoint=checkpoint)
+        _store_trained(spec, model, result)
+        record = finish_run(spec, task, model, result, out_dir, started, backend=backend)
+        checkpoint.unlink(missing_ok=True)
+        return record
+    finally:
+        tracked.close(run, record)
 
 
 def finish_run(
@@ -369,7 +383,7 @@ def ensemble_groups(specs: list[RunSpec]) -> list[list[RunSpec]]:
     return list(groups.values())
 
 
-def execute_ensemble(specs: list[RunSpec], out_dir: str | Path) -> list[dict]:
+def execute_ensemble(specs: list[RunSpec], out_dir: str | Path, tracking: tracked.Tracking | None = None) -> list[dict]:
     """Train `specs` (one `ensemble_groups` group) as one batched model, then validate and save
     each member as `execute_run` does. A group the ensemble cannot train runs one by one. An
     interrupted group resumes from `checkpoints/ensemble_<first name>_<members>-<key>.ckpt`, the
@@ -379,25 +393,30 @@ def execute_ensemble(specs: list[RunSpec], out_dir: str | Path) -> list[dict]:
     try:
         check_ensemble(specs[0].model, [spec.train for spec in specs])
     except ValueError:
-        return [execute_run(spec, out_dir) for spec in specs]
+        return [execute_run(spec, out_dir, tracking=tracking) for spec in specs]
     task = task_from_dict(specs[0].task)
-    reused = [_reuse_trained(spec) for spec in specs]
-    if all(pair is not None for pair in reused):  # every member was trained before
-        return [
-            finish_run(spec, task, *pair, out_dir, started, backend="ensemble", reused=True)
-            for spec, pair in zip(specs, reused, strict=True)
-        ]
-    key = training_key(specs[0].model, [spec.train for spec in specs], specs[0].task)
-    checkpoint = out_dir / "checkpoints" / f"ensemble_{specs[0].name}_{len(specs)}-{key}.ckpt"
-    models, results = train_ensemble(specs[0].model, task, [spec.train for spec in specs], checkpoint=checkpoint)
-    for spec, model, result in zip(specs, models, results, strict=True):
-        _store_trained(spec, model, result)
-    records = [
-        finish_run(spec, task, model, result, out_dir, started, backend="ensemble")
-        for spec, model, result in zip(specs, models, results, strict=True)
-    ]
-    checkpoint.unlink(missing_ok=True)
-    return records
+    runs = [tracked.start(tracking, spec.name, spec.to_dict()) for spec in specs]
+    records: list[dict] = []
+    try:
+        reused = [_reuse_trained(spec) for spec in specs]
+        if all(pair is not None for pair in reused):  # every member was trained before
+            for spec, pair, run in zip(specs, reused, runs, strict=True):
+                tracked.log_curves(run, pair[1])
+                records.append(finish_run(spec, task, *pair, out_dir, started, backend="ensemble", reused=True))
+            return records
+        key = training_key(specs[0].model, [spec.train for spec in specs], specs[0].task)
+        checkpoint = out_dir / "checkpoints" / f"ensemble_{specs[0].name}_{len(specs)}-{key}.ckpt"
+        configs = [spec.train for spec in specs]
+        models, results = train_ensemble(specs[0].model, task, configs, checkpoint=checkpoint, runs=runs)
+        for spec, model, result in zip(specs, models, results, strict=True):
+            _store_trained(spec, model, result)
+        for spec, model, result in zip(specs, models, results, strict=True):
+            records.append(finish_run(spec, task, model, result, out_dir, started, backend="ensemble"))
+        checkpoint.unlink(missing_ok=True)
+        return records
+    finally:
+        for index, run in enumerate(runs):
+            tracked.close(run, records[index] if index < len(records) else None)
 
 
 def resolve_backend(backend: str, specs: list[RunSpec]) -> str:
@@ -471,10 +490,12 @@ def _stop_pool(pool: futures.ProcessPoolExecutor) -> None:
         process.join(timeout=10)
 
 
-def _execute_in_worker(spec: RunSpec, out_dir: str, backend: str = "pool") -> dict:
+def _execute_in_worker(
+    spec: RunSpec, out_dir: str, backend: str = "pool", tracking: tracked.Tracking | None = None
+) -> dict:
     # One torch thread per worker process: with another process busy, 2 threads can be 20x slower.
     torch.set_num_threads(1)
-    return execute_run(spec, out_dir, backend=backend)
+    return execute_run(spec, out_dir, backend=backend, tracking=tracking)
 
 
 def run_grid(
@@ -484,6 +505,7 @@ def run_grid(
     workers: int | None = None,
     progress: bool = True,
     slurm: dict | None = None,
+    tracking: tracked.Tracking | None = None,
 ) -> list[dict]:
     """Run every spec that has no result in `out_dir` yet and return all records, in order.
 
@@ -492,6 +514,8 @@ def run_grid(
              parameters, and `slurm={"cluster": "local"}` runs submitit's local executor),
              "ensemble" (each `ensemble_groups` group trained as one batched model in this
              process: `ensemble.train_ensemble`) or "auto" (default; `resolve_backend`).
+    tracking: None (default), or a `tracking.Tracking`: every run trained here gets its own
+             wandb run, with every backend (passed to the pool's workers and Slurm's jobs).
     Runs that crash are reported together in one RuntimeError after every other run has
     finished and been saved; re-running the grid retries only them.
     """
@@ -514,12 +538,12 @@ def run_grid(
             elsewhere.append(spec)
     pending.sort(key=lambda spec: -spec.cost())  # largest first balances the workers
     try:
-        _run_pending(pending, out_dir, backend, workers, progress, slurm, records, len(specs))
+        _run_pending(pending, out_dir, backend, workers, progress, slurm, records, len(specs), tracking)
     finally:
         for spec in pending:
             _release_lock(out_dir, spec.name)
     for spec in elsewhere:  # wait for the other sitting; a run it abandoned is computed here
-        records[spec.name] = _wait_for_other_sitting(spec, out_dir, backend, workers, progress, slurm)
+        records[spec.name] = _wait_for_other_sitting(spec, out_dir, backend, workers, progress, slurm, tracking)
     return [records[name] for name in names]
 
 
@@ -532,6 +556,7 @@ def _run_pending(
     slurm: dict | None,
     records: dict[str, dict],
     total: int,
+    tracking: tracked.Tracking | None = None,
 ) -> None:
     """Compute `pending` with `backend`, adding each record to `records` (see `run_grid`)."""
     failures: dict[str, str] = {}
@@ -547,7 +572,10 @@ def _run_pending(
 
     if backend == "inline":
         for spec in pending:
-            collect(spec, lambda spec=spec: execute_run(spec, out_dir, progress=progress, backend="inline"))
+            collect(
+                spec,
+                lambda spec=spec: execute_run(spec, out_dir, progress=progress, backend="inline", tracking=tracking),
+            )
     elif backend == "pool" and pending:
         n_workers = min(workers or os.cpu_count() or 1, len(pending))
         # spawn, not fork: forking a process whose torch/OpenMP threads already ran can hang.
@@ -556,7 +584,7 @@ def _run_pending(
             n_workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
         )
         try:
-            jobs = {pool.submit(_execute_in_worker, spec, str(out_dir)): spec for spec in pending}
+            jobs = {pool.submit(_execute_in_worker, spec, str(out_dir), "pool", tracking): spec for spec in pending}
             for job in futures.as_completed(jobs):
                 collect(jobs[job], job.result)
         except BaseException:  # KeyboardInterrupt (Ctrl-C, Jupyter's interrupt) or an error here
@@ -566,7 +594,7 @@ def _run_pending(
     elif backend == "ensemble":
         for group in ensemble_groups(pending):
             try:
-                for spec, record in zip(group, execute_ensemble(group, out_dir), strict=True):
+                for spec, record in zip(group, execute_ensemble(group, out_dir, tracking), strict=True):
                     records[spec.name] = record
             except Exception:
                 failures.update({spec.name: traceback.format_exc() for spec in group})
@@ -579,7 +607,9 @@ def _run_pending(
         cluster = parameters.pop("cluster", None)
         executor = submitit.AutoExecutor(folder=out_dir / "submitit", cluster=cluster)
         executor.update_parameters(**parameters)
-        jobs = [(executor.submit(_execute_in_worker, spec, str(out_dir), "submitit"), spec) for spec in pending]
+        jobs = [
+            (executor.submit(_execute_in_worker, spec, str(out_dir), "submitit", tracking), spec) for spec in pending
+        ]
         for job, spec in jobs:
             collect(spec, job.result)
     if bar is not None:
@@ -636,7 +666,13 @@ def _release_lock(out_dir: Path, name: str) -> None:
 
 
 def _wait_for_other_sitting(
-    spec: RunSpec, out_dir: Path, backend: str, workers: int | None, progress: bool, slurm: dict | None
+    spec: RunSpec,
+    out_dir: Path,
+    backend: str,
+    workers: int | None,
+    progress: bool,
+    slurm: dict | None,
+    tracking: tracked.Tracking | None = None,
 ) -> dict:
     """The record of a run another sitting is computing, once it is written; if that sitting
     stops without writing it, the run is computed here."""
@@ -650,7 +686,7 @@ def _wait_for_other_sitting(
                 record = load_result(spec, out_dir)  # written between the two checks
                 if record is None:
                     records: dict[str, dict] = {}
-                    _run_pending([spec], out_dir, backend, workers, progress, slurm, records, 1)
+                    _run_pending([spec], out_dir, backend, workers, progress, slurm, records, 1, tracking)
                     record = records[spec.name]
                 return record
             finally:
