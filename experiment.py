@@ -189,6 +189,7 @@ class Experiment:
         self.tracking = tracking_from_env(f"experiment {number} {self.preset}", self.out)
         self.grid: dict = {}
         self.results = Results([])
+        self.computed: dict[str, dict] = {}  # every record of this sitting's run() calls, by run name
         tracked = (
             f"; tracking runs in wandb project {self.tracking.project!r} ({self.tracking.mode})"
             if self.tracking
@@ -203,6 +204,7 @@ class Experiment:
         options.setdefault("tracking", self.tracking)
         records, self.grid = run_grid_timed(specs, self.out, backend=self.backend, **options)
         self.results = Results(records)
+        self.computed |= {record["spec"]["name"]: record for record in records}
         diverged = self.results.diverged.names
         print(
             f"{len(specs)} runs; grid wall time {self.grid['wall_time_s'] / 60:.1f} min on {self.grid['hardware']}; "
@@ -365,7 +367,74 @@ class Experiment:
         report += self.divergence_section()
         atomic_write_bytes(path, report.encode())
         print(f"wrote {path}")
+        self.compare_with_committed()
         return path
+
+    def compare_with_committed(self, committed_root: str | Path = ROOT) -> str | None:
+        """When this sitting wrote somewhere else than the committed results under
+        `committed_root` (a re-training with `LOOPED_RESULTS_ROOT`), compare its runs with the
+        committed runs of the same names: print the table, write it to `<out>/reproduction.md`
+        and return it. None otherwise (and for `smoke`, whose runs are never committed)."""
+        committed_dir = results_dir(self.number, self.preset, root=committed_root)
+        if self.preset == "smoke" or committed_dir.resolve() == self.out.resolve():
+            return None
+        committed = []
+        for name in self.computed:
+            path = committed_dir / "data" / f"{name}.json"
+            if path.exists():
+                committed.append(json.loads(path.read_text()))
+        if not committed:
+            return None
+        table = reproduction_table(Results(committed), Results(list(self.computed.values())))
+        text = (
+            f"## Re-trained against the committed runs\n\nThis sitting ({self.out}) against the committed runs "
+            f"in {committed_dir}, run by run (same names and seeds): {REPRODUCTION_METRIC}.\n\n{table}\n"
+        )
+        atomic_write_bytes(self.out / "reproduction.md", text.encode())
+        print(text)
+        return text
+
+
+REPRODUCTION_METRIC = "held-out query error of the last loop at the trained b, per configuration over its seeds"
+
+
+def reproduction_table(committed: Results, retrained: Results) -> str:
+    """Per configuration: the committed and the re-trained error (mean ± std over seeds, finished
+    runs), the largest difference between the two runs of one seed, and whether every seed's
+    training losses are bit-identical (as on one machine with the CPU's deterministic kernels)."""
+    by_name = {record["spec"]["name"]: record for record in committed}
+    rows = []
+    for configuration, runs in retrained.configurations().items():
+        pairs = [(by_name[name], record) for name, record in zip(runs.names, runs, strict=True) if name in by_name]
+        if not pairs:
+            continue
+        old = Results([a for a, _ in pairs])
+        new = Results([b for _, b in pairs])
+        error = lambda record: record["loop_errors"][-1]
+        finished = [(a, b) for a, b in pairs if a["train"]["status"] == b["train"]["status"] == "finished"]
+        gap = max((abs(error(a) - error(b)) / max(abs(error(a)), 1e-12) for a, b in finished), default=float("nan"))
+        identical = all(a["train"]["loss"] == b["train"]["loss"] for a, b in pairs)
+        rows.append(
+            [
+                configuration,
+                str(len(pairs)),
+                plots.mean_pm_std(old.values(error)),
+                plots.mean_pm_std(new.values(error)),
+                f"{gap:.2%}" if np.isfinite(gap) else "-",
+                "yes" if identical else "no",
+            ]
+        )
+    return plots.markdown_table(
+        [
+            "configuration",
+            "seeds",
+            "committed, mean ± std",
+            "re-trained, mean ± std",
+            "largest per-seed difference",
+            "training losses bit-identical",
+        ],
+        rows,
+    )
 
 
 def gate_for(gate: Gate | Mapping[str, Gate] | None, task_name: str) -> Gate:

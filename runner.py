@@ -76,14 +76,15 @@ def choose_preset(presets: dict[str, Any], default: str = "cpu") -> tuple[str, A
     return name, presets[name]
 
 
-def results_dir(experiment: int, preset: str) -> Path:
+def results_dir(experiment: int, preset: str, root: str | Path | None = None) -> Path:
     """Where a notebook writes: committed for cpu/full, scratch for smoke.
 
-    `LOOPED_RESULTS_ROOT` replaces the repository root (the tests use a temporary folder).
+    `root` (default: `LOOPED_RESULTS_ROOT`, else the repository root) holds `results/` and
+    `scratch/`; a re-training into another root leaves the committed results as they are.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r} is not allowed; choose one of {PRESETS}")
-    root = Path(os.environ.get("LOOPED_RESULTS_ROOT", ROOT))
+    root = Path(root if root is not None else os.environ.get("LOOPED_RESULTS_ROOT", ROOT))
     if preset == "smoke":
         return root / "scratch" / f"experiment {experiment}"
     base = root / "results" / f"experiment {experiment}"

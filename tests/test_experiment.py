@@ -1,5 +1,7 @@
 """The notebooks' helper: named look-ups into run records, the report writer and the environment."""
 
+import json
+
 import numpy as np
 import pytest
 from conftest import tiny_specs
@@ -248,3 +250,29 @@ def test_run_minutes_count_the_training_of_a_run_resumed_from_earlier_sittings()
     fresh = {"wall_time_s": 120.0, "train": {"wall_time_s": 110.0}}  # trained and evaluated in one sitting
     resumed = {"wall_time_s": 60.0, "train": {"wall_time_s": 1200.0}}  # this sitting finished its last steps
     assert Results([fresh, resumed]).run_minutes() == pytest.approx((120.0 + 1200.0) / 60)
+
+
+def test_a_retraining_elsewhere_is_compared_with_the_committed_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRESET", "cpu")
+    monkeypatch.setenv("BACKEND", "inline")
+    specs = tiny_specs((1, 2), steps=4)
+    committed_root, retrain_root = tmp_path / "clone", tmp_path / "retrain"
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(committed_root))
+    committed = Experiment(7, {"cpu": {}})
+    committed.run(specs, progress=False)
+    assert committed.compare_with_committed(committed_root) is None  # the committed results themselves
+
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(retrain_root))
+    retrained = Experiment(7, {"cpu": {}})
+    retrained.run(specs, progress=False)  # its own store of trained runs: it trains again
+    text = retrained.compare_with_committed(committed_root)
+    assert "| model=tiny | 2 |" in text and "| 0.00% | yes |" in text  # CPU: the same bits
+    assert (retrain_root / "results" / "experiment 7" / "reproduction.md").read_text() == text
+
+    record = committed_root / "results" / "experiment 7" / "data" / "tiny_2.json"  # a committed run that differs
+    values = json.loads(record.read_text())
+    values["loop_errors"][-1] *= 1.5
+    values["train"]["loss"][0] += 1.0
+    record.write_text(json.dumps(values))
+    text = retrained.compare_with_committed(committed_root)
+    assert "| 33.33% | no |" in text
