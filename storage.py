@@ -3,7 +3,8 @@
 Owns `atomic_write_bytes` (readers see the old file or the new one, never a part), `set_aside`
 (an unusable file renamed out of the way with a warning), `write_json`
 and `read_json`, `torch_bytes`, `save_run` / `load_run` (weights loaded with weights_only) and
-`save_svg` (byte-identical SVG for identical figures).
+`save_svg` / `stable_svg` (byte-identical SVG for identical figures, and free of last-digit
+layout noise across machines).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -85,10 +87,41 @@ SVG_HASH_SALT = "looped-transformers"
 
 
 def save_svg(fig, path: str | Path) -> None:
-    """Save a matplotlib figure as SVG, byte-identical for identical figures (atomic write)."""
+    """Save a matplotlib figure as SVG (atomic write): byte-identical for identical figures on one
+    machine, and across machines unchanged by layout arithmetic in the last digits (`stable_svg`)."""
     import matplotlib
 
     buffer = io.BytesIO()
     with matplotlib.rc_context({"svg.hashsalt": SVG_HASH_SALT}):
         fig.savefig(buffer, format="svg", metadata={"Date": None}, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, stable_svg(buffer.getvalue()))
+
+
+SVG_DECIMALS = 3  # 0.001 pt, a third of a micrometre on paper
+_SVG_ATTRIBUTE = re.compile(rb'="[^"]*"')
+_SVG_DECIMAL = re.compile(rb"-?\d+\.\d{%d,}" % (SVG_DECIMALS + 1))
+_SVG_HASHED_ID = re.compile(rb"\b([mph])[0-9a-f]{10}\b")  # matplotlib's marker, clip-path and hatch ids
+
+
+def stable_svg(data: bytes) -> bytes:
+    """An SVG from matplotlib with every coordinate in its attributes rounded to `SVG_DECIMALS`
+    decimals and the ids matplotlib hashes from coordinates renamed in order of appearance.
+
+    Matplotlib writes coordinates with 6 decimals, and two machines' layout arithmetic can differ
+    in the last one (an axes spine ending at 23.229937 on one and 23.229938 on another); the
+    clip-path ids hashed from those coordinates then differ too. Rounding makes such noise vanish
+    unless a value sits on a rounding boundary; text (labels, titles) is left as it is."""
+
+    def round_number(match: re.Match) -> bytes:
+        text = f"{float(match.group()):.{SVG_DECIMALS}f}".rstrip("0").rstrip(".")
+        return (text if text not in ("-0", "") else "0").encode()
+
+    names: dict[bytes, bytes] = {}
+
+    def rename(match: re.Match) -> bytes:
+        return names.setdefault(match.group(), match.group(1) + b"id%d" % len(names))
+
+    def attribute(match: re.Match) -> bytes:
+        return _SVG_HASHED_ID.sub(rename, _SVG_DECIMAL.sub(round_number, match.group()))
+
+    return _SVG_ATTRIBUTE.sub(attribute, data)
