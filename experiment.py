@@ -35,7 +35,7 @@ from checks import require
 from runner import ROOT, RunSpec, choose_preset, results_dir, run_grid_timed
 from tasks import task_from_dict
 from tracking import tracking_from_env
-from utils import TrainConfig, atomic_write_bytes, heldout_prompts, save_svg
+from utils import TrainConfig, atomic_write_bytes, heldout_prompts, read_json, save_svg
 from verdicts import Gate, learned_table, reference_errors, reference_names, trained_groups
 
 REPORTS = ROOT / "experiments" / "reports"
@@ -382,7 +382,7 @@ class Experiment:
         for name in self.computed:
             path = committed_dir / "data" / f"{name}.json"
             if path.exists():
-                committed.append(json.loads(path.read_text()))
+                committed.append(read_json(path))
         if not committed:
             return None
         table = reproduction_table(Results(committed), Results(list(self.computed.values())))
