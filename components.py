@@ -5,7 +5,8 @@ loop), the selective state-space mixer (`SelectiveSSM`, an alternative to attent
 layer), the LSTM layer (`LSTMLayer`, an alternative to a transformer layer), and the two
 selection policies: `ContextSelection` (which in-context examples a loop may attend to, with
 `attention_allowed` turning that into an attention mask) and `StateSelection` (how much of the
-state one loop hands to the next). The shared stack they plug into, the config and the loop
+state one loop hands to the next), and `on_tokens`, the token-dropping mechanism that runs a
+loop on a subset of the tokens only. The shared stack they plug into, the config and the loop
 itself are in `transformer.py`.
 
 How parts are built (the same rule in both modules): a class that a `ModelConfig` field picks by
@@ -50,6 +51,7 @@ __all__ = [
     "LSTMLayer",
     "ContextSelection",
     "attention_allowed",
+    "on_tokens",
     "StateSelection",
 ]
 
@@ -137,7 +139,8 @@ class EachLayerInjection(Injection):
 
 
 class MultiplicativeInjection(Injection):
-    """s_0 = 1; s <- stack(s * e), element-wise: the paper's multiplicative option (z = f(x * z))."""
+    """s_0 = 1; s <- stack(s * e), element-wise: the paper's multiplicative option (z = f(x * z)). With a PE,
+    pe_at="loop" is the paper's f(s * x + p); the default pe_at="prompt" gives f(s * (x + p))."""
 
     def initial_state(self, e: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(e)  # [B, S, h]: the first loop sees e itself
@@ -149,8 +152,12 @@ class MultiplicativeInjection(Injection):
 class EMAInjection(Injection):
     """s_0 = 0; s <- stack(a * s + (1 - a) * e): the moving average proposed in the Murawiecki study.
 
-    a = 0 makes every loop see only e (no recurrence); add injection is a = 1/2 with the
-    input scaled by 2. With `learned`, a = sigmoid(theta) and theta starts at logit(alpha).
+    a = 0 makes every loop see only e (no recurrence). It is not add injection in disguise:
+    a = 1/2 gives stack(s/2 + e/2), which is add injection with e halved (a scale a learned
+    embedding can absorb, up to the PE's) **and the carried state halved every loop**. In a
+    stack with no final normalisation (the Laptev layer) that halving damps the state, so a
+    difference between EMA and add injection there may come from the damping rather than from
+    the mixing rule. With `learned`, a = sigmoid(theta) and theta starts at logit(alpha).
     """
 
     def __init__(self, alpha: float, learned: bool) -> None:
@@ -286,7 +293,11 @@ class ContextSelection:
     same one on every call (evaluation repeats, resumed training is exact), no prediction
     depends on a later token, and the subsets of a shrinking schedule are nested. (The study
     drew one subset for the whole batch and did not re-sort it, which also shuffled the
-    order of the kept examples; here the order is kept.)
+    order of the kept examples; here the order is kept.) "random_batch" is the study's own:
+    one random order of the examples per batch, drawn from a checksum of the batch's first
+    token (so a new draw for every batch, the same draw on every call with that batch), its
+    first `count` examples kept in that order. It exists only with context_compute "drop"
+    (`kept_tokens`), since a key mask cannot reorder tokens.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -314,6 +325,36 @@ class ContextSelection:
             keys[row] = torch.rand(n_examples, generator=generator)  # [N]
         return keys.argsort(1).argsort(1).to(tokens.device)  # [B, N]: rank of each example's key
 
+    @staticmethod
+    def batch_order(tokens: torch.Tensor) -> torch.Tensor:  # [B, S, d] -> [N]
+        """ "random_batch": one random order of the N examples for the whole batch, from a
+        seed that is the checksum of the batch's first token (x_1 of its first prompt)."""
+        n_examples = (tokens.shape[1] - 1) // 2
+        generator = torch.Generator()
+        generator.manual_seed(zlib.crc32(tokens[0, 0].detach().cpu().numpy().tobytes()))
+        return torch.randperm(n_examples, generator=generator).to(tokens.device)  # [N]
+
+    def kept_tokens(self, tokens: torch.Tensor, b: int) -> list[torch.Tensor | None]:
+        """Per loop: None (every token runs) or long [B, S']: the tokens the loop runs on, in
+        the order they run, each kept example as its (x, y) pair and the query last."""
+        batch, seq = tokens.shape[:2]
+        n_examples = (seq - 1) // 2
+        if self.keep == "random_batch":
+            order = self.batch_order(tokens)  # [N]
+            pairs = torch.stack([2 * order, 2 * order + 1], 1)  # [N, 2]: x then y of each example, drawn order
+            query = torch.tensor([seq - 1], device=tokens.device)
+            return [
+                None
+                if count >= n_examples
+                else torch.cat([pairs[:count].flatten(), query]).expand(batch, 2 * count + 1)  # [B, S']
+                for count in (self.examples_at(loop, n_examples) for loop in range(b))
+            ]
+        positions = torch.arange(seq, device=tokens.device).expand(batch, seq)  # [B, S]
+        return [
+            None if points is None else positions[_tokens_of(points)].view(batch, -1)  # [B, S'], in prompt order
+            for points in self.kept_points(tokens, b)
+        ]
+
     def kept_points(self, tokens: torch.Tensor, b: int) -> list[torch.Tensor | None]:
         """Per loop: None (every point kept) or bool [B, P], True for the points it sees."""
         batch, seq = tokens.shape[:2]
@@ -324,22 +365,49 @@ class ContextSelection:
         index = torch.arange(n_examples, device=tokens.device).expand(batch, n_examples)  # [B, N]
         if self.keep == "random":
             index = self.random_ranks(tokens)  # [B, N]
+        elif self.keep == "random_batch":
+            index = self.batch_order(tokens).argsort().expand(batch, n_examples)  # [B, N]: place in the draw
         elif self.keep == "last":
             index = index.flip(1)  # [B, N]: the last example ranks first
         query = torch.ones(batch, 1, dtype=torch.bool, device=tokens.device)  # [B, 1]
         return [None if count >= n_examples else torch.cat([index < count, query], 1) for count in counts]  # [B, P]
 
 
+def _tokens_of(kept: torch.Tensor) -> torch.Tensor:  # [B, P] -> [B, S]
+    """bool [B, S] from kept points [B, P]: an example's x and y token, and the query."""
+    return torch.cat([kept[:, :-1].repeat_interleave(2, dim=1), kept[:, -1:]], 1)  # [B, S]
+
+
 def attention_allowed(kept: torch.Tensor, causal: bool) -> torch.Tensor:
     """bool [B, 1, S, S] from kept points [B, P]: keys of dropped examples are masked; every
     token still sees itself, so a dropped token's row is never empty."""
     batch, n_points = kept.shape
-    tokens_kept = torch.cat([kept[:, :-1].repeat_interleave(2, dim=1), kept[:, -1:]], 1)  # [B, S]
+    tokens_kept = _tokens_of(kept)  # [B, S]
     seq = tokens_kept.shape[1]
     allowed = tokens_kept[:, None, None, :].expand(batch, 1, seq, seq)  # [B, 1, S, S] by key
     if causal:
         allowed = allowed & torch.ones(seq, seq, dtype=torch.bool, device=kept.device).tril()  # [B, 1, S, S]
     return allowed | torch.eye(seq, dtype=torch.bool, device=kept.device)  # [B, 1, S, S]
+
+
+def on_tokens(
+    index: torch.Tensor | None,
+    step: Callable[..., torch.Tensor],
+    state: torch.Tensor,
+    *per_token: torch.Tensor | None,
+) -> torch.Tensor:
+    """The token-dropping mechanism: run `step(state, *per_token)` on the tokens `index` only.
+
+    index: None (every token runs) or long [B, S']: which tokens run, in the order they run.
+    The state and every per-token tensor ([B, S, h], or None) are gathered to [B, S', h], so
+    attention, MLP and norms cost S' tokens instead of S; the result is written back into a
+    copy of the state at those positions, and the tokens that did not run keep their state.
+    A causal mask then applies to the gathered order."""
+    if index is None:
+        return step(state, *per_token)  # [B, S, h]
+    where = index[..., None].expand(-1, -1, state.shape[-1])  # [B, S', h]
+    gathered = [None if x is None else x.gather(1, where) for x in per_token]  # each [B, S', h]
+    return state.scatter(1, where, step(state.gather(1, where), *gathered))  # [B, S, h]
 
 
 # ----------------------------------------------------------------------------- state selection

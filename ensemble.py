@@ -30,7 +30,8 @@ single run computes on its own [B, heads, S, d]; "math" runs torch's MATH kernel
 
 Limits (checked, with a clear error): members share every `TrainConfig` field except `seed` and
 `b`; a truncated gradient window needs one b for all members; the LSTM block (a fused kernel
-without a vmap rule) and random context selection (a per-prompt checksum on the CPU) are not
+without a vmap rule), random context selection (a checksum on the CPU) and dropped tokens
+(`context_compute="drop"`, a boolean index) are not
 supported. On CPU, one process per core is faster (docs/design.md); the runner uses this path on
 CUDA.
 """
@@ -130,8 +131,16 @@ def check_ensemble(model_config: ModelConfig, configs: list[TrainConfig]) -> Non
         )
     if model_config.block == "lstm":
         raise ValueError("ModelConfig.block='lstm' cannot train as an ensemble (no vmap rule); use another backend")
-    if model_config.context_keep == "random":
-        raise ValueError("ModelConfig.context_keep='random' cannot train as an ensemble; use another backend")
+    if model_config.context_keep in ("random", "random_batch"):
+        raise ValueError(
+            f"ModelConfig.context_keep={model_config.context_keep!r} cannot train as an ensemble (its draw is a "
+            "checksum on the CPU); use another backend"
+        )
+    if model_config.context_compute == "drop":
+        raise ValueError(
+            "ModelConfig.context_compute='drop' cannot train as an ensemble (the kept tokens are selected by a "
+            "boolean index, which vmap cannot batch); use context_compute='mask' or another backend"
+        )
 
 
 def _member_state(stacked: dict[str, torch.Tensor], member: int) -> dict[str, torch.Tensor]:

@@ -55,6 +55,7 @@ from components import (
     SelectiveSSM,
     StateSelection,
     attention_allowed,
+    on_tokens,
 )
 
 __all__ = [
@@ -64,6 +65,8 @@ __all__ = [
     "BLOCK_CHOICES",
     "MIXER_CHOICES",
     "CONTEXT_KEEP_CHOICES",
+    "CONTEXT_COMPUTE_CHOICES",
+    "PE_AT_CHOICES",
     "STATE_KEEP_CHOICES",
     "INIT_CHOICES",
     "RENAMED_VALUES",
@@ -97,7 +100,9 @@ PE_CHOICES = ("none", "learned", "sinusoidal", "sinusoidal_laptev")
 INJECTION_CHOICES = ("add", "none", "linear_add", "linear_cat", "each_layer", "multiplicative", "ema", "ema_learned")
 BLOCK_CHOICES = ("laptev", "gpt2", "lstm")
 MIXER_CHOICES = ("attention", "ssm")
-CONTEXT_KEEP_CHOICES = ("all", "first", "last", "random")
+CONTEXT_KEEP_CHOICES = ("all", "first", "last", "random", "random_batch")
+CONTEXT_COMPUTE_CHOICES = ("mask", "drop")
+PE_AT_CHOICES = ("prompt", "loop")
 STATE_KEEP_CHOICES = ("all", "last_in_place", "last_shifted")
 INIT_CHOICES = ("torch", "gpt2")
 GPT2_INIT_STD = 0.02
@@ -124,7 +129,16 @@ class ModelConfig:
 
     pe:        "none" | "learned" (nn.Embedding(context, h)) | "sinusoidal" (1/10000^(2i/h))
                | "sinusoidal_laptev" (the Laptev study's frequencies 1/(ln 10000)^(2i/h));
-               added once to the embedded prompt, so it is injected with it every loop.
+               added where `pe_at` says.
+    pe_at:     "prompt": the PE is added once to the embedded prompt e, so it enters every loop
+               through the injection (the Laptev study; this repository's default). "loop": it
+               is added to the stack's input on every loop, after the injection, as GPT-2's
+               backbone adds wpe inside every call of the paper's code. The two agree for additive
+               injection, s + (x + p); they differ for the others: the paper's multiplicative rule
+               is f(s * x + p), "prompt" gives f(s * (x + p)).
+    pe_std:    the learned PE table's initial standard deviation with init "torch": 1.0 is
+               nn.Embedding's N(0, 1), GPT-2 uses 0.02 (drawn as N(0, 1) and scaled, so the rest
+               of the initialisation is the same draw). Only for pe="learned" and init="torch".
     causal:    causal attention mask (True) or full bidirectional attention (False).
     injection: how the embedded prompt e enters each loop (see `Injection` subclasses);
                ema_alpha is the EMA's a (fixed for "ema", the initial value for "ema_learned").
@@ -133,6 +147,10 @@ class ModelConfig:
                "lstm": one unidirectional LSTM layer (input = hidden = hidden_dim, zero initial
                states on every call), so n_layers of them are the Aleksandr study's
                nn.LSTM(num_layers=L).
+    final_norm: a LayerNorm closing every call of the stack, so that the state is normalised
+               every loop. None: the block's own choice (GPT-2 closes with ln_f; the Laptev layer
+               and the LSTM have none); True or False force it, so that only the normalisation
+               changes between two models.
     mixer:     the token mixer inside a transformer layer: "attention", or "ssm", a Mamba-style
                selective state-space scan (`SelectiveSSM`) with ssm_state states per channel.
                LSTM and SSM are causal by construction: they need causal=True and
@@ -143,7 +161,16 @@ class ModelConfig:
                context_keep "all" (every loop sees the whole prompt) | "first" | "last" |
                "random" keeps context_n examples from loop context_cut_at on (1: before the
                first loop); context_shrink > 0 drops that many examples per loop instead, from
-               all of them down to context_n. The query is always kept.
+               all of them down to context_n. The query is always kept. "random_batch" is the
+               Laptev study's own random cut: one draw of context_n examples for the whole batch,
+               new for every batch, kept in the drawn (shuffled) order; it needs context_compute
+               "drop". With shuffling, a point's prediction may use examples that came after it in
+               the prompt, and with a cut after loop 1 its own label too, which those later
+               tokens' loop-1 states have read (the query, run last, has no label to leak).
+    context_compute: "mask": dropped examples stay in the sequence as keys no one may attend to
+               (every token is still computed); "drop": the stack runs on the kept tokens only,
+               gathered into a shorter sequence (`components.on_tokens`), which saves their
+               compute. For kept tokens in prompt order the two give the same predictions.
     state_keep, state_fraction: how much of the state is carried into the next loop (see
                `StateSelection`): "all", or the last round(state_fraction * S) tokens, kept
                "last_in_place" (the Aleksandr study; the rest zeroed) or "last_shifted" to the
@@ -178,9 +205,13 @@ class ModelConfig:
     context_n: int | None = None
     context_cut_at: int = 2
     context_shrink: int = 0
+    context_compute: str = "mask"
     state_keep: str = "all"
     state_fraction: float = 1.0
     init: str = "torch"
+    pe_at: str = "prompt"
+    pe_std: float = 1.0
+    final_norm: bool | None = None
 
     def __post_init__(self) -> None:
         # Old choice names first, so that they pass validation and are stored under the new ones
@@ -236,6 +267,32 @@ class ModelConfig:
         else:
             require_int("ModelConfig.context_n", self.context_n)
         require_int("ModelConfig.context_cut_at", self.context_cut_at)
+        require_choice("ModelConfig.context_compute", self.context_compute, CONTEXT_COMPUTE_CHOICES)
+        require(
+            self.context_compute == "mask" or self.context_keep != "all",
+            f"ModelConfig.context_compute={self.context_compute!r} has no effect with context_keep='all' "
+            "(nothing is dropped); leave it 'mask'",
+        )
+        require(
+            self.context_keep != "random_batch" or self.context_compute == "drop",
+            "ModelConfig.context_keep='random_batch' shuffles the kept examples, which a key mask cannot do; "
+            "it needs context_compute='drop'",
+        )
+        require_choice("ModelConfig.pe_at", self.pe_at, PE_AT_CHOICES)
+        require(
+            self.pe_at == "prompt" or self.pe != "none",
+            "ModelConfig.pe_at='loop' has no effect with pe='none'; leave it 'prompt'",
+        )
+        require_real("ModelConfig.pe_std", self.pe_std, 0, None, strict=True)
+        require(
+            self.pe_std == ModelConfig.pe_std or (self.pe == "learned" and self.init == "torch"),
+            f"ModelConfig.pe_std={self.pe_std!r} has no effect with pe={self.pe!r}, init={self.init!r}; it is the "
+            "learned table's initial std with init 'torch' (GPT-2's initialisation fixes it at 0.02)",
+        )
+        require(
+            self.final_norm is None or isinstance(self.final_norm, bool),
+            f"ModelConfig.final_norm={self.final_norm!r} must be None (the block's own), True or False",
+        )
         recurrent = "block='lstm'" if self.block == "lstm" else "mixer='ssm'" if self.mixer == "ssm" else None
         if recurrent:
             require(
@@ -324,6 +381,8 @@ class BaseLoopedTransformer(nn.Module):
             gpt2_init(self)
 
     def embed_prompt(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, S, d] -> [B, S, h]
+        """e, what the injection adds every loop: the embedded tokens, plus the PE when
+        `pe_at` is "prompt" (with "loop" the PE enters at the stack's input instead)."""
         require(
             tokens.dim() == 3 and tokens.shape[-1] == self.config.n_dims,
             f"tokens must have shape [batch, seq, n_dims={self.config.n_dims}], got {tuple(tokens.shape)}",
@@ -332,7 +391,14 @@ class BaseLoopedTransformer(nn.Module):
             tokens.shape[1] <= self.config.context,
             f"tokens have {tokens.shape[1]} positions, more than ModelConfig.context={self.config.context}",
         )
-        return self.positional(self.embed(tokens))  # [B, S, h]
+        embedded = self.embed(tokens)  # [B, S, h]
+        return self.positional(embedded) if self.config.pe_at == "prompt" else embedded  # [B, S, h]
+
+    def loop_positions(self, e: torch.Tensor) -> torch.Tensor | None:  # [B, S, h] -> [B, S, h] or None
+        """What `pe_at="loop"` adds to the stack's input every loop: the PE table, per token."""
+        if self.config.pe_at != "loop":
+            return None
+        return self.positional(torch.zeros_like(e))  # [B, S, h]
 
     def read_out(self, state: torch.Tensor) -> torch.Tensor:  # [B, S, h] -> [B, P]
         x_positions = state[:, 0::2]  # [B, P, h]
@@ -348,18 +414,34 @@ class BaseLoopedTransformer(nn.Module):
         if grad_window is not None:
             check_loops(grad_window, "grad_window")
         e = self.embed_prompt(tokens)  # [B, S, h]
+        positions = self.loop_positions(e)  # None, or [B, S, h] added to the stack's input every loop
         first_with_grad = 0 if grad_window is None else max(0, b - grad_window)
-        kept = self.context_selection.kept_points(tokens, b)  # per loop: None or bool [B, P]
+        drop = self.config.context_compute == "drop"
+        # per loop: None (every token) or, when dropping, the token indices to run [B, S'], else the kept points
+        kept = (self.context_selection.kept_tokens if drop else self.context_selection.kept_points)(tokens, b)
         state = self.injection.initial_state(e)  # [B, S, h]
         for loop in range(b):
             stack = self.stack_for(loop)
-            if kept[loop] is not None:
+            if kept[loop] is not None and not drop:
                 stack = partial(stack, allowed=attention_allowed(kept[loop], self.config.causal))  # [B, 1, S, S]
             with torch.set_grad_enabled(torch.is_grad_enabled() and loop >= first_with_grad):
                 if loop > 0:  # the initial state is not carried from a loop, so it is left whole
                     state = self.state_selection.carried(state)  # [B, S, h]
-                state = self.injection.step(state, e, stack)  # [B, S, h]
+                index = kept[loop] if drop else None
+                state = on_tokens(index, self._loop_step(stack), state, e, positions)  # [B, S, h]
             yield state
+
+    def _loop_step(self, stack: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """One loop on (state, e, positions) of the tokens that run: the injection's step, with
+        `pe_at="loop"`'s positions added to the stack's input."""
+
+        def step(state: torch.Tensor, e: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+            if positions is None:
+                return self.injection.step(state, e, stack)  # [B, S, h]
+            with_positions = lambda x, **options: stack(x + positions, **options)
+            return self.injection.step(state, e, with_positions)  # [B, S, h]
+
+        return step
 
     def stack_for(self, loop: int) -> LayerStack:
         """The stack that loop `loop` (0-based) applies."""
@@ -494,8 +576,10 @@ class LayerStack(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.layers = nn.ModuleList(build_block(config) for _ in range(config.n_layers))
-        # The paper's GPT-2 backbone closes every call with ln_f; the Laptev model has none.
-        self.final_norm = nn.LayerNorm(config.hidden_dim) if config.block == "gpt2" else nn.Identity()
+        # The paper's GPT-2 backbone closes every call with ln_f; the Laptev model has none
+        # (ModelConfig.final_norm overrides the block's choice).
+        normalised = config.block == "gpt2" if config.final_norm is None else config.final_norm
+        self.final_norm = nn.LayerNorm(config.hidden_dim) if normalised else nn.Identity()
 
     def forward(
         self,
@@ -529,6 +613,8 @@ class PositionalEncoding(nn.Module):
         self.kind = config.pe
         if config.pe == "learned":
             self.table = nn.Embedding(config.context, config.hidden_dim)
+            with torch.no_grad():  # scaling the N(0, 1) draw moves no random stream: the other weights are unchanged
+                self.table.weight.mul_(config.pe_std)
         elif config.pe in ("sinusoidal", "sinusoidal_laptev"):
             # The Laptev study used base ln(10000) ~ 9.21 instead of 10000: its frequencies only
             # span 1 down to ~0.11, so distant positions are barely told apart.

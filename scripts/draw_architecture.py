@@ -1,13 +1,14 @@
 """Draw the looped transformer's data flow and its variants: writes `architecture.svg` at the repo root.
 
 Owns the architecture figure. The top half is the data flow of `transformer.BaseLoopedTransformer`:
-prompt tokens -> embedding (+ positional encoding, added once) -> e; the loop that injects e into
+prompt tokens -> embedding (+ positional encoding, added once or every loop) -> e; the loop that injects e into
 the state and applies the weight-shared stack of L layers b times; the readout after every loop;
 the stacked predictions. The bottom half lists every choice of the variant fields of
 `transformer.ModelConfig` (injection, block, token mixer).
 
 Nothing here names a choice: the lists come from the code's choice tuples (`INJECTION_CHOICES`,
-`BLOCK_CHOICES`, `MIXER_CHOICES`, `PE_CHOICES`, `CONTEXT_KEEP_CHOICES`, `STATE_KEEP_CHOICES`), the
+`BLOCK_CHOICES`, `MIXER_CHOICES`, `PE_CHOICES`, `PE_AT_CHOICES`, `CONTEXT_KEEP_CHOICES`,
+`CONTEXT_COMPUTE_CHOICES`, `STATE_KEEP_CHOICES`), the
 defaults from `ModelConfig`, each choice's description from the docstring of the class that a
 model built with it uses, and each injection's initial state s_0 from running its
 `initial_state`. So the drawing follows the code; `tests/test_architecture.py` fails until the
@@ -42,9 +43,11 @@ from torch import nn
 
 from transformer import (
     BLOCK_CHOICES,
+    CONTEXT_COMPUTE_CHOICES,
     CONTEXT_KEEP_CHOICES,
     INJECTION_CHOICES,
     MIXER_CHOICES,
+    PE_AT_CHOICES,
     PE_CHOICES,
     STATE_KEEP_CHOICES,
     BaseLoopedTransformer,
@@ -298,8 +301,9 @@ def draw_flow(ax: Axes) -> None:
         COLOURS["embed"],
         [
             ("embedding:  Linear(d → h)", 11, "bold"),
-            ("+ positional encoding, added once; pe:", 8.5, "normal"),
+            ("+ positional encoding; pe:", 8.5, "normal"),
             *wrapped_lines(listing(PE_CHOICES, "pe"), 34, 8.5),
+            *wrapped_lines("added (pe_at): " + listing(PE_AT_CHOICES, "pe_at") + " (the stack's input, every loop)", 34, 8.5),
         ],
     )
     draw_legend(ax, 112, 80)
@@ -368,6 +372,8 @@ def draw_flow(ax: Axes) -> None:
             ("loop_stacks = k > 1:", 9, "bold"),
             ("k such stacks take turns,", 8.5, "normal"),
             ("one per loop", 8.5, "normal"),
+            ("final_norm: a LayerNorm closing", 8.5, "normal"),
+            ("the stack (None*: the block's)", 8.5, "normal"),
         ],
         zorder=2.5,
     )
@@ -379,6 +385,7 @@ def draw_flow(ax: Axes) -> None:
         [
             ("attention sees  (context_keep):", 8.5, "bold"),
             *wrapped_lines(listing(CONTEXT_KEEP_CHOICES, "context_keep"), 34, 8.5),
+            *wrapped_lines("the rest (context_compute): " + listing(CONTEXT_COMPUTE_CHOICES, "context_compute"), 34, 8.5),
         ],
         color=COLOURS["note"],
     )

@@ -126,6 +126,16 @@ def test_a_diverging_member_stops_and_the_others_go_on(monkeypatch):
             "grad_window=2 needs one b",
         ),
         (dataclasses.replace(MODEL, block="lstm"), [BASE], "ModelConfig.block='lstm' cannot train as an ensemble"),
+        (
+            dataclasses.replace(MODEL, context_keep="random", context_n=2),
+            [BASE],
+            "ModelConfig.context_keep='random' cannot train as an ensemble",
+        ),
+        (
+            dataclasses.replace(MODEL, context_keep="first", context_n=2, context_compute="drop"),
+            [BASE],
+            "ModelConfig.context_compute='drop' cannot train as an ensemble",
+        ),
         (MODEL, [], "an ensemble needs at least one member"),
     ],
 )

@@ -1,5 +1,6 @@
-"""Semantics of the experiment-specific variants: multiplicative and EMA injection, context
-selection (truncation), and the masked loss and metrics that go with it."""
+"""Semantics of the experiment-specific variants: multiplicative and EMA injection, where the
+positional encoding enters, the learned table's scale and the final LayerNorm, context selection
+(truncation, masked or dropped tokens), and the masked loss and metrics that go with it."""
 
 import math
 import re
@@ -29,6 +30,58 @@ def test_multiplicative_injection_multiplies_the_state_by_the_prompt():
     first = model.stack(e)  # s_0 = 1, so loop 1 sees e itself
     second = model.stack(first * e)
     torch.testing.assert_close(model(tokens, 2), torch.stack([model.read_out(first), model.read_out(second)]))
+
+
+def test_paper_multiplicative_rule_adds_the_positions_after_the_product():
+    """pe_at="loop" with multiplicative injection is the paper's code: z <- f(z * x + p), z_0 = 1,
+    x the embedded tokens without PE; loop 1 agrees with f(z * (x + p)), later loops do not."""
+    tokens, _ = prompts()
+    paper = build_model(ModelConfig(**SMALL, pe="learned", injection="multiplicative", pe_at="loop"), seed=11).eval()
+    ours = build_model(ModelConfig(**SMALL, pe="learned", injection="multiplicative"), seed=11).eval()
+    x = paper.embed(tokens)  # [B, S, d] -> [B, S, h]
+    p = paper.positional.table.weight[: tokens.shape[1]]  # [S, h]
+    z, expected = torch.ones_like(x), []
+    for _ in range(3):
+        z = paper.stack(z * x + p)
+        expected.append(paper.read_out(z))
+    torch.testing.assert_close(paper(tokens, 3), torch.stack(expected))
+    torch.testing.assert_close(paper(tokens, 3)[0], ours(tokens, 3)[0])
+    assert not torch.allclose(paper(tokens, 3)[1:], ours(tokens, 3)[1:], atol=1e-3)
+
+
+@pytest.mark.parametrize("pe", ["learned", "sinusoidal"])
+def test_positions_at_the_loop_input_are_the_same_for_additive_injection(pe):
+    """(s + x) + p = s + (x + p): for add injection where the PE enters does not matter."""
+    tokens, _ = prompts()
+    loop = build_model(ModelConfig(**SMALL, pe=pe, pe_at="loop"), seed=12).eval()
+    prompt = build_model(ModelConfig(**SMALL, pe=pe), seed=12).eval()
+    torch.testing.assert_close(loop(tokens, 4), prompt(tokens, 4))
+
+
+def test_learned_table_scale_changes_only_the_table():
+    small = build_model(ModelConfig(**SMALL, pe="learned", pe_std=0.02), seed=13)
+    default = build_model(ModelConfig(**SMALL, pe="learned"), seed=13)
+    for (name, a), (_, b) in zip(small.state_dict().items(), default.state_dict().items(), strict=True):
+        if name == "positional.table.weight":
+            torch.testing.assert_close(a, 0.02 * b)
+            assert 0.01 < float(a.std()) < 0.03
+        else:
+            assert torch.equal(a, b), name
+
+
+def test_final_norm_normalises_the_state_every_loop():
+    tokens, _ = prompts()
+    normed = build_model(ModelConfig(**SMALL, final_norm=True), seed=14).eval()
+    states = list(normed.states(tokens, 3))
+    for state in states:  # LayerNorm at init: per token mean 0 and variance 1
+        torch.testing.assert_close(state.mean(-1), torch.zeros(state.shape[:2]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(state.var(-1, unbiased=False), torch.ones(state.shape[:2]), atol=1e-3, rtol=0)
+    plain = build_model(ModelConfig(**SMALL), seed=14).eval()
+    # The same draw apart from the norm (LayerNorm has no random init): the pre-norm state is the plain model's.
+    assert torch.equal(plain.stack.layers[0].mlp[0].weight, normed.stack.layers[0].mlp[0].weight)
+    assert isinstance(
+        build_model(ModelConfig(**SMALL, block="gpt2", final_norm=False), 0).stack.final_norm, torch.nn.Identity
+    )
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.9])
@@ -149,6 +202,81 @@ def test_masked_loss_averages_each_loop_over_its_predicted_points():
     torch.testing.assert_close(loss_value(preds, ys, config, 2, everything), loss_value(preds, ys, config, 2))
 
 
+@pytest.mark.parametrize("keep", ["first", "last", "random"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("cut_at, shrink", [(1, 0), (2, 0), (2, 3)])
+def test_dropping_tokens_predicts_what_masking_them_predicts(keep, causal, cut_at, shrink):
+    """context_compute="drop" runs the stack on the kept tokens only; in prompt order, with the
+    PE travelling with the tokens, that is the masked computation at every predicted point."""
+    fields = dict(
+        pe="learned", causal=causal, context_keep=keep, context_n=4, context_cut_at=cut_at, context_shrink=shrink
+    )
+    masked = build_model(ModelConfig(**SMALL, **fields), seed=15).eval()
+    dropped = build_model(ModelConfig(**SMALL, **fields, context_compute="drop"), seed=15).eval()
+    tokens, _ = prompts(batch=4)
+    predicted = masked.predicted_points(tokens, 5)  # [b, B, P]
+    torch.testing.assert_close(dropped.predicted_points(tokens, 5), predicted)
+    torch.testing.assert_close(dropped(tokens, 5)[predicted], masked(tokens, 5)[predicted], rtol=1e-5, atol=1e-5)
+    runs = dropped.context_selection.kept_tokens(tokens, 5)
+    # each loop runs 2n + 1 tokens for its n kept examples: the dropped ones cost nothing
+    assert [tokens.shape[1] if index is None else index.shape[1] for index in runs] == [
+        2 * int(mask[0].sum()) - 1 for mask in predicted
+    ]
+
+
+def test_study_random_cut_is_one_shuffled_draw_per_batch():
+    """ "random_batch" keeps the study's cut: one draw of n examples for the batch, in the drawn
+    order; with the cut before loop 1 it is the plain model on the reordered, shortened prompt."""
+    config = ModelConfig(**SMALL, context_keep="random_batch", context_n=4, context_cut_at=1, context_compute="drop")
+    model = build_model(config, seed=16).eval()
+    plain = build_model(ModelConfig(**SMALL), seed=16).eval()
+    tokens, _ = prompts(batch=4)
+    index = model.context_selection.kept_tokens(tokens, 2)[0]  # [B, 9]
+    assert index.shape == (4, 9) and (index == index[0]).all()  # one draw for the whole batch
+    examples = index[0, :-1:2] // 2
+    assert index[0, -1] == 22 and (index[0, 1::2] == index[0, :-1:2] + 1).all()  # (x, y) pairs, the query last
+    draws = {
+        tuple((model.context_selection.kept_tokens(prompts(batch=4, seed=s)[0], 2)[0][0, :-1:2] // 2).tolist())
+        for s in range(6)
+    }
+    assert len(draws) > 1 and any(list(d) != sorted(d) for d in draws)  # a new draw per batch, order shuffled
+    expected = plain(tokens[:, index[0]], 2)  # [2, B, 5]
+    torch.testing.assert_close(model(tokens, 2)[:, :, torch.cat([examples, torch.tensor([11])])], expected)
+    predicted = model.predicted_points(tokens, 2)
+    assert predicted[:, :, examples].all() and predicted[:, :, -1].all() and int(predicted[0, 0].sum()) == 5
+
+
+@pytest.mark.parametrize("cut_at", [1, 2])
+def test_study_random_cut_leaks_own_labels_only_after_loop_one(cut_at):
+    """Shuffled, a kept point runs after examples that came later in the prompt. Cut before loop 1,
+    its own label stays after it. Cut after loop 1, those later tokens' loop-1 states have read
+    its label, and its prediction moves with it (the query's never can: it has no label)."""
+    model = build_model(
+        ModelConfig(
+            **SMALL,
+            pe="learned",
+            context_keep="random_batch",
+            context_n=5,
+            context_cut_at=cut_at,
+            context_compute="drop",
+        ),
+        seed=17,
+    ).eval()
+    tokens, _ = prompts()
+    before = model(tokens, 3)
+    predicted = model.predicted_points(tokens, 3)
+    moved = []
+    for point in range(11):
+        changed = tokens.clone()
+        changed[1:, 2 * point + 1] += 3.0  # y_point of every prompt but the first (whose x_1 seeds the draw)
+        shift = (model(changed, 3)[:, 1:, point] - before[:, 1:, point]).abs()[predicted[:, 1:, point]]
+        moved.append(float(shift.max()) if shift.numel() else 0.0)
+    if cut_at == 1:
+        assert max(moved) <= 1e-6
+    else:
+        assert max(moved) > 1e-5
+
+
 def test_prediction_errors_skip_unpredicted_points():
     model = build_model(ModelConfig(**SMALL, context_keep="first", context_n=4), seed=7)
     tokens, ys = prompts(batch=5)
@@ -167,6 +295,18 @@ def test_prediction_errors_skip_unpredicted_points():
         (dict(context_n=4), "ModelConfig.context_n and context_shrink need context_keep in"),
         (dict(context_keep="first", context_n=4, context_cut_at=0), "ModelConfig.context_cut_at=0 must be"),
         (dict(context_keep="first", context_n=4, context_shrink=-1), "ModelConfig.context_shrink=-1 must be"),
+        (dict(context_compute="skip"), "ModelConfig.context_compute='skip' is not allowed; choose one of"),
+        (dict(context_compute="drop"), "ModelConfig.context_compute='drop' has no effect with context_keep='all'"),
+        (dict(context_keep="random_batch", context_n=4), "context_keep='random_batch' shuffles the kept examples"),
+        (dict(pe_at="stack"), "ModelConfig.pe_at='stack' is not allowed; choose one of"),
+        (dict(pe_at="loop"), "ModelConfig.pe_at='loop' has no effect with pe='none'"),
+        (dict(pe="learned", pe_std=0.0), "ModelConfig.pe_std=0.0 must be a finite number > 0"),
+        (dict(pe="sinusoidal", pe_std=0.02), "ModelConfig.pe_std=0.02 has no effect with pe='sinusoidal'"),
+        (
+            dict(pe="learned", init="gpt2", pe_std=0.02),
+            "ModelConfig.pe_std=0.02 has no effect with pe='learned', init='gpt2'",
+        ),
+        (dict(final_norm="yes"), "ModelConfig.final_norm='yes' must be None (the block's own), True or False"),
     ],
 )
 def test_variant_config_errors(overrides, message):
@@ -177,7 +317,18 @@ def test_variant_config_errors(overrides, message):
 def test_records_written_before_new_fields_still_match_their_spec():
     spec = RunSpec("r", ModelConfig(**SMALL), LinearRegression(4).to_dict(), TrainConfig(steps=2), Level2Config())
     stored = spec.to_dict()
-    for new_field in ("ema_alpha", "context_keep", "context_n", "context_cut_at", "context_shrink", "state_keep"):
+    for new_field in (
+        "ema_alpha",
+        "context_keep",
+        "context_n",
+        "context_cut_at",
+        "context_shrink",
+        "state_keep",
+        "context_compute",
+        "pe_at",
+        "pe_std",
+        "final_norm",
+    ):
         del stored["model"][new_field]
     assert RunSpec.from_dict(stored).to_dict() == spec.to_dict()
 
