@@ -421,15 +421,43 @@ class StateSelection:
     whole). "last_shifted" moves those n states to positions 0..n-1 and zeroes the rest (the
     Murawiecki study). Shifting hands position i the state of the later position S - n + i, which
     has seen the tokens after i, including the label y of an x at i: the shifted variant is not causal.
+
+    With state_compute "carried", the loops after the first run on the n carried tokens alone
+    (`running_tokens`, through `on_tokens`): the others are neither computed nor attended to, and
+    only the x positions among the carried tokens are predicted (`predicted`).
     """
 
     def __init__(self, config: ModelConfig) -> None:
         self.keep = config.state_keep
         self.fraction = config.state_fraction
+        self.compute = config.state_compute
+
+    def carried_count(self, seq: int) -> int:
+        """How many of the S tokens carry their state into the next loop."""
+        return seq if self.keep == "all" else min(seq, round(self.fraction * seq))
+
+    def running_tokens(self, tokens: torch.Tensor, b: int) -> list[torch.Tensor | None]:
+        """Per loop: None (every token runs) or long [B, n], the carried tokens that run
+        (state_compute "carried": every loop after the first)."""
+        if self.compute == "all":
+            return [None] * b
+        batch, seq = tokens.shape[:2]
+        n = self.carried_count(seq)
+        last = torch.arange(seq - n, seq, device=tokens.device).expand(batch, n)  # [B, n]
+        return [None] + [last] * (b - 1)
+
+    def predicted(self, tokens: torch.Tensor, b: int) -> list[torch.Tensor | None]:
+        """Per loop: None (every point predicted) or bool [B, P], the x positions that ran."""
+        if self.compute == "all":
+            return [None] * b
+        batch, seq = tokens.shape[:2]
+        first_carried = seq - self.carried_count(seq)
+        points = torch.arange(0, seq, 2, device=tokens.device) >= first_carried  # [P]: x at token 2i
+        return [None] + [points.expand(batch, -1)] * (b - 1)
 
     def carried(self, state: torch.Tensor) -> torch.Tensor:  # [B, S, h] -> [B, S, h]
         seq = state.shape[1]
-        n = round(self.fraction * seq)
+        n = self.carried_count(seq)
         if self.keep == "all" or n >= seq:
             return state
         last = state[:, seq - n :]  # [B, n, h]

@@ -136,6 +136,11 @@ def check_ensemble(model_config: ModelConfig, configs: list[TrainConfig]) -> Non
             f"ModelConfig.context_keep={model_config.context_keep!r} cannot train as an ensemble (its draw is a "
             "checksum on the CPU); use another backend"
         )
+    if model_config.state_compute != "all":
+        raise ValueError(
+            f"ModelConfig.state_compute={model_config.state_compute!r} is not supported by the ensemble (untested "
+            "under vmap); use another backend"
+        )
     if model_config.context_compute == "drop":
         raise ValueError(
             "ModelConfig.context_compute='drop' cannot train as an ensemble (the kept tokens are selected by a "

@@ -68,6 +68,7 @@ __all__ = [
     "CONTEXT_COMPUTE_CHOICES",
     "PE_AT_CHOICES",
     "STATE_KEEP_CHOICES",
+    "STATE_COMPUTE_CHOICES",
     "INIT_CHOICES",
     "RENAMED_VALUES",
     "current_names",
@@ -104,6 +105,7 @@ CONTEXT_KEEP_CHOICES = ("all", "first", "last", "random", "random_batch")
 CONTEXT_COMPUTE_CHOICES = ("mask", "drop")
 PE_AT_CHOICES = ("prompt", "loop")
 STATE_KEEP_CHOICES = ("all", "last_in_place", "last_shifted")
+STATE_COMPUTE_CHOICES = ("all", "carried")
 INIT_CHOICES = ("torch", "gpt2")
 GPT2_INIT_STD = 0.02
 
@@ -175,6 +177,11 @@ class ModelConfig:
                `StateSelection`): "all", or the last round(state_fraction * S) tokens, kept
                "last_in_place" (the Aleksandr study; the rest zeroed) or "last_shifted" to the
                front (the Murawiecki study). state_fraction 0 carries nothing: every loop sees only e.
+    state_compute: "all": every token runs every loop (the tokens not carried restart from 0 + e
+               and stay keys for the others); "carried": loops after the first run the stack on the
+               carried tokens only (`components.on_tokens`), which is the compute the carried state
+               was meant to save, and predict only there. Needs state_keep "last_in_place" with
+               state_fraction > 0 and context_keep "all".
     init:      the initial weights. "torch": PyTorch's defaults (linear weights U(+-1/sqrt(fan_in)),
                std 1/sqrt(3 fan_in), about 0.10 at width 32; a learned PE table N(0, 1)).
                "gpt2": GPT-2's, as the paper's code gets them from Hugging Face's GPT2Model:
@@ -208,6 +215,7 @@ class ModelConfig:
     context_compute: str = "mask"
     state_keep: str = "all"
     state_fraction: float = 1.0
+    state_compute: str = "all"
     init: str = "torch"
     pe_at: str = "prompt"
     pe_std: float = 1.0
@@ -316,6 +324,14 @@ class ModelConfig:
             self.state_keep != "all" or self.state_fraction == 1,
             f"ModelConfig.state_fraction={self.state_fraction!r} must be 1 when state_keep='all'",
         )
+        require_choice("ModelConfig.state_compute", self.state_compute, STATE_COMPUTE_CHOICES)
+        require(
+            self.state_compute == "all"
+            or (self.state_keep == "last_in_place" and self.state_fraction > 0 and self.context_keep == "all"),
+            f"ModelConfig.state_compute={self.state_compute!r} runs later loops on the carried tokens only; it needs "
+            f"state_keep='last_in_place' with state_fraction > 0 and context_keep='all' (got state_keep="
+            f"{self.state_keep!r}, state_fraction={self.state_fraction!r}, context_keep={self.context_keep!r})",
+        )
 
     def check_prompt(self, n_points: int) -> None:
         """Raise `ValueError` if a prompt of `n_points` points (2P-1 tokens) does not fit."""
@@ -419,6 +435,7 @@ class BaseLoopedTransformer(nn.Module):
         drop = self.config.context_compute == "drop"
         # per loop: None (every token) or, when dropping, the token indices to run [B, S'], else the kept points
         kept = (self.context_selection.kept_tokens if drop else self.context_selection.kept_points)(tokens, b)
+        carried = self.state_selection.running_tokens(tokens, b)  # per loop: None or the carried tokens [B, n]
         state = self.injection.initial_state(e)  # [B, S, h]
         for loop in range(b):
             stack = self.stack_for(loop)
@@ -427,7 +444,7 @@ class BaseLoopedTransformer(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and loop >= first_with_grad):
                 if loop > 0:  # the initial state is not carried from a loop, so it is left whole
                     state = self.state_selection.carried(state)  # [B, S, h]
-                index = kept[loop] if drop else None
+                index = carried[loop] if carried[loop] is not None else kept[loop] if drop else None
                 state = on_tokens(index, self._loop_step(stack), state, e, positions)  # [B, S, h]
             yield state
 
@@ -453,6 +470,8 @@ class BaseLoopedTransformer(nn.Module):
         loop does not predict (its example was dropped from the context). Losses and metrics
         average over the True entries only."""
         kept = self.context_selection.kept_points(tokens, b)
+        if all(mask is None for mask in kept):
+            kept = self.state_selection.predicted(tokens, b)
         if all(mask is None for mask in kept):
             return None
         everything = torch.ones(tokens.shape[0], (tokens.shape[1] + 1) // 2, dtype=torch.bool, device=tokens.device)

@@ -8,7 +8,7 @@ the stacked predictions. The bottom half lists every choice of the variant field
 
 Nothing here names a choice: the lists come from the code's choice tuples (`INJECTION_CHOICES`,
 `BLOCK_CHOICES`, `MIXER_CHOICES`, `PE_CHOICES`, `PE_AT_CHOICES`, `CONTEXT_KEEP_CHOICES`,
-`CONTEXT_COMPUTE_CHOICES`, `STATE_KEEP_CHOICES`), the
+`CONTEXT_COMPUTE_CHOICES`, `STATE_KEEP_CHOICES`, `STATE_COMPUTE_CHOICES`), the
 defaults from `ModelConfig`, each choice's description from the docstring of the class that a
 model built with it uses, and each injection's initial state s_0 from running its
 `initial_state`. So the drawing follows the code; `tests/test_architecture.py` fails until the
@@ -49,6 +49,7 @@ from transformer import (
     MIXER_CHOICES,
     PE_AT_CHOICES,
     PE_CHOICES,
+    STATE_COMPUTE_CHOICES,
     STATE_KEEP_CHOICES,
     BaseLoopedTransformer,
     ModelConfig,
@@ -303,7 +304,9 @@ def draw_flow(ax: Axes) -> None:
             ("embedding:  Linear(d → h)", 11, "bold"),
             ("+ positional encoding; pe:", 8.5, "normal"),
             *wrapped_lines(listing(PE_CHOICES, "pe"), 34, 8.5),
-            *wrapped_lines("added (pe_at): " + listing(PE_AT_CHOICES, "pe_at") + " (the stack's input, every loop)", 34, 8.5),
+            *wrapped_lines(
+                f"added (pe_at): {listing(PE_AT_CHOICES, 'pe_at')} (the stack's input, every loop)", 34, 8.5
+            ),
         ],
     )
     draw_legend(ax, 112, 80)
@@ -385,7 +388,9 @@ def draw_flow(ax: Axes) -> None:
         [
             ("attention sees  (context_keep):", 8.5, "bold"),
             *wrapped_lines(listing(CONTEXT_KEEP_CHOICES, "context_keep"), 34, 8.5),
-            *wrapped_lines("the rest (context_compute): " + listing(CONTEXT_COMPUTE_CHOICES, "context_compute"), 34, 8.5),
+            *wrapped_lines(
+                f"the rest (context_compute): {listing(CONTEXT_COMPUTE_CHOICES, 'context_compute')}", 34, 8.5
+            ),
         ],
         color=COLOURS["note"],
     )
@@ -398,7 +403,8 @@ def draw_flow(ax: Axes) -> None:
         63, 7.6, r"$s_j$ is the next loop's state   (j = 1, …, b)", fontsize=10, color=loop, ha="center", va="center"
     )
     ax.text(
-        63, 4.4, "carried (state_keep): " + listing(STATE_KEEP_CHOICES, "state_keep"), fontsize=8.5, color=loop,
+        63, 4.4, f"carried (state_keep): {listing(STATE_KEEP_CHOICES, 'state_keep')};  runs (state_compute): "
+        f"{listing(STATE_COMPUTE_CHOICES, 'state_compute')}", fontsize=8.5, color=loop,
         ha="center", va="center",
     )  # fmt: skip
 

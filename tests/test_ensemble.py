@@ -132,6 +132,11 @@ def test_a_diverging_member_stops_and_the_others_go_on(monkeypatch):
             "ModelConfig.context_keep='random' cannot train as an ensemble",
         ),
         (
+            dataclasses.replace(MODEL, state_keep="last_in_place", state_fraction=0.5, state_compute="carried"),
+            [BASE],
+            "ModelConfig.state_compute='carried' is not supported by the ensemble",
+        ),
+        (
             dataclasses.replace(MODEL, context_keep="first", context_n=2, context_compute="drop"),
             [BASE],
             "ModelConfig.context_compute='drop' cannot train as an ensemble",

@@ -59,6 +59,7 @@ def all_variants():
         yield ModelConfig(**SMALL, pe="learned", pe_std=0.02, block=block, final_norm=block == "laptev")
     for fraction in (0.0, 0.3, 1.0):
         yield ModelConfig(**SMALL, pe="learned", state_keep="last_in_place", state_fraction=fraction)
+    yield ModelConfig(**SMALL, pe="learned", state_keep="last_in_place", state_fraction=0.3, state_compute="carried")
     for injection in ("add", "each_layer", "ema"):
         yield ModelConfig(**SMALL, pe="learned", injection=injection, mixer="ssm", ssm_state=4)
     for block in BLOCK_CHOICES:
@@ -72,7 +73,7 @@ def variant_id(config):
     if config.loop_stacks > 1:
         name += f"-stacks{config.loop_stacks}"
     if config.state_keep != "all":
-        name += f"-{config.state_keep}{config.state_fraction}"
+        name += f"-{config.state_keep}{config.state_fraction}-{config.state_compute}"
     if config.context_keep != "all":
         name += f"-{config.context_keep}{config.context_n}-cut{config.context_cut_at}-shrink{config.context_shrink}"
         name += f"-{config.context_compute}"

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from runner import Level2Config, RunSpec
 from tasks import LinearRegression
@@ -307,6 +308,13 @@ def test_prediction_errors_skip_unpredicted_points():
             "ModelConfig.pe_std=0.02 has no effect with pe='learned', init='gpt2'",
         ),
         (dict(final_norm="yes"), "ModelConfig.final_norm='yes' must be None (the block's own), True or False"),
+        (dict(state_compute="carried"), "ModelConfig.state_compute='carried' runs later loops on the carried tokens"),
+        (
+            dict(state_keep="last_shifted", state_fraction=0.5, state_compute="carried"),
+            "needs state_keep='last_in_place'",
+        ),
+        (dict(state_keep="last_in_place", state_fraction=0.0, state_compute="carried"), "with state_fraction > 0"),
+        (dict(state_compute="some"), "ModelConfig.state_compute='some' is not allowed; choose one of"),
     ],
 )
 def test_variant_config_errors(overrides, message):
@@ -376,6 +384,33 @@ def test_random_truncation_trains_deterministically_and_resumes_exactly(tmp_path
 
 
 # ----------------------------------------------------------------------------- state selection
+
+
+def test_running_only_the_carried_tokens_is_the_loop_on_the_last_n_tokens():
+    """state_compute="carried": loop 1 runs every token; later loops run stack(s + e) on the last n
+    tokens alone (their carried state, their part of the prompt) and predict only there."""
+    config = ModelConfig(**SMALL, pe="learned", state_keep="last_in_place", state_fraction=0.4, state_compute="carried")
+    model = build_model(config, seed=18).eval()
+    tokens, _ = prompts()
+    n = round(0.4 * 23)  # 9 tokens: x_8, y_8, ..., the query
+    e = model.embed_prompt(tokens)
+    state = model.stack(e)  # loop 1, s_0 = 0
+    expected = [model.read_out(state)]
+    tail = state[:, -n:]
+    for _ in range(2):
+        tail = model.stack(tail + e[:, -n:])
+        expected.append(F.linear(tail[:, 0::2], model.readout.weight[0], model.readout.bias[0]))  # x positions
+    preds = model(tokens, 3)
+    torch.testing.assert_close(preds[0], expected[0])
+    for loop in (1, 2):
+        torch.testing.assert_close(preds[loop, :, -5:], expected[loop])
+    predicted = model.predicted_points(tokens, 3)
+    assert predicted[0].all() and predicted[1:, :, -5:].all() and not predicted[1:, :, :-5].any()
+    seen = []
+    handle = model.stack.layers[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
+    model(tokens, 3)
+    handle.remove()
+    assert seen == [23, n, n]  # the tokens not carried cost nothing after loop 1
 
 
 @pytest.mark.parametrize("keep", ["last_in_place", "last_shifted"])
