@@ -1,9 +1,15 @@
-"""Classical in-context estimators, the baselines a looped model is compared against.
+"""Classical in-context estimators, the baselines a looped model is compared against, and the
+iterative algorithms a loop may be running.
 
 Owns every estimator and `baseline_position_errors`. Each estimator takes xs [B, P, d] and
 ys [B, P] and returns predictions [B, P]; the prediction at position i uses only
 (xs[:, :i], ys[:, :i]) and xs[:, i], exactly like the model. Position 0 predicts 0. They work
 in float64 so that least squares is exact to rounding once i >= d.
+
+The iterative algorithms (`gd_iterates`, `newton_iterates`, `ridge_path`, named in
+`ALGORITHMS`) take one context, X [B, n, d] and y [B, n], and return the weight vector of
+every step, [steps + 1, B, d], from w_0 = 0: the iterates a looped model's implied weights
+(`evaluation.implied_weights`) are compared with, loop by loop.
 """
 
 from __future__ import annotations
@@ -293,6 +299,82 @@ def greedy_tree(xs: torch.Tensor, ys: torch.Tensor, depth: int = 4) -> torch.Ten
         preds = torch.where(has_examples, child_mean, preds)
         count = torch.where(split, child_count, count)
     return preds.transpose(0, 1).contiguous().to(ys.dtype)  # [B, P]
+
+
+def _context(xs: torch.Tensor, ys: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """X [B, n, d] and y [B, n] in float64, checked."""
+    if xs.dim() != 3 or ys.shape != xs.shape[:2]:
+        raise ValueError(f"{name}: xs must be [B, n, d] and ys [B, n], got {tuple(xs.shape)} and {tuple(ys.shape)}")
+    return xs.double(), ys.double()
+
+
+def gd_iterates(
+    xs: torch.Tensor, ys: torch.Tensor, steps: int, lr: float, preconditioner: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Gradient descent on L(w) = |X w - y|^2 / (2 n) from w_0 = 0: w_{k+1} = w_k - lr P grad L(w_k).
+
+    preconditioner: None (P = I, plain gradient descent) or a [d, d] matrix shared by every
+    prompt, e.g. the inverse of the inputs' population covariance (preconditioned gradient
+    descent, the algorithm Ahn et al. 2023 found in trained linear transformers). Returns the
+    iterates [steps + 1, B, d]."""
+    X, y = _context(xs, ys, "gd_iterates")
+    require_int("gd_iterates steps", steps, minimum=0)
+    require_real("gd_iterates lr", lr, minimum=0, strict=True)
+    n = X.shape[1]
+    P = torch.eye(X.shape[-1], dtype=X.dtype) if preconditioner is None else preconditioner.to(X.dtype)
+    gram = X.transpose(1, 2) @ X / n  # [B, d, d]
+    corr = (X.transpose(1, 2) @ y.unsqueeze(-1)).squeeze(-1) / n  # [B, d]
+    w = torch.zeros_like(corr)  # [B, d]
+    iterates = [w]
+    for _ in range(steps):
+        grad = (gram @ w.unsqueeze(-1)).squeeze(-1) - corr  # [B, d]
+        w = w - lr * grad @ P.T  # [B, d]
+        iterates.append(w)
+    return torch.stack(iterates)  # [steps + 1, B, d]
+
+
+def newton_iterates(xs: torch.Tensor, ys: torch.Tensor, steps: int) -> torch.Tensor:
+    """Iterative Newton (Newton-Schulz) for the least-squares solution, as Fu et al. 2023 compare
+    transformers with: M_0 = X^T X / |X^T X|_2^2, M_{k+1} = 2 M_k - M_k (X^T X) M_k, w_k = M_k X^T y.
+    M_k converges to (X^T X)^+ quadratically once close; w_0 is set to 0 (the other algorithms'
+    start) and w_1 = M_0 X^T y. Returns the iterates [steps + 1, B, d]."""
+    X, y = _context(xs, ys, "newton_iterates")
+    require_int("newton_iterates steps", steps, minimum=0)
+    gram = X.transpose(1, 2) @ X  # [B, d, d]
+    corr = X.transpose(1, 2) @ y.unsqueeze(-1)  # [B, d, 1]
+    scale = torch.linalg.matrix_norm(gram, ord=2).clamp_min(1e-300)  # [B]: the largest eigenvalue
+    M = gram / scale.square()[:, None, None]  # [B, d, d]
+    iterates = [torch.zeros_like(corr.squeeze(-1))]
+    for step in range(steps):
+        if step > 0:
+            M = 2 * M - M @ gram @ M  # [B, d, d]
+        iterates.append((M @ corr).squeeze(-1))  # [B, d]
+    return torch.stack(iterates)  # [steps + 1, B, d]
+
+
+def ridge_path(xs: torch.Tensor, ys: torch.Tensor, lambdas: list[float]) -> torch.Tensor:
+    """Ridge with a decreasing regularisation: w(lambda) = (X^T X / n + lambda I)^-1 X^T y / n for each
+    lambda, after w_0 = 0 (lambda = infinity). Returns [len(lambdas) + 1, B, d]."""
+    X, y = _context(xs, ys, "ridge_path")
+    for value in lambdas:
+        require_real("ridge_path lambda", value, minimum=0)
+    n, d = X.shape[1], X.shape[2]
+    gram = X.transpose(1, 2) @ X / n  # [B, d, d]
+    corr = X.transpose(1, 2) @ y.unsqueeze(-1) / n  # [B, d, 1]
+    eye = torch.eye(d, dtype=X.dtype)
+    iterates = [torch.zeros_like(corr.squeeze(-1))]
+    for value in lambdas:
+        iterates.append(torch.linalg.lstsq(gram + value * eye, corr).solution.squeeze(-1))  # [B, d]
+    return torch.stack(iterates)  # [len + 1, B, d]
+
+
+# name -> (function, what its one hyperparameter is): the candidates of the "which algorithm" probe.
+ALGORITHMS = {
+    "gradient descent": (gd_iterates, "constant step size"),
+    "preconditioned gradient descent": (gd_iterates, "step size, with the inputs' inverse population covariance"),
+    "iterative Newton": (newton_iterates, "none"),
+    "ridge path": (ridge_path, "lambda_k = lambda_0 * ratio^k"),
+}
 
 
 BASELINES = {

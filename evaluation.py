@@ -3,7 +3,8 @@
 Owns `prediction_errors`, `evaluate` (level 1: the held-out query error at loop count b),
 `extrapolate` and `validate` (level 2: the reference study's protocol, plus loop counts beyond
 training), `label_sensitivity` (does a prediction see its own answer?), `state_updates` (does
-the loop reach a fixed point?), `prompt_errors` and `bootstrap_band` (a mean over prompts with
+the loop reach a fixed point?), `implied_weights` (the linear predictor each loop implements on
+a fixed context), `prompt_errors` and `bootstrap_band` (a mean over prompts with
 a bootstrap 5 to 95% band), and the fixed prompt sets they score (`heldout_prompts`,
 `ood_prompts`).
 
@@ -24,7 +25,7 @@ import torch
 
 from checks import is_int, require, require_int
 from seeding import make_generator
-from tasks import OOD_KINDS, sample_ood
+from tasks import OOD_KINDS, build_prompt, sample_ood
 from transformer import check_loops
 
 
@@ -112,6 +113,56 @@ def label_sensitivity(model: torch.nn.Module, tokens: torch.Tensor, b: int, lag:
             shifted[:, 2 * (i + lag) + 1, 0] += 1.0  # the y token of point i + lag (its value sits in channel 0)
             changes.append((model(shifted, b)[-1, :, i] - base[:, i]).abs().mean())
     return torch.stack(changes).cpu()
+
+
+@torch.no_grad()
+def implied_weights(
+    model: torch.nn.Module,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    b: int,
+    queries: torch.Tensor,
+    chunk: int = 4096,
+) -> dict[str, torch.Tensor]:
+    """The linear predictor each loop implements on a fixed context: a least-squares fit of the
+    query's prediction as a function of the query.
+
+    xs [B, n, d], ys [B, n]: the contexts; queries [K, d]: the query points, shared by every
+    context (e.g. K >= 4 d draws from the task's x distribution). Under the causal mask the
+    query's prediction at loop j depends on the context and the query alone, so for every
+    context and loop it is fitted as w_j . x_q + c_j over the K queries. Returns float64 tensors:
+    "weights" [b, B, d], "intercept" [b, B] and "r2" [b, B] (the fit's R^2, the linearity check:
+    1 where the loop's predictor is exactly linear in the query)."""
+    check_loops(b)
+    require(
+        xs.dim() == 3 and ys.shape == xs.shape[:2],
+        f"xs must be [B, n, d] and ys [B, n], got {tuple(xs.shape)}, {tuple(ys.shape)}",
+    )
+    require(
+        queries.dim() == 2 and queries.shape[1] == xs.shape[2],
+        f"queries must be [K, d={xs.shape[2]}], got {tuple(queries.shape)}",
+    )
+    require(queries.shape[0] > queries.shape[1] + 1, f"queries: K={queries.shape[0]} must exceed d + 1 to fit w and c")
+    require_int("implied_weights chunk", chunk)
+
+    batch, n, d = xs.shape
+    k = queries.shape[0]
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        preds = []
+        for row in range(batch):
+            point_xs = torch.cat([xs[row].expand(k, n, d), queries[:, None]], 1)  # [K, n + 1, d]
+            point_ys = torch.cat([ys[row].expand(k, n), torch.zeros(k, 1, dtype=ys.dtype)], 1)  # [K, n + 1]
+            tokens = build_prompt(point_xs, point_ys).to(device)  # [K, 2n + 1, d]: the query's label is never shown
+            out = torch.cat([model(part, b)[:, :, -1] for part in tokens.split(chunk)], 1)  # [b, K]
+            preds.append(out.double().cpu())
+    predictions = torch.stack(preds, 1)  # [b, B, K]
+    design = torch.cat([queries.double(), torch.ones(k, 1, dtype=torch.float64)], 1)  # [K, d + 1]
+    solution = torch.linalg.lstsq(design, predictions.reshape(-1, k).T).solution.T.reshape(b, batch, d + 1)
+    fitted = solution @ design.T  # [b, B, K]
+    residual = (predictions - fitted).square().sum(-1)  # [b, B]
+    total = (predictions - predictions.mean(-1, keepdim=True)).square().sum(-1).clamp_min(1e-300)  # [b, B]
+    return {"weights": solution[..., :d], "intercept": solution[..., d], "r2": 1 - residual / total}
 
 
 @torch.no_grad()

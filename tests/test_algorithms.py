@@ -1,0 +1,139 @@
+"""The iterative algorithms a loop may run (baselines.ALGORITHMS) and the implied-weight probe
+(evaluation.implied_weights): each algorithm reaches least squares, the probe recovers a
+predictor that is linear in the query exactly."""
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from baselines import ALGORITHMS, gd_iterates, newton_iterates, ridge_path
+from tasks import LinearRegression
+from transformer import ModelConfig
+from utils import build_model, implied_weights, make_generator
+
+
+def context(batch=5, n=12, d=4, seed=0, scales=None):
+    gen = torch.Generator().manual_seed(seed)
+    xs = torch.randn(batch, n, d, generator=gen, dtype=torch.float64)  # [B, n, d]
+    if scales is not None:
+        xs = xs * torch.tensor(scales, dtype=torch.float64)
+    w = torch.randn(batch, d, generator=gen, dtype=torch.float64)
+    return xs, (xs @ w.unsqueeze(-1)).squeeze(-1), w  # [B, n, d], [B, n], [B, d]
+
+
+def least_squares_weights(xs, ys):
+    return (torch.linalg.pinv(xs) @ ys.unsqueeze(-1)).squeeze(-1)  # [B, d]
+
+
+def test_every_algorithm_is_named():
+    assert set(ALGORITHMS) == {"gradient descent", "preconditioned gradient descent", "iterative Newton", "ridge path"}
+
+
+def test_gradient_descent_reaches_least_squares():
+    xs, ys, w = context()
+    largest = torch.linalg.eigvalsh(xs.transpose(1, 2) @ xs / xs.shape[1])[:, -1].max()
+    iterates = gd_iterates(xs, ys, steps=3000, lr=float(1 / largest))
+    assert iterates.shape == (3001, 5, 4) and iterates[0].abs().max() == 0
+    torch.testing.assert_close(iterates[-1], w, rtol=0, atol=1e-8)
+    errors = (iterates - w).norm(dim=-1).mean(-1)  # monotone for a step below 2 / largest eigenvalue
+    assert (errors[1:] <= errors[:-1] + 1e-12).all()
+
+
+def test_gradient_descent_is_one_step_with_the_contexts_own_inverse_covariance():
+    xs, ys, w = context(batch=1)
+    gram = xs[0].T @ xs[0] / xs.shape[1]
+    torch.testing.assert_close(gd_iterates(xs, ys, 1, lr=1.0, preconditioner=torch.linalg.inv(gram))[1], w)
+
+
+def test_preconditioning_with_the_population_covariance_helps_on_skewed_inputs():
+    scales = [3.0, 1.0, 0.5, 0.2]
+    xs, ys, w = context(n=40, scales=scales, seed=3)
+    covariance_inverse = torch.diag(1 / torch.tensor(scales, dtype=torch.float64) ** 2)
+    plain = gd_iterates(xs, ys, 20, lr=1 / 9.5)
+    preconditioned = gd_iterates(xs, ys, 20, lr=0.9, preconditioner=covariance_inverse)
+    assert (preconditioned[-1] - w).norm() < 0.1 * (plain[-1] - w).norm()
+
+
+@pytest.mark.parametrize("n", [12, 3])
+def test_iterative_newton_reaches_the_minimum_norm_least_squares(n):
+    xs, ys, _ = context(n=n)
+    iterates = newton_iterates(xs, ys, 40)
+    assert iterates[0].abs().max() == 0
+    torch.testing.assert_close(iterates[-1], least_squares_weights(xs, ys), rtol=0, atol=1e-8)
+
+
+def test_ridge_path_goes_from_zero_to_least_squares():
+    xs, ys, w = context()
+    path = ridge_path(xs, ys, [1e3, 1.0, 1e-12])
+    assert path[0].abs().max() == 0 and path[1].norm() < 0.05 * w.norm()
+    torch.testing.assert_close(path[-1], w, rtol=0, atol=1e-8)
+    gram = xs.transpose(1, 2) @ xs / 12
+    closed = torch.linalg.solve(gram + torch.eye(4, dtype=torch.float64), xs.transpose(1, 2) @ ys.unsqueeze(-1) / 12)
+    torch.testing.assert_close(path[2], closed.squeeze(-1))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda xs, ys: gd_iterates(xs, ys, 3, lr=0.0), "gd_iterates lr=0.0 must be a finite number > 0"),
+        (lambda xs, ys: gd_iterates(xs, ys, -1, lr=0.1), "gd_iterates steps=-1 must be an integer >= 0"),
+        (lambda xs, ys: newton_iterates(xs[0], ys, 3), "newton_iterates: xs must be [B, n, d] and ys [B, n]"),
+        (lambda xs, ys: ridge_path(xs, ys, [-1.0]), "ridge_path lambda=-1.0 must be a finite number >= 0"),
+    ],
+)
+def test_algorithm_errors(call, message):
+    xs, ys, _ = context()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call(xs, ys)
+
+
+class LeastSquaresReader(nn.Module):
+    """A stand-in model whose query prediction at loop j is x_q . w_ls + j: linear in the query."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))  # implied_weights reads the device from a parameter
+
+    def forward(self, tokens, b):
+        xs, ys = tokens[:, 0::2].double(), tokens[:, 1::2, 0].double()  # [K, n + 1, d], [K, n]
+        w = least_squares_weights(xs[:, :-1], ys)  # [K, d]
+        query = (xs[:, -1] * w).sum(-1)  # [K]
+        preds = torch.zeros(b, tokens.shape[0], xs.shape[1], dtype=torch.float64)
+        for loop in range(b):
+            preds[loop, :, -1] = query + loop
+        return preds
+
+
+def test_implied_weights_recover_a_linear_predictor_exactly():
+    xs, ys, w = context(batch=3)
+    queries = torch.randn(32, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    probe = implied_weights(LeastSquaresReader(), xs, ys, 2, queries)
+    assert probe["weights"].shape == (2, 3, 4) and probe["r2"].shape == (2, 3)
+    torch.testing.assert_close(probe["weights"], w.expand(2, 3, 4), rtol=0, atol=1e-8)
+    torch.testing.assert_close(
+        probe["intercept"], torch.tensor([[0.0] * 3, [1.0] * 3], dtype=torch.float64), rtol=0, atol=1e-8
+    )
+    torch.testing.assert_close(probe["r2"], torch.ones(2, 3, dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+def test_implied_weights_of_a_looped_model_use_only_the_context_and_the_query():
+    """The probe's fit reproduces the model's own query predictions where they are linear, and its
+    R^2 is at most 1; the queries' labels never enter (they are zeros in the prompt, and causal)."""
+    model = build_model(ModelConfig(n_dims=4, n_layers=1, n_heads=2, hidden_dim=16, mlp_hidden=32, context=25), 0)
+    xs, ys = LinearRegression(4).sample_xy(2, 12, make_generator(0, "train"))
+    queries = torch.randn(40, 4, generator=torch.Generator().manual_seed(2))
+    probe = implied_weights(model, xs, ys, 3, queries, chunk=7)  # chunks give the same predictions
+    assert probe["weights"].shape == (3, 2, 4) and (probe["r2"] <= 1 + 1e-12).all()
+    again = implied_weights(model, xs, ys, 3, queries)
+    torch.testing.assert_close(again["weights"], probe["weights"])
+
+
+def test_implied_weights_errors():
+    model = LeastSquaresReader()
+    xs, ys, _ = context()
+    with pytest.raises(ValueError, match=re.escape("queries must be [K, d=4], got (10, 3)")):
+        implied_weights(model, xs, ys, 1, torch.zeros(10, 3))
+    with pytest.raises(ValueError, match=re.escape("queries: K=5 must exceed d + 1 to fit w and c")):
+        implied_weights(model, xs, ys, 1, torch.zeros(5, 4))
