@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from checks import is_int, is_real, require, require_choice, require_int, require_real
 
 LOSS_CHOICES = ("mse", "mae", "huber")
 SUPERVISE_CHOICES = ("all", "last")
 LR_SCHEDULE_CHOICES = ("constant", "cosine")
+LOOPS_RANDOM_CHOICES = ("uniform", "poisson_lognormal")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,13 @@ class TrainConfig:
                       increment): training step t runs min(b, b_start + increment * (t // every))
                       loops (increment 1 when omitted), the paper's growing loop count (it adds
                       2 every 500 steps). Validation always runs b loops.
+    loops_random:     None, ("uniform", b_min): training step t runs a loop count drawn uniformly
+                      from b_min..b, or ("poisson_lognormal", mean, sigma): 1 + Poisson(exp(tau))
+                      with tau ~ N(log(mean) - sigma^2 / 2, sigma) (the Poisson part has mean
+                      `mean`), capped at b: the recurrent-depth models of Geiping et al. 2025, who
+                      pair it with a short grad_window (truncated backpropagation).
+                      The draw is a function of (seed, step) alone, so a resumed run draws the same
+                      counts. Validation always runs b loops. Not with loops_curriculum.
     points_curriculum: None or (P_start, every, increment): training step t uses
                       min(n_points, P_start + increment * (t // every)) points per prompt, the
                       paper's growing prompt length. Validation always uses n_points.
@@ -63,6 +73,7 @@ class TrainConfig:
     eval_seed: int = 4815162342 % 2**31
     checkpoint_every: int = 0
     loops_curriculum: tuple[int, int] | None = None
+    loops_random: tuple | None = None
     points_curriculum: tuple[int, int, int] | None = None
     dims_curriculum: tuple[int, int, int] | None = None
 
@@ -109,6 +120,7 @@ class TrainConfig:
             f"(b_start, every) or (b_start, every, increment) with 1 <= b_start <= b={self.b}, every >= 1 "
             "and increment >= 1",
         )
+        self._check_loops_random()
         self._check_schedule(
             "points_curriculum",
             (3,),
@@ -139,8 +151,37 @@ class TrainConfig:
         )
         object.__setattr__(self, name, tuple(value))
 
+    def _check_loops_random(self) -> None:
+        value = self.loops_random
+        if value is None:
+            return
+        form = (
+            f"None, ('uniform', b_min) with 1 <= b_min <= b={self.b}, or ('poisson_lognormal', mean, sigma) with "
+            f"1 <= mean <= b and sigma > 0"
+        )
+        ok = isinstance(value, (tuple, list)) and len(value) >= 1 and value[0] in LOOPS_RANDOM_CHOICES
+        if ok and value[0] == "uniform":
+            ok = len(value) == 2 and is_int(value[1]) and 1 <= value[1] <= self.b
+        elif ok:
+            ok = (
+                len(value) == 3 and is_real(value[1]) and 1 <= value[1] <= self.b and is_real(value[2]) and value[2] > 0
+            )
+        require(ok, f"TrainConfig.loops_random={value!r} must be {form}")
+        require(
+            self.loops_curriculum is None,
+            "TrainConfig.loops_random and loops_curriculum both set the loop count of a step; choose one",
+        )
+        object.__setattr__(self, "loops_random", tuple(value))
+
     def loops_at(self, step: int) -> int:
         """The loop count of training step `step` (0-based)."""
+        if self.loops_random is not None:
+            rng = np.random.default_rng([self.seed, step, 0x100B5])  # (seed, step) alone: resumable
+            if self.loops_random[0] == "uniform":
+                return int(rng.integers(self.loops_random[1], self.b + 1))
+            _, mean, sigma = self.loops_random
+            tau = rng.normal(math.log(mean) - sigma**2 / 2, sigma)
+            return int(min(self.b, 1 + rng.poisson(math.exp(tau))))
         if self.loops_curriculum is None:
             return self.b
         start, every, *increment = self.loops_curriculum

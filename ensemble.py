@@ -124,6 +124,11 @@ def check_ensemble(model_config: ModelConfig, configs: list[TrainConfig]) -> Non
                 f"ensemble members may differ only in {MEMBER_FIELDS}; member {index} differs from member 0 in "
                 f"{differing}"
             )
+    if configs[0].loops_random is not None:
+        raise ValueError(
+            f"TrainConfig.loops_random={configs[0].loops_random!r} draws a loop count per member and step, which one "
+            "batched step cannot run; use another backend"
+        )
     if configs[0].grad_window is not None and len({c.b for c in configs}) > 1:
         raise ValueError(
             f"TrainConfig.grad_window={configs[0].grad_window} needs one b for every ensemble member, "

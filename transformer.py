@@ -67,6 +67,7 @@ __all__ = [
     "CONTEXT_KEEP_CHOICES",
     "CONTEXT_COMPUTE_CHOICES",
     "PE_AT_CHOICES",
+    "LOOP_EMBEDDING_CHOICES",
     "STATE_KEEP_CHOICES",
     "STATE_COMPUTE_CHOICES",
     "INIT_CHOICES",
@@ -104,6 +105,7 @@ MIXER_CHOICES = ("attention", "ssm")
 CONTEXT_KEEP_CHOICES = ("all", "first", "last", "random", "random_batch")
 CONTEXT_COMPUTE_CHOICES = ("mask", "drop")
 PE_AT_CHOICES = ("prompt", "loop")
+LOOP_EMBEDDING_CHOICES = ("none", "sinusoidal")
 STATE_KEEP_CHOICES = ("all", "last_in_place", "last_shifted")
 STATE_COMPUTE_CHOICES = ("all", "carried")
 INIT_CHOICES = ("torch", "gpt2")
@@ -149,6 +151,10 @@ class ModelConfig:
                "lstm": one unidirectional LSTM layer (input = hidden = hidden_dim, zero initial
                states on every call), so n_layers of them are the Aleksandr study's
                nn.LSTM(num_layers=L).
+    loop_embedding: "none" or "sinusoidal": a loop-index (timestep) signal added to the stack's
+               input on every loop, the sinusoid of the loop's number (1, 2, ...; frequencies
+               1/10000^(2i/h)), as the Universal Transformer adds a timestep embedding (Dehghani
+               et al. 2019); a sinusoid is defined at every loop count, so it extends to any b.
     final_norm: a LayerNorm closing every call of the stack, so that the state is normalised
                every loop. None: the block's own choice (GPT-2 closes with ln_f; the Laptev layer
                and the LSTM have none); True or False force it, so that only the normalisation
@@ -220,6 +226,7 @@ class ModelConfig:
     pe_at: str = "prompt"
     pe_std: float = 1.0
     final_norm: bool | None = None
+    loop_embedding: str = "none"
 
     def __post_init__(self) -> None:
         # Old choice names first, so that they pass validation and are stored under the new ones
@@ -287,6 +294,7 @@ class ModelConfig:
             "it needs context_compute='drop'",
         )
         require_choice("ModelConfig.pe_at", self.pe_at, PE_AT_CHOICES)
+        require_choice("ModelConfig.loop_embedding", self.loop_embedding, LOOP_EMBEDDING_CHOICES)
         require(
             self.pe_at == "prompt" or self.pe != "none",
             "ModelConfig.pe_at='loop' has no effect with pe='none'; leave it 'prompt'",
@@ -431,6 +439,7 @@ class BaseLoopedTransformer(nn.Module):
             check_loops(grad_window, "grad_window")
         e = self.embed_prompt(tokens)  # [B, S, h]
         positions = self.loop_positions(e)  # None, or [B, S, h] added to the stack's input every loop
+        loop_signal = self.loop_signal(b, e)  # None, or [b, h]: loop j's timestep signal
         first_with_grad = 0 if grad_window is None else max(0, b - grad_window)
         drop = self.config.context_compute == "drop"
         # per loop: None (every token) or, when dropping, the token indices to run [B, S'], else the kept points
@@ -445,18 +454,29 @@ class BaseLoopedTransformer(nn.Module):
                 if loop > 0:  # the initial state is not carried from a loop, so it is left whole
                     state = self.state_selection.carried(state)  # [B, S, h]
                 index = carried[loop] if carried[loop] is not None else kept[loop] if drop else None
-                state = on_tokens(index, self._loop_step(stack), state, e, positions)  # [B, S, h]
+                added = positions  # what the stack's input gets this loop, besides the injected state
+                if loop_signal is not None:
+                    signal = loop_signal[loop].expand_as(e)  # [B, S, h]
+                    added = signal if added is None else added + signal
+                state = on_tokens(index, self._loop_step(stack), state, e, added)  # [B, S, h]
             yield state
 
-    def _loop_step(self, stack: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        """One loop on (state, e, positions) of the tokens that run: the injection's step, with
-        `pe_at="loop"`'s positions added to the stack's input."""
+    def loop_signal(self, b: int, e: torch.Tensor) -> torch.Tensor | None:  # -> [b, h] or None
+        """The loop-index embedding of loops 1..b (`loop_embedding`), or None."""
+        if self.config.loop_embedding == "none":
+            return None
+        table = sinusoidal_table(b + 1, self.config.hidden_dim, 10000.0)[1:]  # [b, h]: loop numbers 1..b
+        return table.to(device=e.device, dtype=e.dtype)
 
-        def step(state: torch.Tensor, e: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-            if positions is None:
+    def _loop_step(self, stack: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """One loop on (state, e, added) of the tokens that run: the injection's step, with `added`
+        (the positions of `pe_at="loop"` and the loop-index signal, or None) added to the stack's input."""
+
+        def step(state: torch.Tensor, e: torch.Tensor, added: torch.Tensor | None) -> torch.Tensor:
+            if added is None:
                 return self.injection.step(state, e, stack)  # [B, S, h]
-            with_positions = lambda x, **options: stack(x + positions, **options)
-            return self.injection.step(state, e, with_positions)  # [B, S, h]
+            with_added = lambda x, **options: stack(x + added, **options)
+            return self.injection.step(state, e, with_added)  # [B, S, h]
 
         return step
 

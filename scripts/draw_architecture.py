@@ -7,7 +7,7 @@ the stacked predictions. The bottom half lists every choice of the variant field
 `transformer.ModelConfig` (injection, block, token mixer).
 
 Nothing here names a choice: the lists come from the code's choice tuples (`INJECTION_CHOICES`,
-`BLOCK_CHOICES`, `MIXER_CHOICES`, `PE_CHOICES`, `PE_AT_CHOICES`, `CONTEXT_KEEP_CHOICES`,
+`BLOCK_CHOICES`, `MIXER_CHOICES`, `PE_CHOICES`, `PE_AT_CHOICES`, `LOOP_EMBEDDING_CHOICES`, `CONTEXT_KEEP_CHOICES`,
 `CONTEXT_COMPUTE_CHOICES`, `STATE_KEEP_CHOICES`, `STATE_COMPUTE_CHOICES`), the
 defaults from `ModelConfig`, each choice's description from the docstring of the class that a
 model built with it uses, and each injection's initial state s_0 from running its
@@ -46,6 +46,7 @@ from transformer import (
     CONTEXT_COMPUTE_CHOICES,
     CONTEXT_KEEP_CHOICES,
     INJECTION_CHOICES,
+    LOOP_EMBEDDING_CHOICES,
     MIXER_CHOICES,
     PE_AT_CHOICES,
     PE_CHOICES,
@@ -377,6 +378,7 @@ def draw_flow(ax: Axes) -> None:
             ("one per loop", 8.5, "normal"),
             ("final_norm: a LayerNorm closing", 8.5, "normal"),
             ("the stack (None*: the block's)", 8.5, "normal"),
+            ("loop_embedding: " + listing(LOOP_EMBEDDING_CHOICES, "loop_embedding"), 8.5, "normal"),
         ],
         zorder=2.5,
     )

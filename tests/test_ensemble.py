@@ -141,6 +141,11 @@ def test_a_diverging_member_stops_and_the_others_go_on(monkeypatch):
             [BASE],
             "ModelConfig.context_compute='drop' cannot train as an ensemble",
         ),
+        (
+            MODEL,
+            [dataclasses.replace(BASE, loops_random=("uniform", 1))],
+            r"TrainConfig.loops_random=\('uniform', 1\) draws a loop count per member",
+        ),
         (MODEL, [], "an ensemble needs at least one member"),
     ],
 )

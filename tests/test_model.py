@@ -57,6 +57,7 @@ def all_variants():
         yield ModelConfig(**SMALL, pe="learned", injection=injection, pe_at="loop")
     for block in ("laptev", "gpt2"):
         yield ModelConfig(**SMALL, pe="learned", pe_std=0.02, block=block, final_norm=block == "laptev")
+    yield ModelConfig(**SMALL, pe="learned", loop_embedding="sinusoidal", final_norm=True)
     for fraction in (0.0, 0.3, 1.0):
         yield ModelConfig(**SMALL, pe="learned", state_keep="last_in_place", state_fraction=fraction)
     yield ModelConfig(**SMALL, pe="learned", state_keep="last_in_place", state_fraction=0.3, state_compute="carried")
@@ -79,6 +80,8 @@ def variant_id(config):
         name += f"-{config.context_compute}"
     if config.pe_at != "prompt":
         name += f"-pe_at_{config.pe_at}"
+    if config.loop_embedding != "none":
+        name += f"-loop_embedding_{config.loop_embedding}"
     if config.pe_std != 1.0 or config.final_norm is not None:
         name += f"-pe_std{config.pe_std}-final_norm{config.final_norm}"
     return name

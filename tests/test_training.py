@@ -1,6 +1,7 @@
 """Training and validation: determinism, resume, divergence, logging, saving and errors."""
 
 import dataclasses
+import math
 import subprocess
 import sys
 
@@ -258,6 +259,13 @@ def test_svg_bytes_are_deterministic(tmp_path):
             r"TrainConfig.loops_curriculum=\(4, 10\) must be None or \(b_start, every\)",
         ),
         (dict(loops_curriculum=(1, 0)), r"TrainConfig.loops_curriculum=\(1, 0\) must be None"),
+        (dict(loops_random=("gaussian", 2)), r"TrainConfig.loops_random=\('gaussian', 2\) must be None, \('uniform'"),
+        (dict(b=3, loops_random=("uniform", 4)), r"TrainConfig.loops_random=\('uniform', 4\) must be None"),
+        (dict(loops_random=("poisson_lognormal", 2, 0.0)), r"loops_random=\('poisson_lognormal', 2, 0.0\) must be"),
+        (
+            dict(b=4, loops_random=("uniform", 1), loops_curriculum=(1, 3)),
+            "TrainConfig.loops_random and loops_curriculum both set the loop count of a step; choose one",
+        ),
         (
             dict(loops_curriculum=(1, 2, 0)),
             r"TrainConfig.loops_curriculum=\(1, 2, 0\) must be None or .* increment >= 1",
@@ -301,6 +309,31 @@ def test_loops_curriculum_schedule_and_training():
     assert held_at_one.loss == plain_one.loss
     _, growing = run(config(b=3, loops_curriculum=(1, 4)))
     assert growing.loss[:4] == plain_one.loss[:4] and growing.loss[4:] != plain_one.loss[4:]
+
+
+def test_random_loop_counts_are_drawn_per_step_and_repeat_with_the_seed():
+    uniform = config(b=6, loops_random=("uniform", 2))
+    counts = [uniform.loops_at(t) for t in range(400)]
+    assert set(counts) == {2, 3, 4, 5, 6} and counts == [uniform.loops_at(t) for t in range(400)]
+    assert counts != [config(b=6, loops_random=("uniform", 2), seed=7).loops_at(t) for t in range(400)]
+    heavy = config(b=50, loops_random=("poisson_lognormal", 8, 0.5))
+    draws = np.array([heavy.loops_at(t) for t in range(4000)])
+    assert draws.min() >= 1 and draws.max() <= 50 and abs(draws.mean() - 9) < 0.5  # 1 + a Poisson part of mean 8
+    assert config(b=4, loops_random=("uniform", 4)).loops_at(3) == 4  # b_min = b: the fixed loop count
+
+
+def test_random_loop_counts_with_truncated_backpropagation_train_and_resume_exactly(tmp_path):
+    """Each step runs its own loop count, the gradient through its last grad_window loops only."""
+    train_config = config(steps=20, b=5, grad_window=2, loops_random=("uniform", 1), checkpoint_every=5)
+    reference_model, reference = run(train_config)
+    assert all(math.isfinite(x) for x in reference.loss)
+    _, fixed = run(config(steps=20, b=5, grad_window=2))
+    assert reference.loss != fixed.loss  # the loop counts changed the losses
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run(train_config, checkpoint=path, task=Interrupting(TASK, limit=13))
+    resumed_model, resumed = run(train_config, checkpoint=path)
+    assert resumed.loss == reference.loss and resumed.evals == reference.evals
 
 
 def test_the_loops_curriculum_can_grow_by_several_loops():

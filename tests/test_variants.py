@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from runner import Level2Config, RunSpec
 from tasks import LinearRegression
-from transformer import ModelConfig, attention_allowed
+from transformer import ModelConfig, attention_allowed, sinusoidal_table
 from utils import TrainConfig, build_model, label_sensitivity, loss_value, make_generator, prediction_errors
 
 SMALL = dict(n_dims=4, n_layers=2, n_heads=2, hidden_dim=16, mlp_hidden=32, context=23)
@@ -68,6 +68,22 @@ def test_learned_table_scale_changes_only_the_table():
             assert 0.01 < float(a.std()) < 0.03
         else:
             assert torch.equal(a, b), name
+
+
+def test_loop_embedding_adds_the_loop_numbers_sinusoid_to_the_stack_input():
+    """s_j = stack(s_{j-1} + e + t_j), t_j the sinusoid of loop number j; loop j does not depend on b."""
+    model = build_model(ModelConfig(**SMALL, pe="learned", loop_embedding="sinusoidal"), seed=19).eval()
+    tokens, _ = prompts()
+    e = model.embed_prompt(tokens)
+    signal = sinusoidal_table(5, 16, 10000.0)  # rows 1..4 are loops 1..4
+    state, expected = torch.zeros_like(e), []
+    for loop in range(1, 5):
+        state = model.stack(state + e + signal[loop])
+        expected.append(model.read_out(state))
+    torch.testing.assert_close(model(tokens, 4), torch.stack(expected))
+    torch.testing.assert_close(model(tokens, 7)[:4], model(tokens, 4))  # prefix consistent: extrapolation reuses it
+    plain = build_model(ModelConfig(**SMALL, pe="learned"), seed=19).eval()
+    assert not torch.allclose(model(tokens, 2), plain(tokens, 2))
 
 
 def test_final_norm_normalises_the_state_every_loop():
@@ -308,6 +324,7 @@ def test_prediction_errors_skip_unpredicted_points():
             "ModelConfig.pe_std=0.02 has no effect with pe='learned', init='gpt2'",
         ),
         (dict(final_norm="yes"), "ModelConfig.final_norm='yes' must be None (the block's own), True or False"),
+        (dict(loop_embedding="learned"), "ModelConfig.loop_embedding='learned' is not allowed; choose one of"),
         (dict(state_compute="carried"), "ModelConfig.state_compute='carried' runs later loops on the carried tokens"),
         (
             dict(state_keep="last_shifted", state_fraction=0.5, state_compute="carried"),
