@@ -3,7 +3,8 @@
 Owns `prediction_errors`, `evaluate` (level 1: the held-out query error at loop count b),
 `extrapolate` and `validate` (level 2: the reference study's protocol, plus loop counts beyond
 training), `label_sensitivity` (does a prediction see its own answer?), `state_updates` (does
-the loop reach a fixed point?), `implied_weights` (the linear predictor each loop implements on
+the loop reach a fixed point?), `loop_trace` and `halting` (stop each prompt once its state
+stops moving), `implied_weights` (the linear predictor each loop implements on
 a fixed context), `prompt_errors` and `bootstrap_band` (a mean over prompts with
 a bootstrap 5 to 95% band), and the fixed prompt sets they score (`heldout_prompts`,
 `ood_prompts`).
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from checks import is_int, require, require_int
+from checks import is_int, is_real, require, require_int
 from seeding import make_generator
 from tasks import OOD_KINDS, build_prompt, sample_ood
 from transformer import check_loops
@@ -163,6 +164,44 @@ def implied_weights(
     residual = (predictions - fitted).square().sum(-1)  # [b, B]
     total = (predictions - predictions.mean(-1, keepdim=True)).square().sum(-1).clamp_min(1e-300)  # [b, B]
     return {"weights": solution[..., :d], "intercept": solution[..., d], "r2": 1 - residual / total}
+
+
+@torch.no_grad()
+def loop_trace(model: torch.nn.Module, tokens: torch.Tensor, b: int, chunk: int = 1024) -> dict[str, torch.Tensor]:
+    """Every loop's relative state update and query prediction, per prompt, from one run of b loops.
+
+    Returns "updates" [b, B]: ||s_t - s_{t-1}|| / ||s_t|| over the prompt's tokens and channels
+    (loop 1's is 1, from s_0 = 0; `state_updates` is its mean over prompts), and "predictions"
+    [b, B]: the query's prediction at every loop. What `halting` reads."""
+    check_loops(b)
+    require_int("loop_trace chunk", chunk)
+    updates, predictions = [], []
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        for part in tokens.split(chunk):
+            part_updates, part_predictions, previous = [], [], None
+            for state in model.states(part.to(device), b):  # [B, S, h]
+                reference = torch.zeros_like(state) if previous is None else previous
+                change = (state - reference).flatten(1).norm(dim=1)  # [B]
+                part_updates.append(change / state.flatten(1).norm(dim=1).clamp_min(1e-12))
+                part_predictions.append(model.read_out(state)[:, -1])  # [B]: the query's prediction
+                previous = state
+            updates.append(torch.stack(part_updates).cpu())
+            predictions.append(torch.stack(part_predictions).cpu())
+    return {"updates": torch.cat(updates, 1), "predictions": torch.cat(predictions, 1)}
+
+
+def halting(trace: dict[str, torch.Tensor], tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive halting on a `loop_trace`: each prompt stops at the first loop t >= 2 whose relative
+    state update is below `tolerance` (or at the last loop traced). Returns (loops used [B], the
+    query predictions at those loops [B])."""
+    require(is_real(tolerance) and tolerance >= 0, f"halting tolerance={tolerance!r} must be a finite number >= 0")
+    updates, predictions = trace["updates"], trace["predictions"]  # [b, B] each
+    below = updates < tolerance  # [b, B]
+    below[0] = False  # loop 1's update is 1 by definition: never a reason to stop
+    below[-1] = True  # the last traced loop always stops
+    stop = below.float().argmax(0)  # [B]: the first True, 0-based
+    return stop + 1, predictions.gather(0, stop[None]).squeeze(0)
 
 
 @torch.no_grad()
