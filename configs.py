@@ -18,6 +18,7 @@ LOSS_CHOICES = ("mse", "mae", "huber")
 SUPERVISE_CHOICES = ("all", "last")
 LR_SCHEDULE_CHOICES = ("constant", "cosine")
 LOOPS_RANDOM_CHOICES = ("uniform", "poisson_lognormal")
+SOLVER_CHOICES = ("unroll", "fixed_point")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ class TrainConfig:
                       pair it with a short grad_window (truncated backpropagation).
                       The draw is a function of (seed, step) alone, so a resumed run draws the same
                       counts. Validation always runs b loops. Not with loops_curriculum.
+    solver, solver_tol: "unroll" (every training step runs its b loops and backpropagates through
+                      them) or "fixed_point": the deep-equilibrium model, which solves for the loop's
+                      fixed point in at most b evaluations (Anderson acceleration, relative residual
+                      solver_tol) and trains with the implicit gradient, supervising the fixed point
+                      alone (needs supervise "last", no grad_window, a fixed loop count).
+                      Validation still runs b plain loops.
     points_curriculum: None or (P_start, every, increment): training step t uses
                       min(n_points, P_start + increment * (t // every)) points per prompt, the
                       paper's growing prompt length. Validation always uses n_points.
@@ -74,6 +81,8 @@ class TrainConfig:
     checkpoint_every: int = 0
     loops_curriculum: tuple[int, int] | None = None
     loops_random: tuple | None = None
+    solver: str = "unroll"
+    solver_tol: float = 1e-3
     points_curriculum: tuple[int, int, int] | None = None
     dims_curriculum: tuple[int, int, int] | None = None
 
@@ -121,6 +130,24 @@ class TrainConfig:
             "and increment >= 1",
         )
         self._check_loops_random()
+        require_choice("TrainConfig.solver", self.solver, SOLVER_CHOICES)
+        require_real("TrainConfig.solver_tol", self.solver_tol, minimum=0, strict=True)
+        if self.solver == "fixed_point":
+            require(
+                self.supervise == "last"
+                and self.grad_window is None
+                and self.loops_curriculum is None
+                and self.loops_random is None,
+                "TrainConfig.solver='fixed_point' supervises the fixed point alone: it needs supervise='last', "
+                f"grad_window=None and a fixed loop count (got supervise={self.supervise!r}, grad_window="
+                f"{self.grad_window!r}, loops_curriculum={self.loops_curriculum!r}, "
+                f"loops_random={self.loops_random!r})",
+            )
+        else:
+            require(
+                self.solver_tol == TrainConfig.solver_tol,
+                f"TrainConfig.solver_tol={self.solver_tol!r} has no effect with solver='unroll'",
+            )
         self._check_schedule(
             "points_curriculum",
             (3,),

@@ -124,6 +124,10 @@ def check_ensemble(model_config: ModelConfig, configs: list[TrainConfig]) -> Non
                 f"ensemble members may differ only in {MEMBER_FIELDS}; member {index} differs from member 0 in "
                 f"{differing}"
             )
+    if configs[0].solver != "unroll":
+        raise ValueError(
+            f"TrainConfig.solver={configs[0].solver!r} is not supported by the ensemble; use another backend"
+        )
     if configs[0].loops_random is not None:
         raise ValueError(
             f"TrainConfig.loops_random={configs[0].loops_random!r} draws a loop count per member and step, which one "

@@ -37,7 +37,7 @@ from configs import TrainConfig
 from evaluation import error_scale, evaluate, heldout_prompts
 from seeding import make_generator
 from storage import atomic_write_bytes, set_aside, torch_bytes
-from transformer import ModelConfig
+from transformer import ModelConfig, check_fixed_point
 
 CHECKPOINT_FORMAT = 3  # a checkpoint written by an older version is not resumed from
 
@@ -174,6 +174,8 @@ def check_training(model_config: ModelConfig, task, config: TrainConfig) -> None
     """Raise `ValueError` before any training when the model, task and config do not fit."""
     model_config.check_prompt(config.n_points)
     check_effective(model_config, config)
+    if config.solver == "fixed_point":
+        check_fixed_point(model_config)
     loops_with_gradient = config.b if config.grad_window is None else config.grad_window
     if loops_with_gradient > MAX_BACKPROP_LOOPS:
         raise ValueError(
@@ -216,8 +218,12 @@ def train_step(
     """
     plan = StepPlan(config.b if b is None else b, config.n_points if n_points is None else n_points, active_dims)
     tokens, ys = sample_batch(task, config, plan, generator)
-    preds = model(tokens, plan.b, config.grad_window)  # [b, B, P]
-    loss = step_loss(model, preds, tokens, ys, config, plan.b)
+    if config.solver == "fixed_point":
+        preds, _ = model.equilibrium(tokens, plan.b, config.solver_tol)  # [1, B, P]: the fixed point
+        loss = step_loss(model, preds, tokens, ys, config, 1)
+    else:
+        preds = model(tokens, plan.b, config.grad_window)  # [b, B, P]
+        loss = step_loss(model, preds, tokens, ys, config, plan.b)
     value = loss.item()
     if not math.isfinite(value):
         return value

@@ -57,6 +57,7 @@ from components import (
     attention_allowed,
     on_tokens,
 )
+from equilibrium import implicit_fixed_point
 
 __all__ = [
     # the config and its choices
@@ -75,6 +76,7 @@ __all__ = [
     "current_names",
     "ModelConfig",
     "check_loops",
+    "check_fixed_point",
     # the model
     "BaseLoopedTransformer",
     "count_parameters",
@@ -361,6 +363,19 @@ class ModelConfig:
         return cls(**current_names(values))
 
 
+def check_fixed_point(config: ModelConfig) -> None:
+    """Raise `ValueError` unless every loop of `config` applies the same map, so that it has a fixed
+    point to solve for (`BaseLoopedTransformer.equilibrium`)."""
+    different = {
+        "loop_stacks": (config.loop_stacks, 1),
+        "context_keep": (config.context_keep, "all"),
+        "state_keep": (config.state_keep, "all"),
+        "loop_embedding": (config.loop_embedding, "none"),
+    }
+    wrong = [f"{field}={value!r} (needs {needed!r})" for field, (value, needed) in different.items() if value != needed]
+    require(not wrong, "a fixed-point solve needs the same map at every loop; ModelConfig has " + ", ".join(wrong))
+
+
 def check_loops(b: int, name: str = "b") -> None:
     """Raise `ValueError` unless the loop count `b` (or `name`, e.g. grad_window) is an integer >= 1."""
     require_int(name, b)
@@ -467,6 +482,20 @@ class BaseLoopedTransformer(nn.Module):
             return None
         table = sinusoidal_table(b + 1, self.config.hidden_dim, 10000.0)[1:]  # [b, h]: loop numbers 1..b
         return table.to(device=e.device, dtype=e.dtype)
+
+    def equilibrium(self, tokens: torch.Tensor, max_iter: int, tol: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """Predictions [1, B, P] at the loop's fixed point s* = step(s*, e), solved by Anderson
+        acceleration in at most `max_iter` evaluations and differentiable by the implicit gradient
+        (`equilibrium.implicit_fixed_point`: the deep-equilibrium model). Needs one map to iterate:
+        one stack, the whole context and state, no loop-index signal (`check_fixed_point`)."""
+        check_fixed_point(self.config)
+        e = self.embed_prompt(tokens)  # [B, S, h]
+        positions = self.loop_positions(e)  # None or [B, S, h]
+        step = self._loop_step(self.stack)
+        state, info = implicit_fixed_point(
+            lambda s: step(s, e, positions), self.injection.initial_state(e), max_iter, tol
+        )  # [B, S, h]
+        return self.read_out(state)[None], info  # [1, B, P]
 
     def _loop_step(self, stack: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """One loop on (state, e, added) of the tokens that run: the injection's step, with `added`

@@ -1,0 +1,88 @@
+"""The fixed-point solve of a loop and its implicit gradient: the deep-equilibrium model (Bai et al. 2019).
+
+Owns `anderson` (Anderson acceleration of z <- f(z), batched over prompts) and `implicit_fixed_point`
+(a fixed point z* = f(z*) whose gradient is the implicit one: no loop is stored for backpropagation).
+`BaseLoopedTransformer.equilibrium` applies it to the model's loop, and `TrainConfig.solver` picks it
+for training.
+
+The implicit gradient: at z* = f(z*, theta), dz*/dtheta = (I - J)^-1 df/dtheta with J = df/dz at z*.
+The forward solve runs without gradient; one more application z = f(z*) reconnects the graph to theta
+and e, and a hook replaces the incoming gradient g by the solution y of y = J^T y + g (solved by the
+same Anderson iteration on vector-Jacobian products), so that the graph of that one step carries
+y^T df/dtheta: the memory of one loop, whatever the number of iterations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from checks import require_int, require_real
+
+
+def anderson(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    z0: torch.Tensor,
+    max_iter: int,
+    tol: float,
+    memory: int = 5,
+    mixing: float = 1.0,
+    regularisation: float = 1e-8,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Solve z = f(z) from z0 [B, ...] by Anderson acceleration with `memory` past iterates.
+
+    Stops when every prompt's relative residual |f(z) - z| / |f(z)| is below `tol`, or after
+    `max_iter` evaluations of f. Returns (z [B, ...], {"iterations", "residual"}: the largest
+    relative residual over prompts at the end)."""
+    require_int("anderson max_iter", max_iter)
+    require_real("anderson tol", tol, minimum=0)
+    require_int("anderson memory", memory)
+    batch = z0.shape[0]
+    flat = lambda z: z.reshape(batch, -1)
+    xs, fs = [flat(z0)], [flat(f(z0))]  # iterates and their images, each [B, n]
+    z, residual, iterations = fs[0], float("inf"), 1
+    while iterations < max_iter and residual >= tol:
+        iterations += 1
+        x_hist, f_hist = torch.stack(xs[-memory:], 1), torch.stack(fs[-memory:], 1)  # [B, m, n]
+        g = f_hist - x_hist  # [B, m, n]: residuals of the kept iterates
+        m = g.shape[1]
+        # Minimise |sum_i alpha_i g_i| subject to sum alpha = 1 (a small regularised linear system per prompt).
+        gram = g @ g.transpose(1, 2)  # [B, m, m]
+        # Regularised relative to the residuals' own size, so that the solve stays well posed near convergence.
+        size = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(torch.finfo(g.dtype).tiny)  # [B]
+        gram = gram + regularisation * size[:, None, None] * torch.eye(m, dtype=g.dtype, device=g.device)
+        ones = torch.ones(batch, m, 1, dtype=g.dtype, device=g.device)
+        weights = torch.linalg.solve(gram, ones)  # [B, m, 1]
+        alpha = weights / weights.sum(1, keepdim=True)  # [B, m, 1]
+        z = (alpha * (mixing * f_hist + (1 - mixing) * x_hist)).sum(1)  # [B, n]
+        image = flat(f(z.view_as(z0)))
+        residual = float(((image - z).norm(dim=1) / image.norm(dim=1).clamp_min(1e-12)).max())
+        xs.append(z)
+        fs.append(image)
+        z = image
+    return z.view_as(z0), {"iterations": float(iterations), "residual": residual}
+
+
+def implicit_fixed_point(
+    f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, max_iter: int, tol: float, memory: int = 5
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The fixed point of f from z0, differentiable by the implicit gradient (module docstring).
+    Returns (z* [B, ...], the forward solve's {"iterations", "residual"})."""
+    with torch.no_grad():
+        z_star, info = anderson(f, z0, max_iter, tol, memory)
+    if not torch.is_grad_enabled():
+        return z_star, info
+    z = f(z_star)  # one differentiable step: the graph to the parameters and the prompt
+    if z.requires_grad:
+        anchor = z_star.detach().requires_grad_()
+        with torch.enable_grad():
+            image = f(anchor)  # its vector-Jacobian products give J^T y
+
+        def implicit(grad: torch.Tensor) -> torch.Tensor:
+            vjp = lambda y: torch.autograd.grad(image, anchor, y, retain_graph=True)[0] + grad
+            solution, _ = anderson(vjp, grad, max_iter, tol, memory)
+            return solution
+
+        z.register_hook(implicit)
+    return z, info

@@ -1,0 +1,112 @@
+"""The deep-equilibrium option: Anderson's fixed point, its implicit gradient against the
+gradient of a converged unrolled loop, the model's `equilibrium` and training with it."""
+
+import re
+
+import pytest
+import torch
+
+from equilibrium import anderson, implicit_fixed_point
+from tasks import LinearRegression
+from transformer import ModelConfig
+from utils import TrainConfig, build_model, make_generator, train
+
+torch.set_default_dtype(torch.float32)
+SMALL = dict(n_dims=4, n_layers=1, n_heads=2, hidden_dim=16, mlp_hidden=32, context=23)
+
+
+def test_anderson_solves_a_linear_contraction():
+    gen = torch.Generator().manual_seed(0)
+    a = 0.4 * torch.randn(3, 5, 5, generator=gen, dtype=torch.float64) / 5**0.5  # [B, 5, 5], spectral radius < 1
+    c = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    z, info = anderson(
+        lambda z: (a @ z.unsqueeze(-1)).squeeze(-1) + c, torch.zeros(3, 5, dtype=torch.float64), 50, 1e-12
+    )
+    exact = torch.linalg.solve(torch.eye(5, dtype=torch.float64) - a, c.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(z, exact, rtol=0, atol=1e-10)
+    assert info["residual"] < 1e-12 and info["iterations"] < 50
+
+
+def test_implicit_gradient_is_the_gradient_of_the_converged_loop():
+    gen = torch.Generator().manual_seed(1)
+    weight = (0.3 * torch.randn(6, 6, generator=gen, dtype=torch.float64)).requires_grad_()
+    x = torch.randn(4, 6, generator=gen, dtype=torch.float64).requires_grad_()
+    f = lambda z: torch.tanh(z @ weight + x)
+    z, _ = implicit_fixed_point(f, torch.zeros(4, 6, dtype=torch.float64), 100, 1e-12)
+    implicit = torch.autograd.grad(z.square().sum(), (weight, x))
+    unrolled = torch.zeros(4, 6, dtype=torch.float64)
+    for _ in range(200):
+        unrolled = f(unrolled)
+    reference = torch.autograd.grad(unrolled.square().sum(), (weight, x))
+    for a, b in zip(implicit, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+def contracting_model(seed=2):
+    """A small model whose loop contracts (final LayerNorm, shrunken MLP out), so it has a fixed point."""
+    model = build_model(ModelConfig(**SMALL, final_norm=True), seed).double()
+    with torch.no_grad():
+        model.stack.layers[0].mlp[2].weight.mul_(0.2)
+    return model
+
+
+def test_model_equilibrium_is_the_long_loop_and_its_gradient():
+    model = contracting_model()
+    tokens, ys = LinearRegression(4).sample(3, 12, make_generator(0, "train"))
+    tokens, ys = tokens.double(), ys.double()
+    preds, info = model.equilibrium(tokens, 100, 1e-10)
+    assert preds.shape == (1, 3, 12) and info["residual"] < 1e-10
+    long_loop = model(tokens, 300)[-1]
+    torch.testing.assert_close(preds[0], long_loop, rtol=0, atol=1e-8)
+    implicit = torch.autograd.grad((preds[0] - ys).square().mean(), list(model.parameters()), allow_unused=True)
+    unrolled = torch.autograd.grad((long_loop - ys).square().mean(), list(model.parameters()), allow_unused=True)
+    for a, b in zip(implicit, unrolled, strict=True):
+        if b is None:
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_training_with_the_fixed_point_solver_is_finite_and_deterministic():
+    config = TrainConfig(
+        steps=6,
+        batch_size=8,
+        lr=1e-3,
+        b=12,
+        n_points=12,
+        supervise="last",
+        solver="fixed_point",
+        solver_tol=1e-3,
+        eval_prompts=16,
+    )
+    results = [
+        train(build_model(ModelConfig(**SMALL, final_norm=True), 3), LinearRegression(4), config, progress=False)
+        for _ in range(2)
+    ]
+    assert results[0].status == "finished" and results[0].loss == results[1].loss
+    assert all(torch.isfinite(torch.tensor(results[0].loss)))
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(solver="implicit"), "TrainConfig.solver='implicit' is not allowed; choose one of"),
+        (dict(solver="fixed_point"), "TrainConfig.solver='fixed_point' supervises the fixed point alone"),
+        (dict(solver_tol=1e-4), "TrainConfig.solver_tol=0.0001 has no effect with solver='unroll'"),
+        (dict(solver="fixed_point", supervise="last", solver_tol=0.0), "TrainConfig.solver_tol=0.0 must be"),
+    ],
+)
+def test_solver_config_errors(fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(steps=2, b=4, n_points=12, **fields)
+
+
+def test_a_model_without_one_map_has_no_fixed_point_to_solve():
+    config = TrainConfig(steps=2, b=4, n_points=12, supervise="last", solver="fixed_point", eval_prompts=8)
+    model = build_model(ModelConfig(**SMALL, loop_stacks=2), 0)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "a fixed-point solve needs the same map at every loop; ModelConfig has loop_stacks=2 (needs 1)"
+        ),
+    ):
+        train(model, LinearRegression(4), config, progress=False)
