@@ -308,6 +308,12 @@ def _context(xs: torch.Tensor, ys: torch.Tensor, name: str) -> tuple[torch.Tenso
     return xs.double(), ys.double()
 
 
+def _moments(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """X^T X / n [B, d, d] and X^T y / n [B, d] of one context."""
+    n = X.shape[1]
+    return X.transpose(1, 2) @ X / n, (X.transpose(1, 2) @ y.unsqueeze(-1)).squeeze(-1) / n
+
+
 def gd_iterates(
     xs: torch.Tensor, ys: torch.Tensor, steps: int, lr: float, preconditioner: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -320,10 +326,8 @@ def gd_iterates(
     X, y = _context(xs, ys, "gd_iterates")
     require_int("gd_iterates steps", steps, minimum=0)
     require_real("gd_iterates lr", lr, minimum=0, strict=True)
-    n = X.shape[1]
     P = torch.eye(X.shape[-1], dtype=X.dtype) if preconditioner is None else preconditioner.to(X.dtype)
-    gram = X.transpose(1, 2) @ X / n  # [B, d, d]
-    corr = (X.transpose(1, 2) @ y.unsqueeze(-1)).squeeze(-1) / n  # [B, d]
+    gram, corr = _moments(X, y)  # [B, d, d], [B, d]
     w = torch.zeros_like(corr)  # [B, d]
     iterates = [w]
     for _ in range(steps):
@@ -358,13 +362,11 @@ def ridge_path(xs: torch.Tensor, ys: torch.Tensor, lambdas: list[float]) -> torc
     X, y = _context(xs, ys, "ridge_path")
     for value in lambdas:
         require_real("ridge_path lambda", value, minimum=0)
-    n, d = X.shape[1], X.shape[2]
-    gram = X.transpose(1, 2) @ X / n  # [B, d, d]
-    corr = X.transpose(1, 2) @ y.unsqueeze(-1) / n  # [B, d, 1]
-    eye = torch.eye(d, dtype=X.dtype)
-    iterates = [torch.zeros_like(corr.squeeze(-1))]
+    gram, corr = _moments(X, y)  # [B, d, d], [B, d]
+    eye = torch.eye(X.shape[2], dtype=X.dtype)
+    iterates = [torch.zeros_like(corr)]
     for value in lambdas:
-        iterates.append(torch.linalg.lstsq(gram + value * eye, corr).solution.squeeze(-1))  # [B, d]
+        iterates.append(torch.linalg.lstsq(gram + value * eye, corr.unsqueeze(-1)).solution.squeeze(-1))  # [B, d]
     return torch.stack(iterates)  # [len + 1, B, d]
 
 

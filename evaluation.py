@@ -171,7 +171,7 @@ def loop_trace(model: torch.nn.Module, tokens: torch.Tensor, b: int, chunk: int 
     """Every loop's relative state update and query prediction, per prompt, from one run of b loops.
 
     Returns "updates" [b, B]: ||s_t - s_{t-1}|| / ||s_t|| over the prompt's tokens and channels
-    (loop 1's is 1, from s_0 = 0; `state_updates` is its mean over prompts), and "predictions"
+    (loop 1's is 1, from s_0 = 0; `state_updates` takes its mean over prompts), and "predictions"
     [b, B]: the query's prediction at every loop. What `halting` reads."""
     check_loops(b)
     require_int("loop_trace chunk", chunk)
@@ -212,15 +212,7 @@ def state_updates(model: torch.nn.Module, tokens: torch.Tensor, b: int) -> torch
     channels of a prompt). Falling towards 0 means the loop converges to a fixed point;
     a plateau above 0 means it keeps moving (a cycle or a drift).
     """
-    check_loops(b)
-    with eval_mode(model):
-        sizes, previous = [], None
-        for state in model.states(tokens.to(next(model.parameters()).device), b):  # [B, S, h]
-            reference = torch.zeros_like(state) if previous is None else previous
-            change = (state - reference).flatten(1).norm(dim=1)  # [B]
-            sizes.append((change / state.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
-            previous = state
-    return torch.stack(sizes).cpu()
+    return loop_trace(model, tokens, b, chunk=max(1, tokens.shape[0]))["updates"].mean(1)  # [b]
 
 
 def prompt_errors(model: torch.nn.Module, tokens: torch.Tensor, ys: torch.Tensor, b: int, **options) -> torch.Tensor:

@@ -22,6 +22,14 @@ def trace(b=12, batch=6):
 def test_loop_trace_is_the_per_prompt_view_of_state_updates_and_the_model():
     model, tokens, traced = trace()
     assert traced["updates"].shape == (12, 6) and traced["predictions"].shape == (12, 6)
+    states = [torch.zeros(6, 23, 16)] + [s.detach() for s in model.states(tokens, 12)]  # s_0 = 0, then loops 1..12
+    by_hand = torch.stack(
+        [
+            (new - old).flatten(1).norm(dim=1) / new.flatten(1).norm(dim=1)
+            for old, new in zip(states, states[1:], strict=False)
+        ]
+    )  # [b, B]
+    torch.testing.assert_close(traced["updates"], by_hand)
     torch.testing.assert_close(traced["updates"].mean(1), state_updates(model, tokens, 12))
     torch.testing.assert_close(traced["predictions"], model(tokens, 12)[:, :, -1].detach())
     torch.testing.assert_close(traced["updates"][0], torch.ones(6))
