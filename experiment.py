@@ -95,11 +95,14 @@ class Results(Sequence):
 
     def configurations(self, exclude: Sequence[str] = ("seed",)) -> dict[str, Results]:
         """The runs grouped into configurations, by every label but `exclude` (a configuration
-        and its seeds), in grid order: {"model=small, b=10": Results, ...}."""
+        and its seeds), in grid order: {"model=small, b=10": Results, ...}. The labels are named in
+        one order for every run (the first run's), since a run read back from its JSON has its
+        labels sorted while a run trained in this sitting keeps the grid's order."""
+        order = list(dict.fromkeys(key for record in self.records for key in record["spec"]["labels"]))
         groups: dict[str, list[dict]] = {}
         for record in self.records:
             labels = record["spec"]["labels"]
-            name = ", ".join(f"{key}={value}" for key, value in labels.items() if key not in exclude)
+            name = ", ".join(f"{key}={labels[key]}" for key in order if key in labels and key not in exclude)
             groups.setdefault(name, []).append(record)
         return {name: Results(records) for name, records in groups.items()}
 

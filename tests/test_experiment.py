@@ -56,6 +56,16 @@ def test_where_one_and_the_status_filters(results):
     assert isinstance(results[:2], Results) and results[0]["spec"]["name"] == "small_1_1"
 
 
+def test_configurations_group_seeds_whatever_the_order_of_their_labels(results):
+    """A cached run comes back from JSON with its labels sorted; a fresh one keeps the grid's order."""
+    fresh, cached = record("small", 5, 1), record("small", 5, 2)
+    cached["spec"]["labels"] = dict(sorted(cached["spec"]["labels"].items()))
+    assert list(cached["spec"]["labels"]) != list(fresh["spec"]["labels"])
+    groups = Results([fresh, cached, record("large", 5, 1)]).configurations()
+    assert list(groups) == ["model=small, b=5", "model=large, b=5"]
+    assert groups["model=small, b=5"].names == ["small_5_1", "small_5_2"]
+
+
 def test_extrapolation_reads_the_named_loop_count(results):
     runs = results.where(model="small", b=5)
     np.testing.assert_array_equal(runs.extrapolation(), [5.0, 10.0])  # default: each run's own b_train
