@@ -233,6 +233,15 @@ class SelectiveSSM(nn.Module):
         drive = (dt * u)[..., None] * b_in[:, :, None, :]  # [B, S, inner, N]
         return u, gate, decay, drive, c_out
 
+    def elementwise_flops(self, n_tokens: int) -> int:
+        """FLOPs of the selection's and the scan's element-wise work on one sequence, which a
+        matrix-product counter misses: per token, channel and state, the decay (a product and
+        an exponential), the drive (a product), the update (a product and a sum) and the
+        readout (a product and a sum): 7 S inner N. The scan is most of this mixer's cost at
+        small widths, so a compute comparison that left it out would flatter the SSM."""
+        inner = self.D.numel()
+        return 7 * n_tokens * inner * self.d_state
+
     @staticmethod
     def scan(decay: torch.Tensor, drive: torch.Tensor, c_out: torch.Tensor) -> torch.Tensor:
         """y_t = C_t . h_t with h_t = decay_t * h_{t-1} + drive_t, h_0 = 0: [B, S, inner]."""

@@ -747,8 +747,9 @@ def flops_per_loop(model: BaseLoopedTransformer, n_points: int) -> int:
     written out because the counter misses them on some devices (the fused CPU kernels):
     attention's scores and weighted sum, 4 S^2 h per layer (the full square: the kernel
     computes the masked half too), and the LSTM's gate products, 16 h^2 per token and layer.
-    Element-wise work (activations, norms, the SSM's scan) is not counted. Embedding and
-    readout, which run once per prompt or read one channel, are left out.
+    The SSM's selection and scan are counted too (`SelectiveSSM.elementwise_flops`), as they
+    are of the order of its matrix products; other element-wise work (activations, norms) is
+    not. Embedding and readout, which run once per prompt or read one channel, are left out.
     """
     config = model.config
     n_tokens = 2 * n_points - 1
@@ -764,4 +765,5 @@ def flops_per_loop(model: BaseLoopedTransformer, n_points: int) -> int:
         return counted + 16 * config.hidden_dim**2 * n_tokens * config.n_layers
     if config.mixer == "attention":
         return counted + 4 * n_tokens**2 * config.hidden_dim * config.n_layers
-    return counted
+    scans = [m.elementwise_flops(n_tokens) for m in model.stack_for(0).modules() if isinstance(m, SelectiveSSM)]
+    return counted + sum(scans)

@@ -133,6 +133,22 @@ def test_flops_per_loop_follow_the_layer_formulas():
     assert flops_per_loop(lstm, 12) == 3 * 16 * h * h * n_tokens
 
 
+def test_flops_per_loop_count_the_ssm_scan_once():
+    """The scan is invisible to the matrix-product counter, so it is added by hand, once per layer."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, n_state, n_tokens = 32, 8, 23
+    ssm = build_model(ModelConfig(n_dims=4, n_heads=4, hidden_dim=h, mlp_hidden=128, context=23, n_layers=2,
+                                  mixer="ssm", ssm_state=n_state), 0)
+    decay, drive = torch.rand(1, n_tokens, h, n_state), torch.randn(1, n_tokens, h, n_state)
+    with FlopCounterMode(display=False) as counter:
+        SelectiveSSM.scan(decay, drive, torch.randn(1, n_tokens, n_state))
+    assert counter.get_total_flops() == 0
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        ssm.stack_for(0)(torch.zeros(1, n_tokens, h))
+    assert flops_per_loop(ssm, 12) == counter.get_total_flops() + 2 * 7 * n_tokens * h * n_state
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
