@@ -138,8 +138,12 @@ def test_flops_per_loop_count_the_ssm_scan_once():
     from torch.utils.flop_counter import FlopCounterMode
 
     h, n_state, n_tokens = 32, 8, 23
-    ssm = build_model(ModelConfig(n_dims=4, n_heads=4, hidden_dim=h, mlp_hidden=128, context=23, n_layers=2,
-                                  mixer="ssm", ssm_state=n_state), 0)
+    ssm = build_model(
+        ModelConfig(
+            n_dims=4, n_heads=4, hidden_dim=h, mlp_hidden=128, context=23, n_layers=2, mixer="ssm", ssm_state=n_state
+        ),
+        0,
+    )
     decay, drive = torch.rand(1, n_tokens, h, n_state), torch.randn(1, n_tokens, h, n_state)
     with FlopCounterMode(display=False) as counter:
         SelectiveSSM.scan(decay, drive, torch.randn(1, n_tokens, n_state))
