@@ -248,11 +248,11 @@ def test_experiment_3_records_hold_their_label_leakage():
     from utils import read_json
 
     records = [read_json(p) for p in COMMITTED if p.parts[-3] == "experiment 3"]
-    assert len(records) == 48
+    assert len(records) == 60
     assert all(RunSpec.from_dict(r["spec"]).evaluation.label_sensitivity == 256 for r in records)
     assert all(len(r["label_sensitivity"]["own"]) == 11 for r in records)
     tables = [r for r in records if "positional_table" in r]
-    assert [r["spec"]["name"] for r in tables] == ["lpe_cm_5_42"]
+    assert sorted(r["spec"]["name"] for r in tables) == ["lpe002_cm_b5_42", "lpe_cm_b5_42"]
 
 
 def test_a_changed_spec_never_resumes_the_interrupted_runs_checkpoint(tmp_path, monkeypatch):
