@@ -8,7 +8,8 @@ Token layout (the Laptev study's): x_1, y_1, x_2, y_2, ..., x_P with the final y
 width n_dims; each y token holds y in channel 0 and zeros elsewhere. P = N + 1 (N in-context
 examples plus the query).
 
-A `Task` owns the x's (x ~ N(x_mean, x_std^2 I), optionally with only the first `active_dims`
+A `Task` owns the x's (x ~ N(x_mean, x_std^2 I), or with the fixed diagonal covariance
+x_std^2 diag(x_variances) for ill-conditioned inputs; optionally with only the first `active_dims`
 coordinates non-zero: the paper's dimension curriculum) and the layout; a subclass only says how
 one random function per prompt is drawn and applied (`labels`). Every draw comes from the given
 generator on its device, in a fixed order, so the same generator state gives the same prompts.
@@ -65,6 +66,12 @@ def _random_orthonormal(
 class Task:
     """x ~ N(x_mean, x_std^2 I) in n_dims dimensions and one random function per prompt.
 
+    `x_variances` (None, or one variance per coordinate) makes the inputs' covariance
+    x_std^2 diag(x_variances), the same for every prompt: skewed inputs to train and test on
+    (a fixed rotation would change nothing, as w ~ N(0, I) is rotation-invariant). `error_scale`
+    stays n_dims, so give variances that sum to n_dims to keep E[y^2] = n_dims for the linear
+    classes.
+
     `sample` returns (tokens [B, 2P-1, n_dims], ys [B, P]); `sample_xy` the raw (xs [B, P, d], ys).
     A subclass defines `labels(xs, generator) -> ys [B, P]`: it draws the prompt's function and
     applies it. `error_scale` is what squared errors are divided by (the error of predicting 0,
@@ -74,6 +81,7 @@ class Task:
     n_dims: int
     x_mean: float = 0.0
     x_std: float = 1.0
+    x_variances: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not is_int(self.n_dims) or self.n_dims < 1:
@@ -82,6 +90,12 @@ class Task:
             self._fail("x_mean", "must be a finite real number")
         if not (is_real(self.x_std) and self.x_std >= 0):
             self._fail("x_std", "must be >= 0 (a finite real number)")
+        if self.x_variances is not None:
+            if isinstance(self.x_variances, (str, bytes)) or not hasattr(self.x_variances, "__len__"):
+                self._fail("x_variances", "must be None or a sequence of n_dims variances > 0")
+            object.__setattr__(self, "x_variances", tuple(self.x_variances))  # a record's list reads back as a tuple
+            if len(self.x_variances) != self.n_dims or not all(is_real(v) and v > 0 for v in self.x_variances):
+                self._fail("x_variances", f"must be None or {self.n_dims} (n_dims) finite variances > 0")
 
     def _fail(self, name: str, rule: str) -> None:
         raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r} {rule}")
@@ -107,6 +121,8 @@ class Task:
         if active_dims is not None and (not is_int(active_dims) or not 1 <= active_dims <= self.n_dims):
             raise ValueError(f"active_dims={active_dims!r} must be None or an integer in [1, n_dims={self.n_dims}]")
         xs = torch.randn(batch_size, n_points, self.n_dims, generator=generator, device=_device(generator))
+        if self.x_variances is not None:
+            xs = xs * torch.tensor(self.x_variances, device=xs.device).sqrt()  # [B, P, d] ~ N(0, diag(x_variances))
         xs = self.x_mean + self.x_std * xs  # [B, P, d]
         if active_dims is not None:
             xs[..., active_dims:] = 0.0  # the dimension curriculum: only the first active_dims coordinates vary
@@ -123,7 +139,14 @@ class Task:
         return replace(self, x_std=x_std)
 
     def to_dict(self) -> dict:
-        return {"name": type(self).__name__, **asdict(self)}
+        """{"name": the class, every field}; `x_variances` only when set, so that the records written
+        before the field existed still equal their specs."""
+        values = asdict(self)
+        if values["x_variances"] is None:
+            del values["x_variances"]
+        else:
+            values["x_variances"] = list(values["x_variances"])
+        return {"name": type(self).__name__, **values}
 
 
 def _linear_labels(xs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -291,6 +314,8 @@ def sample_ood_xy(
     """The raw (xs [B, P, d], ys [B, P]) of an OOD prompt; see `sample_ood`."""
     if kind not in OOD_KINDS:
         raise ValueError(f"kind={kind!r} is not known; choose one of {OOD_KINDS}")
+    if task.x_variances is not None:
+        raise ValueError(f"{type(task).__name__}.x_variances is set: the OOD kinds change isotropic x's only")
     _check_sizes(batch_size, n_points)
     if not (is_real(scale) and scale > 0):
         raise ValueError(f"scale={scale!r} must be a finite real number > 0")

@@ -367,3 +367,24 @@ def test_ood_errors():
         sample_ood(STANDARDISED, "label_noise", 2, 3, noise_std=-1.0)
     with pytest.raises(ValueError, match="batch_size=0 must be an integer >= 1"):
         sample_ood(STANDARDISED, "scaled_y", 0, 3)
+
+
+def test_x_variances_give_a_fixed_diagonal_covariance():
+    variances = (3.0, 0.75, 0.25)
+    task = LinearRegression(n_dims=3, x_variances=[3.0, 0.75, 0.25])  # a record's list is read as a tuple
+    assert task.x_variances == variances
+    xs, ys = task.sample_xy(20000, 2, torch.Generator().manual_seed(0))
+    covariance = torch.cov(xs.reshape(-1, 3).T)
+    assert torch.allclose(covariance, torch.diag(torch.tensor(variances)), atol=0.05)
+    assert abs(ys.square().mean().item() - sum(variances)) < 0.15  # E[y^2] = trace of the covariance
+    # the same draws as the isotropic task, scaled per coordinate
+    iso, _ = LinearRegression(n_dims=3).sample_xy(4, 2, torch.Generator().manual_seed(1))
+    skewed, _ = task.sample_xy(4, 2, torch.Generator().manual_seed(1))
+    assert torch.allclose(skewed, iso * torch.tensor(variances).sqrt())
+    assert task_from_dict(task.to_dict()) == task and task.to_dict()["x_variances"] == list(variances)
+    assert "x_variances" not in LinearRegression(n_dims=3).to_dict()  # older records still equal their specs
+    for bad in ([1.0, 2.0], [1.0, 0.0, 1.0], "abc", 3.0):
+        with pytest.raises(ValueError, match=r"LinearRegression.x_variances=.* must be None or"):
+            LinearRegression(n_dims=3, x_variances=bad)
+    with pytest.raises(ValueError, match="x_variances is set: the OOD kinds change isotropic x's only"):
+        sample_ood(task, "skewed_covariance", 2, 3)
