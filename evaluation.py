@@ -166,6 +166,49 @@ def implied_weights(
     return {"weights": solution[..., :d], "intercept": solution[..., d], "r2": 1 - residual / total}
 
 
+def closest_iterates(weights: torch.Tensor, iterates: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Which step of an algorithm each loop's implied predictor is closest to.
+
+    weights [b, B, d]: the loops' implied weight vectors on B contexts (`implied_weights`);
+    iterates [K + 1, B, d]: an algorithm's iterates on the same contexts (`baselines.ALGORITHMS`);
+    reference [B, d]: the scale of each context's distances (e.g. its least-squares solution).
+    One step k is chosen per loop for all contexts together, the one with the lowest mean
+    relative distance |w_j - a_k| / |reference|, so that "loop j is worth k steps" is a statement
+    about the algorithm, not a per-prompt fit. Returns float64 "step" [b] (long), "distance" [b]
+    and "distances" [b, K + 1] (every step's mean relative distance)."""
+    require(
+        weights.dim() == 3 and iterates.dim() == 3 and weights.shape[1:] == iterates.shape[1:],
+        f"weights must be [b, B, d] and iterates [K + 1, B, d], got {tuple(weights.shape)}, {tuple(iterates.shape)}",
+    )
+    require(reference.shape == weights.shape[1:], f"reference must be [B, d]={tuple(weights.shape[1:])}")
+    scale = reference.double().norm(dim=-1).clamp_min(1e-12)  # [B]
+    gaps = weights.double()[:, None] - iterates.double()[None]  # [b, K + 1, B, d]
+    distances = (gaps.norm(dim=-1) / scale).mean(-1)  # [b, K + 1]
+    step = distances.argmin(1)  # [b]
+    return {"step": step, "distance": distances.gather(1, step[:, None]).squeeze(1), "distances": distances}
+
+
+def fit_algorithm(
+    weights: torch.Tensor, iterates_for, candidates, reference: torch.Tensor, loops: int | None = None
+) -> tuple[Any, dict[Any, float]]:
+    """The hyperparameter of an algorithm under which its iterates track the loops best.
+
+    iterates_for(candidate) -> iterates [K + 1, B, d] on the contexts of `weights` [b, B, d];
+    each candidate scores the mean over loops 1..`loops` (default all) of `closest_iterates`'
+    distance. Run it on contexts of their own, not the ones reported, so that the chosen value
+    is one per algorithm and not a per-prompt fit. Returns (the best candidate, {candidate: score})."""
+    candidates = list(candidates)
+    require(len(candidates) > 0, "fit_algorithm needs at least one candidate")
+    loops = weights.shape[0] if loops is None else loops
+    require_int("fit_algorithm loops", loops)
+    require(loops <= weights.shape[0], f"loops={loops} exceeds the {weights.shape[0]} loops of weights")
+    scores = {
+        candidate: float(closest_iterates(weights[:loops], iterates_for(candidate), reference)["distance"].mean())
+        for candidate in candidates
+    }
+    return min(candidates, key=lambda c: scores[c]), scores
+
+
 @torch.no_grad()
 def loop_trace(model: torch.nn.Module, tokens: torch.Tensor, b: int, chunk: int = 1024) -> dict[str, torch.Tensor]:
     """Every loop's relative state update and query prediction, per prompt, from one run of b loops.

@@ -11,7 +11,7 @@ from torch import nn
 from baselines import ALGORITHMS, gd_iterates, newton_iterates, ridge_path
 from tasks import LinearRegression
 from transformer import ModelConfig
-from utils import build_model, implied_weights, make_generator
+from utils import build_model, closest_iterates, fit_algorithm, implied_weights, make_generator
 
 
 def context(batch=5, n=12, d=4, seed=0, scales=None):
@@ -137,3 +137,24 @@ def test_implied_weights_errors():
         implied_weights(model, xs, ys, 1, torch.zeros(10, 3))
     with pytest.raises(ValueError, match=re.escape("queries: K=5 must exceed d + 1 to fit w and c")):
         implied_weights(model, xs, ys, 1, torch.zeros(5, 4))
+
+
+def test_closest_iterates_and_fit_algorithm_recover_a_known_schedule():
+    """Loops that are gradient descent at step 2 j with step size 0.3: the matcher finds step 2 j at distance 0,
+    and the fit picks 0.3 among the candidates."""
+    xs, ys, w = context(batch=6)
+    truth = gd_iterates(xs, ys, steps=40, lr=0.3)  # [41, B, d]
+    weights = truth[2 : 2 * 6 + 1 : 2]  # loops 1..6 = steps 2, 4, ..., 12: [6, B, d]
+    match = closest_iterates(weights, truth, w)
+    assert match["step"].tolist() == [2, 4, 6, 8, 10, 12] and match["distance"].abs().max() == 0
+    assert match["distances"].shape == (6, 41)
+    best, scores = fit_algorithm(weights, lambda lr: gd_iterates(xs, ys, steps=40, lr=lr), (0.1, 0.3, 0.5), w)
+    assert best == 0.3 and scores[0.3] == 0 and min(scores[0.1], scores[0.5]) > 0
+    # a single shared step per loop: a context whose loops run faster does not get a step of its own
+    shifted = weights.clone()
+    shifted[:, 0] = truth[4 : 4 * 6 + 1 : 4, 0]
+    assert closest_iterates(shifted, truth, w)["distance"].max() > 0
+    with pytest.raises(ValueError, match=r"weights must be \[b, B, d\] and iterates \[K \+ 1, B, d\]"):
+        closest_iterates(weights[:, :3], truth, w)
+    with pytest.raises(ValueError, match=r"loops=7 exceeds the 6 loops of weights"):
+        fit_algorithm(weights, lambda lr: truth, (0.3,), w, loops=7)
