@@ -47,14 +47,16 @@ def anderson(
         x_hist, f_hist = torch.stack(xs[-memory:], 1), torch.stack(fs[-memory:], 1)  # [B, m, n]
         g = f_hist - x_hist  # [B, m, n]: residuals of the kept iterates
         m = g.shape[1]
-        # Minimise |sum_i alpha_i g_i| subject to sum alpha = 1 (a small regularised linear system per prompt).
-        gram = g @ g.transpose(1, 2)  # [B, m, m]
-        # Regularised relative to the residuals' own size, so that the solve stays well posed near convergence.
-        size = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(torch.finfo(g.dtype).tiny)  # [B]
-        gram = gram + regularisation * size[:, None, None] * torch.eye(m, dtype=g.dtype, device=g.device)
-        ones = torch.ones(batch, m, 1, dtype=g.dtype, device=g.device)
+        # Minimise |sum_i alpha_i g_i| subject to sum alpha = 1 (a small regularised linear system per prompt),
+        # in float64: near convergence the kept residuals are nearly parallel or zero, and in float32 the
+        # system turned singular for single prompts (a prompt already at its fixed point has g = 0).
+        gram = (g @ g.transpose(1, 2)).double()  # [B, m, m]
+        # Regularised relative to the residuals' own size, with a floor for a prompt whose residuals are all 0.
+        size = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-200)  # [B]
+        gram = gram + regularisation * size[:, None, None] * torch.eye(m, dtype=gram.dtype, device=g.device)
+        ones = torch.ones(batch, m, 1, dtype=gram.dtype, device=g.device)
         weights = torch.linalg.solve(gram, ones)  # [B, m, 1]
-        alpha = weights / weights.sum(1, keepdim=True)  # [B, m, 1]
+        alpha = (weights / weights.sum(1, keepdim=True)).to(g.dtype)  # [B, m, 1]
         z = (alpha * (mixing * f_hist + (1 - mixing) * x_hist)).sum(1)  # [B, n]
         image = flat(f(z.view_as(z0)))
         residual = float(((image - z).norm(dim=1) / image.norm(dim=1).clamp_min(1e-12)).max())

@@ -27,6 +27,17 @@ def test_anderson_solves_a_linear_contraction():
     assert info["residual"] < 1e-12 and info["iterations"] < 50
 
 
+def test_anderson_keeps_going_when_a_prompt_already_sits_at_its_fixed_point():
+    """A prompt at its fixed point has zero residuals: its least-squares system is all regularisation, which
+    in float32 underflowed to a singular matrix (seen in a deep-equilibrium training run at smoke size)."""
+    gen = torch.Generator().manual_seed(0)
+    z0 = torch.randn(4, 6, generator=gen)
+    z0[1] = 0.0  # f(0) = 0: this prompt starts at its fixed point
+    z, info = anderson(lambda z: 0.5 * z, z0, 6, 0.0)  # tol 0: every evaluation is used
+    assert info["iterations"] == 6 and torch.isfinite(z).all() and z[1].abs().max() == 0
+    assert z.abs().max() < 1e-3
+
+
 def test_implicit_gradient_is_the_gradient_of_the_converged_loop():
     gen = torch.Generator().manual_seed(1)
     weight = (0.3 * torch.randn(6, 6, generator=gen, dtype=torch.float64)).requires_grad_()
