@@ -13,8 +13,11 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     grid = tmp_path / "specs.json"
     grid.write_text(json.dumps(specs))
     out = tmp_path / "out"
+    # A budget no stage can exhaust: on a loaded machine the default 480 s ran out before the speed stage,
+    # which then skipped itself and left speed.txt empty. What is tested is what each stage writes, not its time.
     command = [sys.executable, "scripts/gpu_check.py", "--out", str(out), "--device", "cpu", "--smoke"]
-    done = subprocess.run([*command, "--grid", str(grid)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    command += ["--budget", "100000"]
+    done = subprocess.run([*command, "--grid", str(grid)], cwd=ROOT, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert not [key for key in report if key.endswith("_error")], report
