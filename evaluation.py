@@ -17,7 +17,7 @@ eval mode and restores its previous mode on the way out, also when it raises.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -189,7 +189,11 @@ def closest_iterates(weights: torch.Tensor, iterates: torch.Tensor, reference: t
 
 
 def fit_algorithm(
-    weights: torch.Tensor, iterates_for, candidates, reference: torch.Tensor, loops: int | None = None
+    weights: torch.Tensor,
+    iterates_for: Callable[[Any], torch.Tensor],
+    candidates: Iterable[Any],
+    reference: torch.Tensor,
+    loops: int | None = None,
 ) -> tuple[Any, dict[Any, float]]:
     """The hyperparameter of an algorithm under which its iterates track the loops best.
 
