@@ -174,8 +174,8 @@ def closest_iterates(weights: torch.Tensor, iterates: torch.Tensor, reference: t
     reference [B, d]: the scale of each context's distances (e.g. its least-squares solution).
     One step k is chosen per loop for all contexts together, the one with the lowest mean
     relative distance |w_j - a_k| / |reference|, so that "loop j is worth k steps" is a statement
-    about the algorithm, not a per-prompt fit. Returns float64 "step" [b] (long), "distance" [b]
-    and "distances" [b, K + 1] (every step's mean relative distance)."""
+    about the algorithm, not a per-prompt fit. Returns "step" [b] (integer), and in float64
+    "distance" [b] and "distances" [b, K + 1] (every step's mean relative distance)."""
     require(
         weights.dim() == 3 and iterates.dim() == 3 and weights.shape[1:] == iterates.shape[1:],
         f"weights must be [b, B, d] and iterates [K + 1, B, d], got {tuple(weights.shape)}, {tuple(iterates.shape)}",
