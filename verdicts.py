@@ -98,11 +98,14 @@ def reference_names(gate: Gate, names: Sequence[str] = ("least squares", "averag
     return names + ((gate.reference,) if gate.reference not in (*names, ZERO) else ())
 
 
-def tune_rates(groups: Mapping[str, Iterable[dict]], threshold: float) -> tuple[dict[str, float], str]:
+def tune_rates(
+    groups: Mapping[str, Iterable[dict]], threshold: float, validated_on: str = "tuning stream"
+) -> tuple[dict[str, float], str]:
     """Pick each model's peak learning rate from its tuning runs (one per candidate rate), the same
     way for every model: the fewest steps to `threshold`; ties, and models where no candidate reaches
     it, by the lower final error; a diverged run last. Returns ({model: chosen lr}, the table of every
-    candidate tried, chosen or dropped)."""
+    candidate tried, chosen or dropped); `validated_on` names, in its header, the prompts the runs
+    were validated on."""
 
     def rank(record: dict) -> tuple:
         error = final_error(record)
@@ -122,7 +125,7 @@ def tune_rates(groups: Mapping[str, Iterable[dict]], threshold: float) -> tuple[
                 "" if error is None else fmt(error),
                 "yes" if r["spec"]["train"]["lr"] == chosen[model] else "",
             ])
-    header = ["model", "peak lr", "steps to the gate", "final error (tuning stream)", "chosen"]
+    header = ["model", "peak lr", "steps to the gate", f"final error ({validated_on})", "chosen"]
     return chosen, markdown_table(header, rows)
 
 

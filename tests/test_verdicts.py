@@ -117,3 +117,5 @@ def test_tune_rates_takes_the_fewest_steps_then_the_lower_error_and_lists_every_
     assert "| a | 0.01 | 50 | 0.04 | yes |" in table and "| a | 0.003 | 100 | 0.01 |  |" in table
     assert "| b | 0.001 | not reached | 0.5 |  |" in table and "| b | 0.0003 | not reached | 0.4 | yes |" in table
     assert "| a | 0.03 | diverged |  |  |" in table
+    assert "final error (tuning stream)" in table
+    assert "final error (held-out set)" in tune_rates({"a": [fast]}, 0.1, validated_on="held-out set")[1]
