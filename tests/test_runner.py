@@ -220,12 +220,13 @@ def test_old_records_map_level2_to_evaluation():
     assert RunSpec.from_dict(old) == spec(1)
 
 
-# run records only: grid.json and tuning.json hold sittings' wall times, Experiment 4's "learned alpha.json" a side
-# result
+# run records only: grid.json, tuning.json and Experiment 4's shared-rate.json and rate-screen.json hold sittings'
+# wall times, Experiment 4's "learned alpha.json" a side result
+SITTINGS = ("grid.json", "tuning.json", "shared-rate.json", "rate-screen.json")
 COMMITTED = sorted(
     p
     for p in (runner.ROOT / "results").glob("experiment */data/*.json")
-    if p.name not in ("grid.json", "tuning.json", "learned alpha.json")
+    if p.name not in (*SITTINGS, "learned alpha.json")
 )
 
 
