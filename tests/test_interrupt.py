@@ -14,8 +14,12 @@ from conftest import ROOT
 
 GRID = textwrap.dedent(
     """
+    import faulthandler
+    import signal
     import sys
     from runner import EvalConfig, RunSpec, run_grid
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for every thread's stack on a hang
     from tasks import LinearRegression
     from transformer import ModelConfig
     from utils import TrainConfig
@@ -82,7 +86,14 @@ def test_sigint_stops_the_grid_now_and_it_resumes_later(tmp_path):
     process, workers, checkpoints = start_grid(tmp_path, steps=100000)
     os.kill(process.pid, signal.SIGINT)  # what Jupyter's interrupt sends to the kernel
     # A guard against a hang, not a time limit: beside a running grid, stopping took over 60 s in a CI run.
-    _, stderr = process.communicate(timeout=300)
+    try:
+        _, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGUSR1)  # where it hangs, for the report
+        time.sleep(2.0)
+        process.kill()
+        _, stderr = process.communicate()
+        pytest.fail(f"the interrupted grid had not stopped after 300 s; its threads then:\n{stderr[-6000:]}")
     assert process.returncode != 0 and "KeyboardInterrupt" in stderr
     assert gone(workers), "a worker process is still running after the interrupt"
     time.sleep(1.0)
