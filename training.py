@@ -3,8 +3,9 @@
 Owns `train_loop` (the schedule of evaluations and checkpoints, divergence handling, logging
 and the progress bar), `train` (one model through that loop), `SingleStepper`, `train_step`,
 `step_loss` / `loss_value` (the training loss, restricted to the points each loop predicts),
-`plan_at` (how many loops, points and active dimensions a training step uses), `TrainResult`
-and `check_training` (the checks made before any training starts).
+`plan_at` (how many loops, points and active dimensions a training step uses), `TrainResult`,
+`check_training` (the checks made before any training starts) and `step_times` (what one step
+costs, timed round-robin).
 
 The loop drives a *stepper*: an object that trains one or more models ("members") one step at
 a time. `SingleStepper` holds one model; `ensemble.Ensemble` holds many, stacked and vmapped.
@@ -30,12 +31,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from configs import TrainConfig
 from evaluation import error_scale, evaluate, heldout_prompts
-from seeding import make_generator
+from seeding import build_model, make_generator
 from storage import atomic_write_bytes, set_aside, torch_bytes
 from transformer import ModelConfig, check_fixed_point
 
@@ -233,6 +235,38 @@ def train_step(
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
     optimizer.step()
     return value
+
+
+def step_times(runs: dict[str, tuple], steps: int = 20, warmup: int = 3) -> dict[str, float]:
+    """The median wall time, in ms, of one CPU training step (`train_step`, what `train` runs every
+    step) of each run in `runs` ({name: (ModelConfig, TrainConfig, task)}), on one torch thread as
+    the runner's workers train. The runs are timed round-robin, one step of each in turn, so a
+    change in the machine's load falls on every run alike; a record's `wall_time_s` also counts its
+    validations and whatever shared the machine while that run trained."""
+    if not (isinstance(steps, int) and steps >= 1 and isinstance(warmup, int) and warmup >= 0):
+        raise ValueError(f"step_times: steps={steps!r} must be an int >= 1 and warmup={warmup!r} an int >= 0")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        states = {}
+        for name, (model_config, config, task) in runs.items():
+            model = build_model(model_config, config.seed)  # on the CPU
+            model.train()
+            optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+            states[name] = (model, optimizer, task, make_generator(config.seed, "train"), config)
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for round_ in range(warmup + steps):
+            for name, (model, optimizer, task, generator, config) in states.items():
+                started = time.perf_counter()
+                loss = train_step(model, optimizer, task, generator, config)
+                elapsed = time.perf_counter() - started
+                if not math.isfinite(loss):
+                    raise RuntimeError(f"step_times: run {name!r}: the loss became {loss} while its steps were timed")
+                if round_ >= warmup:
+                    times[name].append(elapsed)
+        return {name: 1e3 * float(np.median(values)) for name, values in times.items()}
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Stepper(Protocol):

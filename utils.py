@@ -7,7 +7,8 @@ working and a newcomer has one place to start:
 - `configs`:    `TrainConfig` and its schedule (loops, points and dimensions at a step);
 - `evaluation`: level-1 and level-2 validation, extrapolation, label sensitivity, state updates,
                 per-prompt errors and bootstrap bands;
-- `training`:   the training loop (`train_loop`, `train`, `train_step`, the loss, `TrainResult`);
+- `training`:   the training loop (`train_loop`, `train`, `train_step`, the loss, `TrainResult`,
+                `step_times`);
 - `storage`:    atomic JSON, weights and SVG writing, saved runs.
 Imports run one way: checks <- seeding <- configs <- evaluation <- storage <- training <- utils.
 """
@@ -58,6 +59,7 @@ from training import (
     resolve_device,
     sample_batch,
     step_loss,
+    step_times,
     train,
     train_loop,
     train_step,
@@ -78,6 +80,7 @@ __all__ = [
     "build_model",
     "check_effective",
     "check_training",
+    "step_times",
     "closest_iterates",
     "error_scale",
     "eval_mode",

@@ -37,8 +37,6 @@ single thread, so "% of peak" says how much of what this core can do the trainin
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 import time
 from dataclasses import dataclass
 
@@ -50,7 +48,7 @@ torch.set_num_threads(1)
 
 from tasks import LinearRegression  # noqa: E402
 from transformer import BaseLoopedTransformer, ModelConfig, count_parameters  # noqa: E402
-from utils import TrainConfig, build_model, make_generator, train_step  # noqa: E402
+from utils import TrainConfig, build_model, step_times  # noqa: E402
 
 N_DIMS = 8
 N_POINTS = 64
@@ -113,31 +111,16 @@ def matmul_peak(size: int = PEAK_SIZE, repeats: int = 5) -> float:
 
 
 def time_training(name: str, model_config: ModelConfig, b: int, batch: int, steps: int, warmup: int) -> Result:
-    """Median wall time of one `utils.train` step for one shape."""
+    """Median wall time of one `utils.train` step for one shape (`utils.step_times`)."""
     task = LinearRegression(n_dims=model_config.n_dims)
     train_config = TrainConfig(steps=1, batch_size=batch, b=b, n_points=N_POINTS, seed=SEED)
-    model = build_model(model_config, train_config.seed)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
-    generator = make_generator(train_config.seed, "train")
-
-    def one_step() -> None:
-        loss = train_step(model, optimizer, task, generator, train_config)  # what utils.train runs per step
-        if not math.isfinite(loss):
-            raise RuntimeError(f"{name}: the loss became {loss} during the benchmark")
-
-    for _ in range(warmup):
-        one_step()
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        one_step()
-        times.append(time.perf_counter() - started)
+    ms_per_step = step_times({name: (model_config, train_config, task)}, steps, warmup)[name]
+    model = build_model(model_config, train_config.seed)  # for its size and FLOPs
     n_tokens = 2 * N_POINTS - 1
     return Result(
         shape=name,
         params=count_parameters(model),
-        ms_per_step=statistics.median(times) * 1e3,
+        ms_per_step=ms_per_step,
         gflop_per_step=step_flops(model, b, batch, n_tokens) / 1e9,
     )
 

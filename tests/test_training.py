@@ -25,6 +25,7 @@ from utils import (
     save_run,
     save_svg,
     state_updates,
+    step_times,
     train,
     validate,
 )
@@ -482,3 +483,15 @@ def test_long_loops_need_a_gradient_window_before_training():
         train(build_model(long, 0), TASK, config(b=400), progress=False)
     result = train(build_model(long, 0), TASK, config(b=400, grad_window=4, steps=1), progress=False)
     assert result.status == "finished"
+
+
+def test_step_times_times_every_run_on_one_thread_and_leaves_the_thread_count():
+    threads = torch.get_num_threads()
+    wide = dataclasses.replace(MODEL, hidden_dim=32, mlp_hidden=64)
+    times = step_times({"narrow": (MODEL, config(), TASK), "wide": (wide, config(b=5), TASK)}, steps=2, warmup=1)
+    assert list(times) == ["narrow", "wide"]
+    assert all(math.isfinite(ms) and ms > 0 for ms in times.values())
+    assert torch.get_num_threads() == threads
+    for bad in (dict(steps=0), dict(warmup=-1), dict(steps=1.5)):
+        with pytest.raises(ValueError, match="step_times: steps="):
+            step_times({"narrow": (MODEL, config(), TASK)}, **bad)
