@@ -221,12 +221,12 @@ def test_old_records_map_level2_to_evaluation():
 
 
 # run records only: grid.json, tuning.json and Experiment 4's shared-rate.json and rate-screen.json hold sittings'
-# wall times, Experiment 4's "learned alpha.json" a side result
+# wall times; Experiment 4's "learned alpha.json" and Experiment 5's "step times.json" are side results
 SITTINGS = ("grid.json", "tuning.json", "shared-rate.json", "rate-screen.json")
 COMMITTED = sorted(
     p
     for p in (runner.ROOT / "results").glob("experiment */data/*.json")
-    if p.name not in (*SITTINGS, "learned alpha.json")
+    if p.name not in (*SITTINGS, "learned alpha.json", "step times.json")
 )
 
 
