@@ -4,7 +4,8 @@ Owns what every notebook did by hand:
 - `Experiment`: the preset (`PRESET`), backend (`BACKEND`), device (`DEVICE`) and output folder
   (`runner.results_dir`, which honours `LOOPED_RESULTS_ROOT`) read from the environment; `run`,
   the grid of runs (`runner.run_grid_timed`: finished runs are read from the cache); `figure`,
-  which saves an SVG atomically, closes the figure and shows it; and `write_report`, which fills
+  which saves an SVG atomically, closes the figure and shows it; `step_times`, what a training step
+  of each variant costs, measured once and kept beside the runs; and `write_report`, which fills
   the notebook's markdown report templates in `experiments/reports/`.
 - `Results`: the records of a grid with named look-ups (`where(model="small", b=5)`,
   `extrapolation(at=20)`, `level2_median()`, `finished`/`diverged`), so a notebook never indexes
@@ -32,10 +33,10 @@ import numpy as np
 import plots
 from baselines import baseline_position_errors
 from checks import require
-from runner import ROOT, RunSpec, choose_preset, results_dir, run_grid_timed
+from runner import ROOT, RunSpec, choose_preset, hardware, results_dir, run_grid_timed
 from tasks import task_from_dict
 from tracking import tracking_from_env
-from utils import TrainConfig, atomic_write_bytes, heldout_prompts, read_json, save_svg
+from utils import TrainConfig, atomic_write_bytes, heldout_prompts, read_json, save_svg, step_times, write_json
 from verdicts import Gate, learned_table, reference_errors, reference_names, trained_groups
 
 REPORTS = ROOT / "experiments" / "reports"
@@ -216,6 +217,22 @@ class Experiment:
         for record in self.results.diverged:
             print(f"  {record['spec']['name']}: {record['train']['message']}")
         return self.results
+
+    def step_times(self, runs: Mapping[str, RunSpec], steps: int = 20, warmup: int = 3) -> dict:
+        """What one CPU training step of each of `runs` ({label: spec}) costs (`utils.step_times`:
+        timed round-robin in this process), measured once and kept in `data/step times.json`; a
+        later sitting reads that file, so re-rendering a report does not change its numbers. Measured
+        again only when the labels differ. Returns {"hardware", "steps", "warmup", "ms per step":
+        {label: ms}}."""
+        path = self.out / "data" / "step times.json"
+        if path.exists() and sorted(read_json(path)["ms per step"]) == sorted(runs):
+            return read_json(path)
+        ms = step_times(
+            {label: (spec.model, spec.train, task_from_dict(spec.task)) for label, spec in runs.items()}, steps, warmup
+        )
+        measured = {"hardware": hardware(), "steps": steps, "warmup": warmup, "ms per step": ms}
+        write_json(path, measured)
+        return read_json(path)
 
     def figure(self, fig, name: str) -> Path:
         """Save `fig` as `<out>/<name>.svg` (atomic, byte-stable), close it and show it."""

@@ -286,3 +286,19 @@ def test_a_retraining_elsewhere_is_compared_with_the_committed_runs(tmp_path, mo
     record.write_text(json.dumps(values))
     text = retrained.compare_with_committed(committed_root)
     assert "| 33.33% | no |" in text
+
+
+def test_step_times_are_measured_once_and_read_back(tmp_path, monkeypatch):
+    from utils import read_json, write_json
+
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(5, {"smoke": {}})
+    specs = {"one": tiny_specs([1])[0], "two": tiny_specs([2])[0]}
+    measured = exp.step_times(specs, steps=1, warmup=0)
+    assert sorted(measured["ms per step"]) == ["one", "two"] and measured["steps"] == 1
+    path = exp.out / "data" / "step times.json"
+    write_json(path, {**measured, "ms per step": {"one": 1.0, "two": 2.0}})
+    assert exp.step_times(specs)["ms per step"] == {"one": 1.0, "two": 2.0}  # read, not measured again
+    assert sorted(exp.step_times({"one": specs["one"]}, steps=1, warmup=0)["ms per step"]) == ["one"]  # new labels
+    assert sorted(read_json(path)["ms per step"]) == ["one"]
