@@ -586,13 +586,8 @@ def _run_pending(
         )
         try:
             jobs = {pool.submit(_execute_in_worker, spec, str(out_dir), "pool", tracking): spec for spec in pending}
-            running = set(jobs)
-            while running:
-                # A timed wait: Ctrl-C can land on another thread (the pool's, BLAS's), and then only a main thread
-                # that wakes up sees it; an untimed wait (as_completed) slept through it until the runs ended.
-                done, running = futures.wait(running, timeout=0.5, return_when=futures.FIRST_COMPLETED)
-                for job in done:
-                    collect(jobs[job], job.result)
+            for job in futures.as_completed(jobs):
+                collect(jobs[job], job.result)
         except BaseException:  # KeyboardInterrupt (Ctrl-C, Jupyter's interrupt) or an error here
             _stop_pool(pool)
             raise
