@@ -20,6 +20,10 @@ GRID = textwrap.dedent(
     from runner import EvalConfig, RunSpec, run_grid
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for every thread's stack on a hang
+    # SIGINT as a Jupyter kernel has it, whatever this process inherited (a blocked or ignored SIGINT is inherited
+    # across exec; fresh-clone CI runs beside a grid hung here with the main thread polling and no KeyboardInterrupt)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from tasks import LinearRegression
     from transformer import ModelConfig
     from utils import TrainConfig
@@ -89,11 +93,14 @@ def test_sigint_stops_the_grid_now_and_it_resumes_later(tmp_path):
     try:
         _, stderr = process.communicate(timeout=300)
     except subprocess.TimeoutExpired:
+        with open(f"/proc/{process.pid}/status") as status:  # its signal masks: blocked, ignored, caught
+            masks = "".join(line for line in status if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
         os.kill(process.pid, signal.SIGUSR1)  # where it hangs, for the report
         time.sleep(2.0)
         process.kill()
         _, stderr = process.communicate()
-        pytest.fail(f"the interrupted grid had not stopped after 300 s; its threads then:\n{stderr[-6000:]}")
+        pytest.fail(f"the interrupted grid had not stopped after 300 s; its signal masks:\n{masks}its threads then:\n"
+                    f"{stderr[-6000:]}")
     assert process.returncode != 0 and "KeyboardInterrupt" in stderr
     assert gone(workers), "a worker process is still running after the interrupt"
     time.sleep(1.0)
