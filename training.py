@@ -27,7 +27,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -250,7 +250,8 @@ def step_times(runs: dict[str, tuple], steps: int = 20, warmup: int = 3) -> dict
     try:
         states = {}
         for name, (model_config, config, task) in runs.items():
-            model = build_model(model_config, config.seed)  # on the CPU
+            config = replace(config, device="cpu")  # a CPU step, whatever device the run trains on
+            model = build_model(model_config, config.seed)
             model.train()
             optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
             states[name] = (model, optimizer, task, make_generator(config.seed, "train"), config)

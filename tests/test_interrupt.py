@@ -21,7 +21,7 @@ GRID = textwrap.dedent(
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for every thread's stack on a hang
     # SIGINT as a Jupyter kernel has it, whatever this process inherited (a blocked or ignored SIGINT is inherited
-    # across exec; fresh-clone CI runs beside a grid hung here with the main thread polling and no KeyboardInterrupt)
+    # across exec): fresh-clone CI runs beside a grid hung here with no KeyboardInterrupt, cause not yet known
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, signal.default_int_handler)
     from tasks import LinearRegression
