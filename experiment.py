@@ -5,8 +5,9 @@ Owns what every notebook did by hand:
   (`runner.results_dir`, which honours `LOOPED_RESULTS_ROOT`) read from the environment; `run`,
   the grid of runs (`runner.run_grid_timed`: finished runs are read from the cache); `figure`,
   which saves an SVG atomically, closes the figure and shows it; `step_times`, what a training step
-  of each variant costs, measured once and kept beside the runs; and `write_report`, which fills
-  the notebook's markdown report templates in `experiments/reports/`.
+  of each variant costs, measured once and kept beside the runs; `per_run`, a value computed from
+  each run's saved model, kept beside the runs the same way; and `write_report`, which fills the
+  notebook's markdown report templates in `experiments/reports/`.
 - `Results`: the records of a grid with named look-ups (`where(model="small", b=5)`,
   `extrapolation(at=20)`, `level2_median()`, `finished`/`diverged`), so a notebook never indexes
   the nested record dicts itself.
@@ -234,6 +235,23 @@ class Experiment:
         measured = {"hardware": hardware(), "steps": steps, "warmup": warmup, "ms per step": ms}
         write_json(path, measured)
         return read_json(path)  # as a later sitting will read it (JSON's key order and floats), so reports agree
+
+    def per_run(self, name: str, records: Iterable[dict], compute: Callable[[dict], Any]) -> dict[str, Any]:
+        """`compute(record)` for each of `records`, kept in `data/<name>.json` ({run name: value}):
+        what is read from a run's saved model (which stays local) is computed in the sitting that
+        trained it, and every later sitting, on any clone, reads the committed file. Only the runs
+        the file lacks are computed; the file is written after each, so an interrupted sitting keeps
+        what it had. Returns {run name: value} for `records`, as JSON reads it back."""
+        path = self.out / "data" / f"{name}.json"
+        kept = read_json(path) if path.exists() else {}
+        records = list(records)
+        for record in records:
+            run = record["spec"]["name"]
+            if run not in kept:
+                kept[run] = compute(record)
+                write_json(path, kept)
+                kept = read_json(path)  # as a later sitting will read it (lists, JSON's floats), so reports agree
+        return {record["spec"]["name"]: kept[record["spec"]["name"]] for record in records}
 
     def figure(self, fig, name: str) -> Path:
         """Save `fig` as `<out>/<name>.svg` (atomic, byte-stable), close it and show it."""

@@ -302,3 +302,23 @@ def test_step_times_are_measured_once_and_read_back(tmp_path, monkeypatch):
     assert exp.step_times(specs)["ms per step"] == {"one": 1.0, "two": 2.0}  # read, not measured again
     assert sorted(exp.step_times({"one": specs["one"]}, steps=1, warmup=0)["ms per step"]) == ["one"]  # new labels
     assert sorted(read_json(path)["ms per step"]) == ["one"]
+
+
+def test_per_run_values_are_computed_once_per_run_and_read_back(tmp_path, monkeypatch):
+    from utils import read_json
+
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(5, {"smoke": {}})
+    records = [{"spec": {"name": name}} for name in ("a", "b")]
+    computed = []
+
+    def compute(record):
+        computed.append(record["spec"]["name"])
+        return (len(computed), 0.1)
+
+    assert exp.per_run("probe", records[:1], compute) == {"a": [1, 0.1]}  # as JSON reads it back
+    assert exp.per_run("probe", records, compute) == {"a": [1, 0.1], "b": [2, 0.1]}
+    assert computed == ["a", "b"]  # "a" was read from the file, not computed again
+    assert read_json(exp.out / "data" / "probe.json") == {"a": [1, 0.1], "b": [2, 0.1]}
+    assert exp.per_run("probe", records[1:], compute) == {"b": [2, 0.1]}  # only the runs asked for
