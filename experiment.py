@@ -5,9 +5,11 @@ Owns what every notebook did by hand:
   (`runner.results_dir`, which honours `LOOPED_RESULTS_ROOT`) read from the environment; `run`,
   the grid of runs (`runner.run_grid_timed`: finished runs are read from the cache); `figure`,
   which saves an SVG atomically, closes the figure and shows it; `step_times`, what a training step
-  of each variant costs, measured once and kept beside the runs; `per_run`, a value computed from
-  each run's saved model, kept beside the runs the same way; and `write_report`, which fills the
-  notebook's markdown report templates in `experiments/reports/`.
+  of each variant costs, measured once and kept beside the runs; `screen_rates`, a one-seed
+  screen of a lower peak rate for the configurations the shared rate leaves above the gate
+  (`RateScreen`); `per_run`, a value computed from each run's saved model, kept beside the runs
+  the same way; and `write_report`, which fills the notebook's markdown report templates in
+  `experiments/reports/`.
 - `Results`: the records of a grid with named look-ups (`where(model="small", b=5)`,
   `extrapolation(at=20)`, `level2_median()`, `finished`/`diverged`), so a notebook never indexes
   the nested record dicts itself.
@@ -26,6 +28,7 @@ import os
 import re
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ from runner import ROOT, RunSpec, choose_preset, hardware, results_dir, run_grid
 from tasks import task_from_dict
 from tracking import tracking_from_env
 from utils import TrainConfig, atomic_write_bytes, heldout_prompts, read_json, save_svg, step_times, write_json
-from verdicts import Gate, learned_table, reference_errors, reference_names, trained_groups
+from verdicts import Gate, learned_table, reference_errors, reference_names, trained_groups, tune_rates, verdict
 
 REPORTS = ROOT / "experiments" / "reports"
 # The report headings under which conclusions are drawn: the gate's verdict is repeated there.
@@ -177,6 +180,31 @@ class Results(Sequence):
         return plots.mean_pm_std(self.extrapolation(**look_up) if values is None else values)
 
 
+@dataclass
+class RateScreen:
+    """What `Experiment.screen_rates` found: stage 1 (`shared`: one seed of every configuration
+    at the shared peak rate), stage 2 (`screen`: that seed again at the lower rate, for the
+    configurations stage 1 left above the gate, listed in `untrained`), the rate chosen per
+    configuration (`lr`), the table of every candidate tried (`table`) and each stage's sitting
+    (wall time, hardware, backend)."""
+
+    shared: Results
+    screen: Results
+    untrained: list[str]
+    lr: dict[str, float]
+    table: str
+    shared_sitting: dict
+    screen_sitting: dict
+
+    def stages(self) -> str:
+        """The report's settings cell for the two stages: their wall times and run-minutes."""
+        return (
+            f"one seed at the shared rate: {self.shared_sitting['wall_time_s'] / 60:.1f} min; rate screen: "
+            f"{self.screen_sitting['wall_time_s'] / 60:.1f} min ({len(self.screen.names)} runs); "
+            f"{(self.shared.run_minutes() + self.screen.run_minutes()):.1f} run-minutes"
+        )
+
+
 class Experiment:
     """One notebook's experiment: number, preset and where its runs and report go.
 
@@ -218,6 +246,36 @@ class Experiment:
         for record in self.results.diverged:
             print(f"  {record['spec']['name']}: {record['train']['message']}")
         return self.results
+
+    def screen_rates(
+        self,
+        configs: Sequence[str],
+        spec_for: Callable[[str, int, float], RunSpec],
+        label: str,
+        seed: int,
+        lr: float,
+        screen_lr: float,
+        threshold: float,
+        gate: Gate | None = None,
+    ) -> RateScreen:
+        """The rate screen, stages 1 and 2 of a grid whose variants may need a lower peak rate
+        than the reference: `spec_for(config, seed, lr)` of every config at the shared `lr`
+        (sitting "shared-rate"); the configs above the gate (`threshold`) run again at `screen_lr`
+        (sitting "rate-screen"); `verdicts.tune_rates` picks between the two per config, on the
+        held-out set the runs report. `label` is the RunSpec label that holds the config's name.
+        A config the shared rate trained keeps it. Stage 3 (every seed at the chosen rate) is the
+        notebook's own `run`."""
+        gate = gate or Gate()
+        shared = self.run([spec_for(config, seed, lr) for config in configs], sitting="shared-rate")
+        shared_sitting = dict(self.grid)
+        untrained = [c for c in configs if not verdict(shared.where(**{label: c}), threshold, gate).trained]
+        print(f"above the gate ({plots.fmt(threshold)}) at the shared rate {lr:g}:", untrained or "none")
+        screen = self.run([spec_for(config, seed, screen_lr) for config in untrained], sitting="rate-screen")
+        screen_sitting = dict(self.grid)
+        candidates = {c: [*shared.where(**{label: c}), *screen.where(**{label: c})] for c in untrained}
+        chosen, table = tune_rates(candidates, threshold, validated_on="held-out set")
+        rates = {config: chosen.get(config, lr) for config in configs}
+        return RateScreen(shared, screen, untrained, rates, table, shared_sitting, screen_sitting)
 
     def step_times(self, runs: Mapping[str, RunSpec], steps: int = 20, warmup: int = 3) -> dict:
         """What one CPU training step of each of `runs` ({label: spec}) costs (`utils.step_times`:

@@ -1,5 +1,6 @@
 """The notebooks' helper: named look-ups into run records, the report writer and the environment."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -322,3 +323,32 @@ def test_per_run_values_are_computed_once_per_run_and_read_back(tmp_path, monkey
     assert computed == ["a", "b"]  # "a" was read from the file, not computed again
     assert read_json(exp.out / "data" / "probe.json") == {"a": [1, 0.1], "b": [2, 0.1]}
     assert exp.per_run("probe", records[1:], compute) == {"b": [2, 0.1]}  # only the runs asked for
+
+
+def test_screen_rates_runs_the_lower_rate_only_where_the_shared_one_left_a_config_above_the_gate(tmp_path, monkeypatch):
+    from verdicts import final_error
+
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("BACKEND", "inline")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(4, {"smoke": {}})
+
+    def spec_for(config, seed, lr):
+        spec = tiny_specs([seed], steps=4)[0]
+        return dataclasses.replace(spec, name=f"{config}_lr{lr:g}_{seed}", train=dataclasses.replace(spec.train, lr=lr),
+                                   labels={"method": config, "seed": seed})
+
+    everything_passes = exp.screen_rates(["a", "b"], spec_for, "method", 7, 1e-2, 3e-3, threshold=10.0)
+    assert everything_passes.untrained == [] and len(everything_passes.screen) == 0
+    assert everything_passes.lr == {"a": 1e-2, "b": 1e-2}
+    assert everything_passes.shared.names == ["a_lr0.01_7", "b_lr0.01_7"]
+
+    nothing_passes = exp.screen_rates(["a", "b"], spec_for, "method", 7, 1e-2, 3e-3, threshold=0.0)
+    assert nothing_passes.untrained == ["a", "b"] and nothing_passes.screen.names == ["a_lr0.003_7", "b_lr0.003_7"]
+    for config in ("a", "b"):  # no candidate reaches the gate: the lower final error wins
+        candidates = [*nothing_passes.shared.where(method=config), *nothing_passes.screen.where(method=config)]
+        best = min(candidates, key=final_error)
+        assert nothing_passes.lr[config] == best["spec"]["train"]["lr"]
+    assert nothing_passes.table.count("| a |") == 2 and "final error (held-out set)" in nothing_passes.table
+    assert (exp.out / "data" / "shared-rate.json").exists() and (exp.out / "data" / "rate-screen.json").exists()
+    assert "rate screen:" in nothing_passes.stages() and "(2 runs)" in nothing_passes.stages()
