@@ -2,9 +2,28 @@
 
 One prepared script for a short GPU lease (a few minutes), in stages, each written to the output
 folder as it finishes, so a stage that runs out of time loses only itself:
-1. correctness: tests/test_ensemble.py on the GPU (`LOOPED_TEST_DEVICE`), the measured deviation
-   of ensemble members from separate runs, and causality of every model variant on CUDA, plain
-   and under the ensemble's vmap;
+1. correctness, in parts that each log and save on their own (a part that fails is `<part>_error`):
+   - tests/test_ensemble.py on the GPU (`LOOPED_TEST_DEVICE`);
+   - the measured deviation of ensemble members from separate runs (`member_deviation`);
+   - causality of every model variant in `VARIANTS` on the device, plain and under the ensemble's
+     vmap (`causality`): besides the first six, every option added since the first GPU runs (the
+     loop embedding, final_norm, the learned PE of std 0.02, the paper's multiplicative injection
+     with the PE added after the product, `pe_at="loop"`, the context cut with its tokens dropped,
+     the carried state with every token or the carried ones only computed); where the ensemble
+     refuses a variant by design (dropped tokens, `state_compute="carried"`) its vmap entry is
+     "refused: <the ensemble's message>";
+   - the training options added since (`TRAINING_OPTIONS`: truncated backpropagation, a random
+     loop count per step, uniform or Poisson-lognormal, with a gradient window, the
+     deep-equilibrium model's fixed-point solve with its implicit gradient, and the dropped-token
+     and carried-only models, which only the single-run backend trains), each trained 30 steps on
+     the device and on the CPU from one seed on the same prompts (`training_options`): the
+     largest relative difference of the losses, that of the first step, and whether all are finite;
+   - ms per training step on the device, and on the machine's CPU by `training.step_times`, of
+     Experiment 5's cut to the first n=3 examples after loop 1 at its cpu preset (uncut, masked,
+     dropped) and of Experiment 6's carried state (every token or the carried ones only computed)
+     at its cpu preset (`drop_timing`);
+   estimated at 1.5 to 2 minutes on an H100 (the first three parts took 38 s there before the
+   additions);
 2. learning: an ensemble of seeds trained on CUDA to the point where it has learned in-context
    regression, scored against averaging and least squares on fresh prompts;
 3. speed: benchmarks/ensemble_speed.py at the study's tiny and small shapes, eager at 1, 16 and
@@ -26,8 +45,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -37,11 +58,20 @@ from pathlib import Path
 import torch
 
 from baselines import averaging, least_squares
-from ensemble import Ensemble, train_ensemble
+from ensemble import Ensemble, check_ensemble, train_ensemble
 from runner import RunSpec
 from tasks import LinearRegression, build_prompt
 from transformer import ModelConfig
-from utils import TrainConfig, build_model, make_generator, prediction_errors, train
+from utils import (
+    SingleStepper,
+    TrainConfig,
+    build_model,
+    make_generator,
+    prediction_errors,
+    step_times,
+    train,
+    train_step,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTED = time.perf_counter()
@@ -92,48 +122,297 @@ VARIANTS = {
     "context first n=3 after loop 1": {"context_keep": "first", "context_n": 3},
     "A->B stacks": {"loop_stacks": 2},
     "EMA injection": {"injection": "ema"},
+    # the options added since the first GPU runs
+    "loop embedding (sinusoidal)": {"loop_embedding": "sinusoidal"},
+    "final norm on the Laptev block": {"final_norm": True},
+    "learned PE, std 0.02": {"pe": "learned", "pe_std": 0.02},
+    "paper multiplicative, PE after product": {"injection": "multiplicative", "pe": "learned", "pe_at": "loop"},
+    "context first n=3 after loop 1, dropped": {"context_keep": "first", "context_n": 3, "context_compute": "drop"},
+    "context first n=3 from loop 1, dropped": {
+        "context_keep": "first",
+        "context_n": 3,
+        "context_cut_at": 1,
+        "context_compute": "drop",
+    },
+    "state last 50% in place": {"state_keep": "last_in_place", "state_fraction": 0.5},
+    "state last 50% in place, carried only": {
+        "state_keep": "last_in_place",
+        "state_fraction": 0.5,
+        "state_compute": "carried",
+    },
 }
+# Not here, since they are not causal by design: context_keep "random" (the kept subset is a checksum of the
+# prompt, so a later token changes which earlier examples are kept), "random_batch" (shuffled) and state_keep
+# "last_shifted" (hands position i a later position's state).
 
 
-def causality(device: str) -> dict[str, dict[str, float]]:
-    """Largest change of an earlier prediction when a later token changes: plain and vmapped."""
+def vmap(ensemble: Ensemble, tokens: torch.Tensor) -> torch.Tensor:
+    """A one-member ensemble's vmapped forward of tokens [B, S, d] at b = 3: predictions [3, B, P]."""
+    return ensemble.forward(ensemble.params, ensemble.buffers, tokens[None], 3, None)[0]
+
+
+def causality(device: str) -> dict[str, dict[str, float | str]]:
+    """Largest change of an earlier prediction when a later token changes: plain and vmapped. A variant
+    the ensemble refuses by design (`ensemble.check_ensemble`) has vmap "refused: <its message>"."""
     found = {}
     for label, fields in VARIANTS.items():
         config = ModelConfig(n_dims=4, n_layers=2, n_heads=2, hidden_dim=16, mlp_hidden=32, context=23, **fields)
         model = build_model(config, seed=1).to(device).eval()
         tokens = LinearRegression(4).sample(8, 12, make_generator(3, "validation"))[0].to(device)  # [B, 23, 4]
-        ensemble = Ensemble(config, LinearRegression(4), [TrainConfig(steps=1, b=3, n_points=12, device=device)])
-        worst = {"plain": 0.0, "vmap": 0.0}
+        member = TrainConfig(steps=1, b=3, n_points=12, device=device)
+        worst: dict[str, float | str] = {"plain": 0.0, "vmap": 0.0}
+        try:
+            check_ensemble(config, [member])
+        except ValueError as error:  # by design: the ensemble's own checks, with their message
+            worst["vmap"] = f"refused: {error}"
+        ensemble = Ensemble(config, LinearRegression(4), [member]) if worst["vmap"] == 0.0 else None
         with torch.no_grad():
             base_plain = model(tokens, 3)
-            base_vmap = ensemble.forward(ensemble.params, ensemble.buffers, tokens[None], 3, None)[0]
+            base_vmap = vmap(ensemble, tokens) if ensemble is not None else None
             for position in range(1, tokens.shape[1]):
                 perturbed = tokens.clone()
                 perturbed[:, position] += 3.0
                 earlier = [i for i in range(12) if 2 * i < position]
                 plain = model(perturbed, 3)
-                vmapped = ensemble.forward(ensemble.params, ensemble.buffers, perturbed[None], 3, None)[0]
                 worst["plain"] = max(worst["plain"], float((plain - base_plain)[:, :, earlier].abs().max()))
-                worst["vmap"] = max(worst["vmap"], float((vmapped - base_vmap)[:, :, earlier].abs().max()))
+                if ensemble is not None:
+                    vmapped = vmap(ensemble, perturbed)
+                    worst["vmap"] = max(worst["vmap"], float((vmapped - base_vmap)[:, :, earlier].abs().max()))
         found[label] = worst
     return found
 
 
-def stage_correctness(args, log, report: dict) -> None:
-    env = {**os.environ, "LOOPED_TEST_DEVICE": args.device, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ensemble.py"]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
-    say(log, f"pytest tests/test_ensemble.py on {args.device}: exit {done.returncode}\n  " + "\n  ".join(tail))
-    report["ensemble_tests"] = {"exit": done.returncode, "tail": tail}
-    for steps in (12, 200) if not args.smoke else (4,):
-        deviation = deviation_of_members(args.device, steps)
-        say(log, f"ensemble members vs separate runs after {steps} steps (max relative): {deviation}")
-        report.setdefault("member_deviation", []).append(deviation)
-    report["causality"] = causality(args.device)
-    say(log, "causality, largest change of an earlier prediction (plain, vmap):")
-    for label, worst in report["causality"].items():
-        say(log, f"  {label:<32} {worst['plain']:.3g}  {worst['vmap']:.3g}")
+class DrawnOnCPU:
+    """A task whose batches are drawn on the CPU (from a CPU generator) and moved to `device`: a device's
+    own generator draws another stream, so a run on the device would not see the CPU run's prompts."""
+
+    def __init__(self, task, device: str) -> None:
+        self.task, self.device, self.n_dims = task, device, task.n_dims
+
+    def sample(self, *args, **options):
+        return tuple(t.to(self.device) for t in self.task.sample(*args, **options))
+
+
+# The training options added since the first GPU runs: label -> (ModelConfig fields, TrainConfig fields).
+# The last two are model options that only the single-run backend trains (the ensemble refuses them).
+TRAINING_OPTIONS = {
+    "unrolled, every loop (reference)": ({}, {}),
+    "truncated backprop, grad_window 2": ({}, {"grad_window": 2}),
+    "random loops uniform 2..b, grad_window 2": ({}, {"loops_random": ("uniform", 2), "grad_window": 2}),
+    "random loops poisson-lognormal mean 3, grad_window 2": (
+        {},
+        {"loops_random": ("poisson_lognormal", 3.0, 0.5), "grad_window": 2},
+    ),
+    "fixed point (Anderson, implicit gradient)": ({}, {"solver": "fixed_point", "supervise": "last"}),
+    "context first n=3 after loop 1, dropped": (
+        {"context_keep": "first", "context_n": 3, "context_compute": "drop"},
+        {},
+    ),
+    "state last 50% in place, carried only": (
+        {"state_keep": "last_in_place", "state_fraction": 0.5, "state_compute": "carried"},
+        {},
+    ),
+}
+
+
+def training_options(device: str, steps: int) -> dict[str, dict]:
+    """Each of `TRAINING_OPTIONS` trained for `steps` steps on `device` and on the CPU, from one seed on the
+    same prompts (drawn on the CPU, `DrawnOnCPU`) through the single-run stepper (`SingleStepper`): the
+    largest relative difference of the step losses, that of the first step (same weights, same batch: the
+    arithmetic alone), and whether every loss was finite on both."""
+    task = LinearRegression(4)
+    base = TrainConfig(
+        steps=steps,
+        batch_size=16,
+        lr=3e-3,
+        b=6,
+        n_points=12,
+        seed=5,
+        lr_schedule="cosine",
+        warmup=0.1,
+        clip_grad_norm=1.0,
+        eval_prompts=16,
+    )
+    threads = torch.get_num_threads()
+    found = {}
+    try:
+        for label, (model_fields, train_fields) in TRAINING_OPTIONS.items():
+            model_config = ModelConfig(
+                n_dims=4, n_layers=1, n_heads=2, hidden_dim=16, mlp_hidden=32, context=23, **model_fields
+            )
+            losses = {}
+            for where in (device, "cpu"):
+                config = dataclasses.replace(base, device=where, **train_fields)
+                stepper = SingleStepper(build_model(model_config, config.seed), DrawnOnCPU(task, where), config)
+                stepper.generator = make_generator(config.seed, "train")  # on the CPU for both
+                losses[where] = [stepper.step(done)[0] for done in range(steps)]
+            got, want = torch.tensor(losses[device]), torch.tensor(losses["cpu"])
+            relative = (got - want).abs() / want.abs().clamp_min(1e-12)
+            found[label] = {
+                "steps": steps,
+                "loss_rel": float(relative.max()),
+                "first_step_rel": float(relative[0]),
+                "finite": bool(torch.isfinite(got).all() and torch.isfinite(want).all()),
+                "last_loss": {"device": losses[device][-1], "cpu": losses["cpu"][-1]},
+            }
+    finally:
+        torch.set_num_threads(threads)  # SingleStepper set the CPU run's one thread
+    return found
+
+
+def device_step_times(runs: dict[str, tuple], device: str, steps: int, warmup: int) -> dict[str, float]:
+    """`training.step_times` on `device`: the median wall time, in ms, of one training step (`train_step`) of
+    each run, timed round-robin, with the device synchronised around every step. (`step_times` itself
+    always times a CPU step on one thread, as the runner's CPU workers train.)"""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+    states = {}
+    for name, (model_config, config, task) in runs.items():
+        config = dataclasses.replace(config, device=device)
+        model = build_model(model_config, config.seed).to(device).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        states[name] = (model, optimizer, task, make_generator(config.seed, "train", device), config)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(warmup + steps):
+        for name, (model, optimizer, task, generator, config) in states.items():
+            sync()
+            started = time.perf_counter()
+            loss = train_step(model, optimizer, task, generator, config)
+            sync()
+            elapsed_s = time.perf_counter() - started
+            if not math.isfinite(loss):
+                raise RuntimeError(f"device_step_times: run {name!r}: the loss became {loss} while it was timed")
+            if round_ >= warmup:
+                times[name].append(elapsed_s)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+
+
+def drop_timing_runs(smoke: bool) -> dict[str, tuple]:
+    """The runs whose training step is timed: Experiment 5's cut to the first n=3 examples after loop 1 at its
+    cpu preset (d 4, N 12, 2 layers of width 32 with 4 heads and MLP 128, learned PE of std 0.02, b 10, batch
+    64, Experiment 0's recipe), uncut, masked and dropped; and Experiment 6's carried state at its cpu preset
+    (d 4, 12 points, the same layers without PE), every token computed or the carried ones only. `smoke`:
+    toy sizes. {label: (ModelConfig, TrainConfig, task)}"""
+    n_dims, n_points, (layers, heads, hidden, mlp), batch, b = (
+        (2, 7, (1, 2, 16, 32), 8, 3) if smoke else (4, 13, (2, 4, 32, 128), 64, 10)
+    )
+    task = LinearRegression(n_dims)
+    shape = dict(n_dims=n_dims, n_layers=layers, n_heads=heads, hidden_dim=hidden, mlp_hidden=mlp)
+    recipe = dict(lr=1e-2, lr_schedule="cosine", warmup=0.05, clip_grad_norm=1.0, eval_prompts=16, seed=42)
+    exp5 = {  # Experiment 5: N = n_points - 1 examples, n = 3 kept from loop 2 on
+        "exp 5 no cut": {},
+        "exp 5 first n=3 after loop 1, masked": {"context_keep": "first", "context_n": 3},
+        "exp 5 first n=3 after loop 1, dropped": {"context_keep": "first", "context_n": 3, "context_compute": "drop"},
+    }
+    runs = {
+        label: (
+            ModelConfig(**shape, context=2 * n_points - 1, pe="learned", pe_std=0.02, **fields),
+            TrainConfig(steps=2500, batch_size=batch, b=b, n_points=n_points, **recipe),
+            task,
+        )
+        for label, fields in exp5.items()
+    }
+    points6 = n_points - 1  # Experiment 6: 12 points, 23 tokens
+    exp6 = {
+        "exp 6 all (base model)": {},
+        "exp 6 last 50% in place": {"state_keep": "last_in_place", "state_fraction": 0.5},
+        "exp 6 last 50% in place, carried only": {
+            "state_keep": "last_in_place",
+            "state_fraction": 0.5,
+            "state_compute": "carried",
+        },
+        "exp 6 last 25% in place": {"state_keep": "last_in_place", "state_fraction": 0.25},
+        "exp 6 last 25% in place, carried only": {
+            "state_keep": "last_in_place",
+            "state_fraction": 0.25,
+            "state_compute": "carried",
+        },
+    }
+    for label, fields in exp6.items():
+        runs[label] = (
+            ModelConfig(**shape, context=2 * points6 - 1, **fields),
+            TrainConfig(steps=2500, batch_size=batch, b=b, n_points=points6, **recipe),
+            task,
+        )
+    return runs
+
+
+def drop_timing(device: str, smoke: bool) -> dict:
+    """Milliseconds per training step of `drop_timing_runs` on `device` (`device_step_times`), and on this
+    machine's CPU, one thread, by the library's `training.step_times` (what Experiments 5 and 6 report)."""
+    runs = drop_timing_runs(smoke)
+    steps, warmup, cpu_steps, cpu_warmup = (2, 1, 2, 1) if smoke else (30, 5, 10, 2)
+    found = {
+        "device": device,
+        "steps": steps,
+        "warmup": warmup,
+        "device_ms": device_step_times(runs, device, steps, warmup),
+    }
+    found.update({"cpu_steps": cpu_steps, "cpu_warmup": cpu_warmup, "cpu_ms": step_times(runs, cpu_steps, cpu_warmup)})
+    found["shapes"] = {
+        label: {"model": model.to_dict(), "batch_size": config.batch_size, "b": config.b, "n_points": config.n_points}
+        for label, (model, config, _) in runs.items()
+    }
+    return found
+
+
+def stage_correctness(args, log, report: dict, save) -> None:
+    """The parts in turn, each on its own: a part that fails is logged as `<part>_error` and the next runs;
+    the report is saved after each."""
+
+    def part(name: str, run) -> None:
+        started = time.perf_counter()
+        try:
+            run()
+        except Exception as error:  # a failed part is a finding; the next parts still run
+            say(log, f"{name} failed: {type(error).__name__}: {error}")
+            report[f"{name}_error"] = f"{type(error).__name__}: {error}"
+        say(log, f"  ({name}: {time.perf_counter() - started:.0f} s)")
+        save()
+
+    def ensemble_tests() -> None:
+        env = {**os.environ, "LOOPED_TEST_DEVICE": args.device, "PYTHONPATH": str(ROOT)}
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ensemble.py"]
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
+        say(log, f"pytest tests/test_ensemble.py on {args.device}: exit {done.returncode}\n  " + "\n  ".join(tail))
+        report["ensemble_tests"] = {"exit": done.returncode, "tail": tail}
+
+    def member_deviation() -> None:
+        for steps in (12, 200) if not args.smoke else (4,):
+            deviation = deviation_of_members(args.device, steps)
+            say(log, f"ensemble members vs separate runs after {steps} steps (max relative): {deviation}")
+            report.setdefault("member_deviation", []).append(deviation)
+
+    def causality_part() -> None:
+        report["causality"] = causality(args.device)
+        say(log, "causality, largest change of an earlier prediction (plain, vmap):")
+        number = lambda value: f"{value:.3g}" if isinstance(value, float) else value
+        for label, worst in report["causality"].items():
+            say(log, f"  {label:<42} {number(worst['plain'])}  {number(worst['vmap'])}")
+
+    def options_part() -> None:
+        steps = 4 if args.smoke else 30
+        report["training_options"] = training_options(args.device, steps)
+        say(log, f"training options, {args.device} vs CPU on the same prompts, {steps} steps (max relative loss):")
+        for label, found in report["training_options"].items():
+            say(
+                log,
+                f"  {label:<52} {found['loss_rel']:.3g} (first step {found['first_step_rel']:.3g})"
+                f"{'' if found['finite'] else ', NOT FINITE'}; last loss {found['last_loss']['device']:.4g} on "
+                f"{args.device}, {found['last_loss']['cpu']:.4g} on CPU",
+            )
+
+    def timing_part() -> None:
+        found = report["drop_timing"] = drop_timing(args.device, args.smoke)
+        say(log, f"ms per training step, median of {found['steps']} on {args.device}, {found['cpu_steps']} on CPU:")
+        for label, ms in found["device_ms"].items():
+            say(log, f"  {label:<42} {ms:8.2f} ms on {args.device}  {found['cpu_ms'][label]:8.2f} ms on CPU")
+
+    part("ensemble_tests", ensemble_tests)
+    part("member_deviation", member_deviation)
+    part("causality", causality_part)
+    part("training_options", options_part)
+    part("drop_timing", timing_part)
 
 
 # ----------------------------------------------------------------------------- 2. learning
@@ -311,10 +590,11 @@ def main() -> None:
     report: dict = {}
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "CPU"
     report["machine"] = {"torch": torch.__version__, "python": platform.python_version(), "device": device_name}
+    save = lambda: (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str, allow_nan=True))
     with open(out / "gpu_check.log", "a") as log:
         say(log, f"torch {torch.__version__}, Python {platform.python_version()}, {device_name}")
         stages = {
-            1: lambda: stage_correctness(args, log, report),
+            1: lambda: stage_correctness(args, log, report, save),
             2: lambda: stage_learning(args, log, report),
             3: lambda: stage_speed(args, log, report, out),
             4: lambda: stage_grid(args, log, report, out) if args.grid else say(log, "grid: no --grid given"),
@@ -327,7 +607,7 @@ def main() -> None:
                 say(log, f"stage {number} failed: {type(error).__name__}: {error}")
                 report[f"stage_{number}_error"] = f"{type(error).__name__}: {error}"
             say(log, f"stage {number}: {time.perf_counter() - started:.0f} s (total {elapsed():.0f} s)")
-            (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str, allow_nan=True))
+            save()
 
 
 if __name__ == "__main__":
