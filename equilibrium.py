@@ -48,9 +48,10 @@ def anderson(
         g = f_hist - x_hist  # [B, m, n]: residuals of the kept iterates
         m = g.shape[1]
         # Minimise |sum_i alpha_i g_i| subject to sum alpha = 1 (a small regularised linear system per prompt),
-        # in float64: near convergence the kept residuals are nearly parallel or zero, and in float32 the
-        # system turned singular for single prompts (a prompt already at its fixed point has g = 0).
-        gram = (g @ g.transpose(1, 2)).double()  # [B, m, m]
+        # in float64 from the products on: near convergence the kept residuals are nearly parallel or zero, and
+        # in float32 the system turned singular for single prompts (a prompt already at its fixed point has g = 0).
+        g64 = g.double()  # [B, m, n]
+        gram = g64 @ g64.transpose(1, 2)  # [B, m, m]
         # Regularised relative to the residuals' own size, with a floor for a prompt whose residuals are all 0.
         size = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-200)  # [B]
         gram = gram + regularisation * size[:, None, None] * torch.eye(m, dtype=gram.dtype, device=g.device)

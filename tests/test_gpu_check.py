@@ -30,7 +30,7 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert all(causality[label]["vmap"].startswith("refused: ModelConfig.") for label in refused)
     # each training option on the device against the CPU: here CPU against CPU, the same numbers
     options = report["training_options"]
-    assert len(options) == 7 and "fixed point (Anderson, implicit gradient)" in options
+    assert len(options) == 7 and "fixed point (Anderson, implicit gradient), final norm" in options
     assert all(found["finite"] and found["loss_rel"] == 0.0 for found in options.values()), options
     timing = report["drop_timing"]
     assert set(timing["device_ms"]) == set(timing["cpu_ms"]) == set(timing["shapes"])
