@@ -17,12 +17,15 @@ Owns the rule "trained before compared":
   `tune_rates`: the one rule that picks a peak learning rate from tuning runs.
 - `paired`: two configurations compared on the seeds they share (the same seed draws the same
   training data, so a per-seed difference removes the data stream's share of the spread).
+- `Comparisons`: a report's paired verdicts, drawn only between trained configurations, with its
+  reference configuration's line and the count of verdicts drawn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -180,6 +183,10 @@ class Verdict:
     def trained(self) -> bool:
         return self.status == "trained"
 
+    def describe(self) -> str:
+        """'trained, 3 of 3 seeds under the gate'."""
+        return f"{self.status}, {self.passed} of {self.seeds} seeds under the gate"
+
 
 def verdict(records: Iterable[dict], threshold: float, gate: Gate | None = None) -> Verdict:
     """The verdict of one configuration (its seeds' records) at `threshold`."""
@@ -253,6 +260,12 @@ class Paired:
         """Seeds on which a is lower than b."""
         return sum(d < 0 for d in self.differences)
 
+    @property
+    def unanimous(self) -> bool:
+        """At least 3 shared seeds, and a is lower on all of them or higher on all of them."""
+        n = len(self.seeds)
+        return n >= 3 and (self.lower == n or all(d > 0 for d in self.differences))
+
     def describe(self) -> str:
         """'a/b per seed 0.52, 0.61, 0.48 (a lower on 3 of 3 seeds)'."""
         if not self.seeds:
@@ -265,10 +278,8 @@ class Paired:
         to tell'. With 3 seeds a sign test cannot do better than 1 in 8 by chance, so a
         unanimous split is the weakest claim made, and it is stated with its seed count."""
         n = len(self.seeds)
-        if n >= 3 and self.lower == n:
-            return f"lower on all {n} seeds"
-        if n >= 3 and self.lower == 0 and all(d > 0 for d in self.differences):
-            return f"higher on all {n} seeds"
+        if self.unanimous:
+            return f"{'lower' if self.lower else 'higher'} on all {n} seeds"
         return f"too close to tell ({self.lower} of {n} seeds lower)"
 
 
@@ -290,6 +301,64 @@ def paired(a: Iterable[dict], b: Iterable[dict], value=final_error) -> Paired:
         tuple(left[s] - right[s] for s in seeds),
         tuple(left[s] / right[s] if right[s] else float("inf") for s in seeds),
     )
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Comparisons(Generic[K]):
+    """A report's paired verdicts, each drawn only between two trained configurations.
+
+    status:   each configuration's `Verdict`, by key (any hashable: a name, or a tuple such as
+              (model, b_train)).
+    runs:     a key's records, its seeds (for tuple keys, e.g. `lambda key: runs(*key)`).
+    label:    how a key is named when it is not compared (default `str`).
+    excluded: {key: reason} for configurations that pass the gate but are still not compared,
+              e.g. "screened with one seed".
+
+    `compared(a, b, value)` is "verdict (per-seed ratios)" of a against b (`paired`), or
+    "not compared: <label> <why>; ..." naming each of the two that did not pass the gate
+    (its status), then each that passed but is excluded. Every verdict drawn is kept in `drawn`,
+    in order, for `count`.
+    """
+
+    def __init__(
+        self,
+        status: Mapping[K, Verdict],
+        runs: Callable[[K], Iterable[dict]],
+        label: Callable[[K], str] = str,
+        excluded: Mapping[K, str] | None = None,
+    ) -> None:
+        self.status = status
+        self.runs = runs
+        self.label = label
+        self.excluded = dict(excluded or {})
+        self.drawn: list[Paired] = []
+
+    def __call__(self, a: K, b: K, value: Callable[[dict], float | None] = final_error, prefix: str = "") -> str:
+        """a against b on `value` per run (default `final_error`): prefix + "lower on all 3 seeds
+        (a/b per seed ...)", or "not compared: ..." (no prefix) when either did not pass the gate
+        or is excluded; only a drawn verdict is kept in `drawn`."""
+        why = [f"{self.label(k)} {self.status[k].status}" for k in (a, b) if not self.status[k].trained]
+        why += [f"{self.label(k)} {self.excluded[k]}" for k in (a, b) if k in self.excluded and self.status[k].trained]
+        if why:
+            return "not compared: " + "; ".join(why)
+        result = paired(self.runs(a), self.runs(b), value)
+        self.drawn.append(result)
+        return f"{prefix}{result.verdict()} ({result.describe()})"
+
+    def reference(self, key: K, note: str) -> str:
+        """The report's line on its reference configuration, which must pass the gate for the recipe
+        to count as working: "- **Reference configuration** <note>: trained, 3 of 3 seeds under the
+        gate."."""
+        return f"- **Reference configuration** {note}: {self.status[key].describe()}."
+
+    def count(self, others: str = "a configuration that did not pass the gate") -> str:
+        """The sentence after the verdicts: how many were drawn, how many unanimous across seeds,
+        and what `others`, every comparison not drawn, involved."""
+        unanimous = sum(p.unanimous for p in self.drawn)
+        return (f"{len(self.drawn)} paired verdicts were drawn ({unanimous} of them unanimous across seeds); "
+                f"every other comparison involves {others}.")
 
 
 def _ratio(value: float | None, reference: float | None) -> str:

@@ -6,6 +6,7 @@ from conftest import tiny_specs
 from tasks import LinearRegression
 from utils import TrainConfig
 from verdicts import (
+    Comparisons,
     Gate,
     learned_table,
     paired,
@@ -92,6 +93,46 @@ def test_paired_comparisons_match_seeds_and_need_every_seed_to_agree():
     mixed = [run(s, [1.0, e]) for s, e in ((1, 0.1), (2, 0.5), (3, 0.3))]
     assert paired(mixed, b).verdict() == "too close to tell (2 of 3 seeds lower)"
     assert paired(a[:2], b[:2]).verdict() == "too close to tell (2 of 2 seeds lower)"  # 2 seeds never suffice
+
+
+def test_comparisons_draw_verdicts_only_between_trained_configurations():
+    trained = lambda errors: [run(s, [1.0, e, e]) for s, e in zip((1, 2, 3), errors, strict=True)]
+    groups = {
+        ("a", 5): trained((0.01, 0.02, 0.03)),
+        ("b", 5): trained((0.02, 0.04, 0.06)),
+        ("stuck", 5): trained((0.5, 0.6, 0.7)),  # mean above the gate
+        ("screened", 5): [run(1, [1.0, 0.01, 0.01])],  # trained, on one seed
+    }
+    status = {key: verdict(records, 0.1) for key, records in groups.items()}
+    compared = Comparisons(status, lambda key: groups[key], label=lambda key: f"{key[0]} at b={key[1]}",
+                           excluded={("screened", 5): "screened with one seed"})
+    assert compared(("stuck", 5), ("a", 5)) == "not compared: stuck at b=5 did not learn at this budget"
+    assert compared(("screened", 5), ("stuck", 5)) == (
+        "not compared: stuck at b=5 did not learn at this budget; screened at b=5 screened with one seed")
+    assert compared.drawn == []  # nothing drawn when either side is not compared
+    assert compared(("a", 5), ("b", 5)) == (
+        "lower on all 3 seeds (a/b per seed 0.5, 0.5, 0.5 (a lower on 3 of 3 seeds))")
+    assert compared(("b", 5), ("a", 5), lambda r: r["spec"]["train"]["seed"], prefix="b against a: ") == (
+        "b against a: too close to tell (0 of 3 seeds lower) (a/b per seed 1, 1, 1 (a lower on 0 of 3 seeds))")
+    assert [p.verdict() for p in compared.drawn] == ["lower on all 3 seeds", "too close to tell (0 of 3 seeds lower)"]
+    assert compared.count() == ("2 paired verdicts were drawn (1 of them unanimous across seeds); every other "
+                                "comparison involves a configuration that did not pass the gate.")
+    assert compared.count("a model that did not pass its class's gate").endswith(
+        "every other comparison involves a model that did not pass its class's gate.")
+    assert compared.reference(("a", 5), "a at b=5 (the recipe's)") == (
+        "- **Reference configuration** a at b=5 (the recipe's): trained, 3 of 3 seeds under the gate.")
+    assert Comparisons(status, groups.get)(("a", 5), ("stuck", 5)) == (
+        "not compared: ('stuck', 5) did not learn at this budget")  # the default label is str(key)
+
+
+def test_paired_unanimity_and_a_verdicts_line():
+    a = [run(s, [1.0, e, e]) for s, e in ((1, 0.1), (2, 0.2), (3, 0.3))]
+    b = [run(s, [1.0, e]) for s, e in ((1, 0.2), (2, 0.4), (3, 0.6))]
+    assert paired(a, b).unanimous and paired(b, a).unanimous
+    assert not paired(a, a).unanimous  # equal on every seed: neither lower nor higher
+    assert not paired(a[:2], b[:2]).unanimous  # 2 seeds never suffice
+    assert verdict(a, 0.5).describe() == "trained, 3 of 3 seeds under the gate"
+    assert verdict(a, 0.15).describe() == "did not learn at this budget, 1 of 3 seeds under the gate"
 
 
 def test_reference_names_add_the_gates_own_estimator_once():
