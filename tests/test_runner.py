@@ -220,14 +220,33 @@ def test_old_records_map_level2_to_evaluation():
     assert RunSpec.from_dict(old) == spec(1)
 
 
-# run records only: grid.json, tuning.json and Experiment 4's shared-rate.json and rate-screen.json hold sittings'
-# wall times; Experiment 4's "learned alpha.json" and Experiment 5's "step times.json" are side results
+# run records only: grid.json, tuning.json and the rate screen's shared-rate.json and rate-screen.json hold sittings'
+# wall times; "step times.json" (`Experiment.step_times`) and the files of `Experiment.per_run` (e.g. Experiment 4's
+# "learned alpha.json": {run name: value}, every key a run record beside it) are side results
 SITTINGS = ("grid.json", "tuning.json", "shared-rate.json", "rate-screen.json")
+
+
+def _is_per_run_file(path) -> bool:
+    import json
+
+    kept = json.loads(path.read_text())
+    return isinstance(kept, dict) and "spec" not in kept and all((path.parent / f"{run}.json").exists() for run in kept)
+
+
 COMMITTED = sorted(
     p
     for p in (runner.ROOT / "results").glob("experiment */data/*.json")
-    if p.name not in (*SITTINGS, "learned alpha.json", "step times.json")
+    if p.name not in (*SITTINGS, "step times.json") and not _is_per_run_file(p)
 )
+
+
+def test_side_files_are_told_apart_from_run_records(tmp_path):
+    data = runner.ROOT / "results" / "experiment 4" / "data"
+    assert _is_per_run_file(data / "learned alpha.json")
+    assert not _is_per_run_file(next(p for p in COMMITTED if p.parent == data))  # a run record
+    (tmp_path / "a.json").write_text("{}")
+    (tmp_path / "side.json").write_text('{"a": 1.0, "b": 2.0}')  # b has no record beside it: not a side file
+    assert not _is_per_run_file(tmp_path / "side.json")
 
 
 def test_every_committed_record_loads_and_matches_its_spec():
