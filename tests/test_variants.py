@@ -286,7 +286,7 @@ def test_study_random_cut_leaks_own_labels_only_after_loop_one(cut_at):
     for point in range(11):
         changed = tokens.clone()
         changed[1:, 2 * point + 1] += 3.0  # y_point of every prompt but the first (whose x_1 seeds the draw)
-        shift = (model(changed, 3)[:, 1:, point] - before[:, 1:, point]).abs()[predicted[:, 1:, point]]
+        shift = (model(changed, 3)[:, 1:, point] - before[:, 1:, point]).detach().abs()[predicted[:, 1:, point]]
         moved.append(float(shift.max()) if shift.numel() else 0.0)
     if cut_at == 1:
         assert max(moved) <= 1e-6
