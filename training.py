@@ -237,29 +237,36 @@ def train_step(
     return value
 
 
-def step_times(runs: dict[str, tuple], steps: int = 20, warmup: int = 3) -> dict[str, float]:
-    """The median wall time, in ms, of one CPU training step (`train_step`, what `train` runs every
-    step) of each run in `runs` ({name: (ModelConfig, TrainConfig, task)}), on one torch thread as
-    the runner's workers train. The runs are timed round-robin, one step of each in turn, so a
-    change in the machine's load falls on every run alike; a record's `wall_time_s` also counts its
-    validations and whatever shared the machine while that run trained."""
+def step_times(runs: dict[str, tuple], steps: int = 20, warmup: int = 3, device: str = "cpu") -> dict[str, float]:
+    """The median wall time, in ms, of one training step (`train_step`, what `train` runs every
+    step) of each run in `runs` ({name: (ModelConfig, TrainConfig, task)}) on `device`: by default
+    a CPU step on one torch thread, as the runner's workers train; on a GPU the device is
+    synchronised before and after every step, so that a step's time includes its kernels. The runs
+    are timed round-robin, one step of each in turn, so a change in the machine's load falls on
+    every run alike; a record's `wall_time_s` also counts its validations and whatever shared the
+    machine while that run trained."""
     if not (isinstance(steps, int) and steps >= 1 and isinstance(warmup, int) and warmup >= 0):
         raise ValueError(f"step_times: steps={steps!r} must be an int >= 1 and warmup={warmup!r} an int >= 0")
+    target = resolve_device(device)
+    synchronise = torch.cuda.synchronize if target.type == "cuda" else (lambda: None)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if target.type == "cpu":
+        torch.set_num_threads(1)
     try:
         states = {}
         for name, (model_config, config, task) in runs.items():
-            config = replace(config, device="cpu")  # a CPU step, whatever device the run trains on
-            model = build_model(model_config, config.seed)
+            config = replace(config, device=str(target))  # a step on `device`, whatever device the run trains on
+            model = build_model(model_config, config.seed).to(target)
             model.train()
             optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-            states[name] = (model, optimizer, task, make_generator(config.seed, "train"), config)
+            states[name] = (model, optimizer, task, make_generator(config.seed, "train", target), config)
         times: dict[str, list[float]] = {name: [] for name in runs}
         for round_ in range(warmup + steps):
             for name, (model, optimizer, task, generator, config) in states.items():
+                synchronise()
                 started = time.perf_counter()
                 loss = train_step(model, optimizer, task, generator, config)
+                synchronise()
                 elapsed = time.perf_counter() - started
                 if not math.isfinite(loss):
                     raise RuntimeError(f"step_times: run {name!r}: the loss became {loss} while its steps were timed")

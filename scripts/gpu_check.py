@@ -45,10 +45,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -70,7 +68,6 @@ from utils import (
     prediction_errors,
     step_times,
     train,
-    train_step,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,32 +263,6 @@ def training_options(device: str, steps: int) -> dict[str, dict]:
     return found
 
 
-def device_step_times(runs: dict[str, tuple], device: str, steps: int, warmup: int) -> dict[str, float]:
-    """`training.step_times` on `device`: the median wall time, in ms, of one training step (`train_step`) of
-    each run, timed round-robin, with the device synchronised around every step. (`step_times` itself
-    always times a CPU step on one thread, as the runner's CPU workers train.)"""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
-    states = {}
-    for name, (model_config, config, task) in runs.items():
-        config = dataclasses.replace(config, device=device)
-        model = build_model(model_config, config.seed).to(device).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        states[name] = (model, optimizer, task, make_generator(config.seed, "train", device), config)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for round_ in range(warmup + steps):
-        for name, (model, optimizer, task, generator, config) in states.items():
-            sync()
-            started = time.perf_counter()
-            loss = train_step(model, optimizer, task, generator, config)
-            sync()
-            elapsed_s = time.perf_counter() - started
-            if not math.isfinite(loss):
-                raise RuntimeError(f"device_step_times: run {name!r}: the loss became {loss} while it was timed")
-            if round_ >= warmup:
-                times[name].append(elapsed_s)
-    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
-
-
 def drop_timing_runs(smoke: bool) -> dict[str, tuple]:
     """The runs whose training step is timed: Experiment 5's cut to the first n=3 examples after loop 1 at its
     cpu preset (d 4, N 12, 2 layers of width 32 with 4 heads and MLP 128, learned PE of std 0.02, b 10, batch
@@ -343,15 +314,16 @@ def drop_timing_runs(smoke: bool) -> dict[str, tuple]:
 
 
 def drop_timing(device: str, smoke: bool) -> dict:
-    """Milliseconds per training step of `drop_timing_runs` on `device` (`device_step_times`), and on this
-    machine's CPU, one thread, by the library's `training.step_times` (what Experiments 5 and 6 report)."""
+    """Milliseconds per training step of `drop_timing_runs` on `device` (`training.step_times`, the device
+    synchronised around each step), and on this machine's CPU, one thread, by the same function (what
+    Experiments 5 and 6 report)."""
     runs = drop_timing_runs(smoke)
     steps, warmup, cpu_steps, cpu_warmup = (2, 1, 2, 1) if smoke else (30, 5, 10, 2)
     found = {
         "device": device,
         "steps": steps,
         "warmup": warmup,
-        "device_ms": device_step_times(runs, device, steps, warmup),
+        "device_ms": step_times(runs, steps, warmup, device=device),
     }
     found.update({"cpu_steps": cpu_steps, "cpu_warmup": cpu_warmup, "cpu_ms": step_times(runs, cpu_steps, cpu_warmup)})
     found["shapes"] = {
