@@ -87,7 +87,10 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, checkpoint_every, 
     with pytest.raises(KeyboardInterrupt):
         run(train_config, checkpoint=path, task=Interrupting(TASK, limit=13))
     assert path.exists()
-    resumed_model, resumed = run(train_config, checkpoint=path)
+    resumed_draws, fresh_draws = Interrupting(TASK, limit=10**6), Interrupting(TASK, limit=10**6)  # count batches
+    resumed_model, resumed = run(train_config, checkpoint=path, task=resumed_draws)
+    run(train_config, task=fresh_draws)
+    assert resumed_draws.calls < fresh_draws.calls  # it picked up where the interrupted run stopped
     assert resumed.loss == reference.loss
     assert resumed.evals == reference.evals
     for a, b in zip(reference_model.state_dict().values(), resumed_model.state_dict().values(), strict=False):
@@ -333,7 +336,9 @@ def test_random_loop_counts_with_truncated_backpropagation_train_and_resume_exac
     path = tmp_path / "run.ckpt"
     with pytest.raises(KeyboardInterrupt):
         run(train_config, checkpoint=path, task=Interrupting(TASK, limit=13))
-    resumed_model, resumed = run(train_config, checkpoint=path)
+    resumed_draws = Interrupting(TASK, limit=10**6)  # counts the batches drawn
+    resumed_model, resumed = run(train_config, checkpoint=path, task=resumed_draws)
+    assert resumed_draws.calls < 20  # resumed: fewer batches than the 20 steps of a fresh run
     assert resumed.loss == reference.loss and resumed.evals == reference.evals
 
 

@@ -4,10 +4,12 @@ positional encoding enters, the learned table's scale and the final LayerNorm, c
 
 import math
 import re
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+from test_training import Interrupting
 
 from runner import Level2Config, RunSpec
 from tasks import LinearRegression
@@ -378,24 +380,24 @@ def test_random_truncation_trains_deterministically_and_resumes_exactly(tmp_path
     task = LinearRegression(4)
     train_config = TrainConfig(steps=12, batch_size=8, lr=3e-3, b=3, n_points=12, seed=3, eval_prompts=32)
 
-    def run(checkpoint=None, steps=12):
+    def run(checkpoint=None, sampled_by=task):
         model = build_model(config, seed=3)
-        result = train(
-            model,
-            task,
-            TrainConfig(**{**train_config.to_dict(), "steps": steps}),
-            progress=False,
-            checkpoint=checkpoint,
-        )
-        return model, result
+        return model, train(model, sampled_by, train_config, progress=False, checkpoint=checkpoint)
 
     first_model, first = run()
     _, second = run()
     assert first.loss == second.loss and first.evals == second.evals
     path = tmp_path / "run.ckpt"
-    run(checkpoint=path, steps=7)  # a shorter run leaves its checkpoint at step 7 ...
-    resumed_model, resumed = run(checkpoint=path)  # ... which the full run picks up
-    assert resumed.loss == first.loss
+    with pytest.raises(KeyboardInterrupt):  # killed in the middle of training ...
+        run(checkpoint=path, sampled_by=Interrupting(task, limit=8))
+    assert path.exists()
+    resumed_draws, fresh_draws = Interrupting(task, limit=10**6), Interrupting(task, limit=10**6)  # count batches
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a checkpoint set aside (not resumed) would warn
+        resumed_model, resumed = run(checkpoint=path, sampled_by=resumed_draws)  # ... and resumed from its checkpoint
+    run(sampled_by=fresh_draws)
+    assert resumed_draws.calls < fresh_draws.calls  # the resumed run picked up where the killed one stopped
+    assert resumed.loss == first.loss and resumed.evals == first.evals
     for a, b in zip(first_model.state_dict().values(), resumed_model.state_dict().values(), strict=False):
         assert torch.equal(a, b)
 
