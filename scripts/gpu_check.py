@@ -22,7 +22,7 @@ folder as it finishes, so a stage that runs out of time loses only itself:
      Experiment 5's cut to the first n=3 examples after loop 1 at its cpu preset (uncut, masked,
      dropped) and of Experiment 6's carried state (every token or the carried ones only computed)
      at its cpu preset (`drop_timing`);
-   estimated at 1.5 to 2 minutes on an H100 (the first three parts took 38 s there before the
+   58 to 80 s on an H200 (2026-11-27; the first three parts took 38 s on an H100 before the
    additions);
 2. learning: an ensemble of seeds trained on CUDA to the point where it has learned in-context
    regression, scored against averaging and least squares on fresh prompts;
@@ -82,6 +82,20 @@ def say(log, text: str) -> None:
     print(text, flush=True)
     log.write(text + "\n")
     log.flush()
+
+
+def guarded(log, report: dict, save, run, label: str, key: str, closing) -> None:
+    """Run one stage or part of a stage: a failure is a finding, logged as "<label> failed: ..." and kept
+    as `report["<key>_error"]`, and what comes next still runs; then `closing(seconds)` is logged and the
+    report saved."""
+    started = time.perf_counter()
+    try:
+        run()
+    except Exception as error:  # a failed stage or part is a finding; the next ones still run
+        say(log, f"{label} failed: {type(error).__name__}: {error}")
+        report[f"{key}_error"] = f"{type(error).__name__}: {error}"
+    say(log, closing(time.perf_counter() - started))
+    save()
 
 
 # ----------------------------------------------------------------------------- 1. correctness
@@ -338,14 +352,7 @@ def stage_correctness(args, log, report: dict, save) -> None:
     the report is saved after each."""
 
     def part(name: str, run) -> None:
-        started = time.perf_counter()
-        try:
-            run()
-        except Exception as error:  # a failed part is a finding; the next parts still run
-            say(log, f"{name} failed: {type(error).__name__}: {error}")
-            report[f"{name}_error"] = f"{type(error).__name__}: {error}"
-        say(log, f"  ({name}: {time.perf_counter() - started:.0f} s)")
-        save()
+        guarded(log, report, save, run, name, name, lambda seconds: f"  ({name}: {seconds:.0f} s)")
 
     def ensemble_tests() -> None:
         env = {**os.environ, "LOOPED_TEST_DEVICE": args.device, "PYTHONPATH": str(ROOT)}
@@ -578,14 +585,8 @@ def main() -> None:
             4: lambda: stage_grid(args, log, report, out) if args.grid else say(log, "grid: no --grid given"),
         }
         for number in args.stages:
-            started = time.perf_counter()
-            try:
-                stages[number]()
-            except Exception as error:  # a failed stage is a finding; the next stages still run
-                say(log, f"stage {number} failed: {type(error).__name__}: {error}")
-                report[f"stage_{number}_error"] = f"{type(error).__name__}: {error}"
-            say(log, f"stage {number}: {time.perf_counter() - started:.0f} s (total {elapsed():.0f} s)")
-            save()
+            closing = lambda seconds, number=number: f"stage {number}: {seconds:.0f} s (total {elapsed():.0f} s)"
+            guarded(log, report, save, stages[number], f"stage {number}", f"stage_{number}", closing)
 
 
 if __name__ == "__main__":

@@ -227,9 +227,9 @@ SITTINGS = ("grid.json", "tuning.json", "shared-rate.json", "rate-screen.json")
 
 
 def _is_per_run_file(path) -> bool:
-    import json
+    from utils import read_json
 
-    kept = json.loads(path.read_text())
+    kept = read_json(path)
     return isinstance(kept, dict) and "spec" not in kept and all((path.parent / f"{run}.json").exists() for run in kept)
 
 
