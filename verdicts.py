@@ -30,7 +30,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from baselines import BASELINES, baseline_position_errors
-from checks import require, require_real
+from checks import require, require_choice, require_real
 from configs import TrainConfig
 from evaluation import error_scale, heldout_prompts
 from plots import fmt, markdown_table
@@ -101,17 +101,28 @@ def reference_names(gate: Gate, names: Sequence[str] = ("least squares", "averag
     return names + ((gate.reference,) if gate.reference not in (*names, ZERO) else ())
 
 
+TUNE_RULES = ("fastest", "lowest")
+
+
 def tune_rates(
-    groups: Mapping[str, Iterable[dict]], threshold: float, validated_on: str = "tuning stream"
+    groups: Mapping[str, Iterable[dict]],
+    threshold: float,
+    validated_on: str = "tuning stream",
+    rule: str = "fastest",
 ) -> tuple[dict[str, float], str]:
     """Pick each model's peak learning rate from its tuning runs (one per candidate rate), the same
-    way for every model: the fewest steps to `threshold`; ties, and models where no candidate reaches
-    it, by the lower final error; a diverged run last. Returns ({model: chosen lr}, the table of every
-    candidate tried, chosen or dropped); `validated_on` names, in its header, the prompts the runs
-    were validated on."""
+    way for every model. rule "fastest": the fewest steps to `threshold`; ties, and models where no
+    candidate reaches it, by the lower final error. rule "lowest": the lower final error alone (for
+    ranking at convergence, where a rate that is fast to the gate but ends higher must not win). A
+    diverged run comes last either way. Returns ({model: chosen lr}, the table of every candidate
+    tried, chosen or dropped); `validated_on` names, in its header, the prompts the runs were
+    validated on."""
+    require_choice("tune_rates rule", rule, TUNE_RULES)
 
     def rank(record: dict) -> tuple:
         error = final_error(record)
+        if rule == "lowest":
+            return (error is None, np.inf if error is None else error)
         step = None if error is None else steps_to_gate(record, threshold)
         return (error is None, step is None, step or 0, np.inf if error is None else error)
 

@@ -160,3 +160,23 @@ def test_tune_rates_takes_the_fewest_steps_then_the_lower_error_and_lists_every_
     assert "| a | 0.03 | diverged |  |  |" in table
     assert "final error (tuning stream)" in table
     assert "final error (held-out set)" in tune_rates({"a": [fast]}, 0.1, validated_on="held-out set")[1]
+
+
+def test_tune_rates_lowest_rule_ranks_by_the_final_error_alone():
+    def tuning_run(lr, errors, status="finished"):
+        record = run(42, errors, status=status)
+        record["spec"]["train"]["lr"] = lr
+        return record
+
+    fast = tuning_run(1e-2, [1.0, 0.05, 0.04])  # under the gate first, ends higher
+    slow = tuning_run(3e-3, [1.0, 0.5, 0.01])
+    diverged = tuning_run(3e-2, [1.0, 0.001], status="diverged")
+    assert tune_rates({"a": [fast, slow, diverged]}, 0.1)[0] == {"a": 1e-2}
+    chosen, table = tune_rates({"a": [fast, slow, diverged]}, 0.1, rule="lowest")
+    assert chosen == {"a": 3e-3}
+    assert "| a | 0.003 | 100 | 0.01 | yes |" in table
+
+
+def test_tune_rates_rejects_an_unknown_rule():
+    with pytest.raises(ValueError, match="tune_rates rule.*'fastest', 'lowest'"):
+        tune_rates({}, 0.1, rule="best")
