@@ -195,6 +195,15 @@ class RateScreen:
     table: str
     shared_sitting: dict
     screen_sitting: dict
+    label: str = "config"  # the RunSpec label that holds a configuration's name
+
+    def chosen(self, config: str) -> Results:
+        """`config`'s screen run at the rate chosen for it: stage 2's where that rate was the lower one, else stage 1's
+        (what decides whether a configuration runs every seed)."""
+        screened = self.screen.where(**{self.label: config})
+        if any(r["spec"]["train"]["lr"] == self.lr[config] for r in screened):
+            return screened
+        return self.shared.where(**{self.label: config})
 
     def stages(self) -> str:
         """The report's settings cell for the two stages: their wall times and run-minutes."""
@@ -275,7 +284,7 @@ class Experiment:
         candidates = {c: [*shared.where(**{label: c}), *screen.where(**{label: c})] for c in untrained}
         chosen, table = tune_rates(candidates, threshold, validated_on="held-out set")
         rates = {config: chosen.get(config, lr) for config in configs}
-        return RateScreen(shared, screen, untrained, rates, table, shared_sitting, screen_sitting)
+        return RateScreen(shared, screen, untrained, rates, table, shared_sitting, screen_sitting, label)
 
     def step_times(self, runs: Mapping[str, RunSpec], steps: int = 20, warmup: int = 3) -> dict:
         """What one CPU training step of each of `runs` ({label: spec}) costs (`utils.step_times`:

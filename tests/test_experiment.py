@@ -349,6 +349,8 @@ def test_screen_rates_runs_the_lower_rate_only_where_the_shared_one_left_a_confi
         candidates = [*nothing_passes.shared.where(method=config), *nothing_passes.screen.where(method=config)]
         best = min(candidates, key=final_error)
         assert nothing_passes.lr[config] == best["spec"]["train"]["lr"]
+        assert nothing_passes.chosen(config).names == [best["spec"]["name"]]  # the run at the chosen rate
+    assert everything_passes.chosen("a").names == ["a_lr0.01_7"]
     assert nothing_passes.table.count("| a |") == 2 and "final error (held-out set)" in nothing_passes.table
     assert (exp.out / "data" / "shared-rate.json").exists() and (exp.out / "data" / "rate-screen.json").exists()
     assert "rate screen:" in nothing_passes.stages() and "(2 runs)" in nothing_passes.stages()
