@@ -183,10 +183,10 @@ class Results(Sequence):
 @dataclass
 class RateScreen:
     """What `Experiment.screen_rates` found: stage 1 (`shared`: one seed of every configuration
-    at the shared peak rate), stage 2 (`screen`: that seed again at the lower rate, for the
-    configurations stage 1 left above the gate, listed in `untrained`), the rate chosen per
-    configuration (`lr`), the table of every candidate tried (`table`) and each stage's sitting
-    (wall time, hardware, backend)."""
+    at the shared peak rate), stage 2 (`screen`: that seed again at the lower rate, or at each
+    lower rate in turn, for the configurations stage 1 left above the gate, listed in `untrained`),
+    the rate chosen per configuration (`lr`), the table of every candidate tried (`table`) and each
+    stage's sitting (wall time, hardware, backend; stage 2's wall time sums its lower rates)."""
 
     shared: Results
     screen: Results
@@ -198,12 +198,11 @@ class RateScreen:
     label: str = "config"  # the RunSpec label that holds a configuration's name
 
     def chosen(self, config: str) -> Results:
-        """`config`'s screen run at the rate chosen for it: stage 2's where that rate was the lower one, else stage 1's
+        """`config`'s screen run at the rate chosen for it: stage 2's where that rate was a lower one, else stage 1's
         (what decides whether a configuration runs every seed)."""
         screened = self.screen.where(**{self.label: config})
-        if any(r["spec"]["train"]["lr"] == self.lr[config] for r in screened):
-            return screened
-        return self.shared.where(**{self.label: config})
+        screened = Results(r for r in screened if r["spec"]["train"]["lr"] == self.lr[config])
+        return screened if screened else self.shared.where(**{self.label: config})
 
     def stages(self) -> str:
         """The report's settings cell for the two stages: their wall times and run-minutes."""
@@ -263,24 +262,40 @@ class Experiment:
         label: str,
         seed: int,
         lr: float,
-        screen_lr: float,
+        screen_lr: float | Sequence[float],
         threshold: float,
         gate: Gate | None = None,
     ) -> RateScreen:
         """The rate screen, stages 1 and 2 of a grid whose variants may need a lower peak rate
         than the reference: `spec_for(config, seed, lr)` of every config at the shared `lr`
         (sitting "shared-rate"); the configs above the gate (`threshold`) run again at `screen_lr`
-        (sitting "rate-screen"); `verdicts.tune_rates` picks between the two per config, on the
-        held-out set the runs report. `label` is the RunSpec label that holds the config's name.
-        A config the shared rate trained keeps it. Stage 3 (every seed at the chosen rate) is the
-        notebook's own `run`."""
+        (sitting "rate-screen"). `screen_lr` may be a sequence of rates, tried in order: each one
+        only for the configs that every rate before it left above the gate (sittings "rate-screen",
+        "rate-screen-2", ...), so a config the first lower rate trains costs nothing more.
+        `verdicts.tune_rates` picks among every rate a config ran, on the held-out set the runs
+        report. `label` is the RunSpec label that holds the config's name. A config the shared
+        rate trained keeps it. Stage 3 (every seed at the chosen rate) is the notebook's own `run`."""
         gate = gate or Gate()
+        lower_rates = [screen_lr] if isinstance(screen_lr, (int, float)) else list(screen_lr)
+        require(len(lower_rates) > 0, "screen_lr is empty; give one lower rate or a sequence of them")
         shared = self.run([spec_for(config, seed, lr) for config in configs], sitting="shared-rate")
         shared_sitting = dict(self.grid)
-        untrained = [c for c in configs if not verdict(shared.where(**{label: c}), threshold, gate).trained]
+        above = lambda results, config: not verdict(results.where(**{label: config}), threshold, gate).trained
+        untrained = [c for c in configs if above(shared, c)]
         print(f"above the gate ({plots.fmt(threshold)}) at the shared rate {lr:g}:", untrained or "none")
-        screen = self.run([spec_for(config, seed, screen_lr) for config in untrained], sitting="rate-screen")
-        screen_sitting = dict(self.grid)
+        screened, screen_sitting, still_above = [], None, list(untrained)
+        for stage, rate in enumerate(lower_rates, start=1):
+            if stage > 1 and not still_above:
+                break
+            sitting = "rate-screen" if stage == 1 else f"rate-screen-{stage}"
+            stage_runs = self.run([spec_for(config, seed, rate) for config in still_above], sitting=sitting)
+            screened += list(stage_runs)
+            screen_sitting = dict(self.grid) if screen_sitting is None else {
+                **screen_sitting, "wall_time_s": screen_sitting["wall_time_s"] + self.grid["wall_time_s"]}
+            still_above = [c for c in still_above if above(stage_runs, c)]
+            if stage < len(lower_rates):
+                print(f"above the gate at {rate:g}:", still_above or "none")
+        screen = Results(screened)
         candidates = {c: [*shared.where(**{label: c}), *screen.where(**{label: c})] for c in untrained}
         chosen, table = tune_rates(candidates, threshold, validated_on="held-out set")
         rates = {config: chosen.get(config, lr) for config in configs}

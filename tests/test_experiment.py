@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import types
 
 import numpy as np
 import pytest
@@ -354,3 +355,41 @@ def test_screen_rates_runs_the_lower_rate_only_where_the_shared_one_left_a_confi
     assert nothing_passes.table.count("| a |") == 2 and "final error (held-out set)" in nothing_passes.table
     assert (exp.out / "data" / "shared-rate.json").exists() and (exp.out / "data" / "rate-screen.json").exists()
     assert "rate screen:" in nothing_passes.stages() and "(2 runs)" in nothing_passes.stages()
+
+
+def test_screen_rates_tries_each_lower_rate_only_for_the_configs_every_earlier_rate_left_above_the_gate(
+    tmp_path, monkeypatch
+):
+    from verdicts import final_error
+
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("BACKEND", "inline")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(4, {"smoke": {}})
+
+    def spec_for(config, seed, lr):
+        spec = tiny_specs([seed], steps=4)[0]
+        return dataclasses.replace(spec, name=f"{config}_lr{lr:g}_{seed}", train=dataclasses.replace(spec.train, lr=lr),
+                                   labels={"method": config, "seed": seed})
+
+    nothing_passes = exp.screen_rates(["a", "b"], spec_for, "method", 7, 1e-2, (3e-3, 1e-3), threshold=0.0)
+    assert nothing_passes.screen.names == ["a_lr0.003_7", "b_lr0.003_7", "a_lr0.001_7", "b_lr0.001_7"]
+    for config in ("a", "b"):  # three candidates each; the lowest final error wins
+        candidates = [*nothing_passes.shared.where(method=config), *nothing_passes.screen.where(method=config)]
+        assert len(candidates) == 3
+        best = min(candidates, key=final_error)
+        assert nothing_passes.lr[config] == best["spec"]["train"]["lr"]
+        assert nothing_passes.chosen(config).names == [best["spec"]["name"]]
+    assert nothing_passes.table.count("| a |") == 3
+    assert (exp.out / "data" / "rate-screen-2.json").exists()
+    assert "(4 runs)" in nothing_passes.stages()
+
+    # a config the first lower rate trains does not run the second: here "a" trains at 3e-3 (as the gate would say)
+    trains_at = lambda results: types.SimpleNamespace(
+        trained=any(r["spec"]["labels"]["method"] == "a" and r["spec"]["train"]["lr"] == 3e-3 for r in results))
+    monkeypatch.setattr(experiment, "verdict", lambda results, threshold, gate: trains_at(results))
+    partial = exp.screen_rates(["a", "b"], spec_for, "method", 7, 1e-2, [3e-3, 1e-3], threshold=0.0)
+    assert partial.screen.names == ["a_lr0.003_7", "b_lr0.003_7", "b_lr0.001_7"]
+
+    with pytest.raises(ValueError, match="screen_lr"):
+        exp.screen_rates(["a"], spec_for, "method", 7, 1e-2, (), threshold=0.0)
