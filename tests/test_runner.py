@@ -3,6 +3,7 @@ and committed records (written before EvalConfig was renamed) still match their 
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -223,7 +224,11 @@ def test_old_records_map_level2_to_evaluation():
 # run records only: grid.json, tuning.json and the rate screen's shared-rate.json and rate-screen.json hold sittings'
 # wall times; "step times.json" (`Experiment.step_times`) and the files of `Experiment.per_run` (e.g. Experiment 4's
 # "learned alpha.json": {run name: value}, every key a run record beside it) are side results
-SITTINGS = ("grid.json", "tuning.json", "shared-rate.json", "rate-screen.json")
+SITTINGS = ("grid.json", "tuning.json", "shared-rate.json", "rate-screen.json")  # and rate-screen-2.json, ...
+
+
+def _is_sitting(path) -> bool:
+    return path.name in SITTINGS or re.fullmatch(r"rate-screen-\d+\.json", path.name) is not None
 
 
 def _is_per_run_file(path) -> bool:
@@ -236,7 +241,7 @@ def _is_per_run_file(path) -> bool:
 COMMITTED = sorted(
     p
     for p in (runner.ROOT / "results").glob("experiment */data/*.json")
-    if p.name not in (*SITTINGS, "step times.json") and not _is_per_run_file(p)
+    if not _is_sitting(p) and p.name != "step times.json" and not _is_per_run_file(p)
 )
 
 
