@@ -326,18 +326,24 @@ def test_per_run_values_are_computed_once_per_run_and_read_back(tmp_path, monkey
     assert exp.per_run("probe", records[1:], compute) == {"b": [2, 0.1]}  # only the runs asked for
 
 
-def test_screen_rates_runs_the_lower_rate_only_where_the_shared_one_left_a_config_above_the_gate(tmp_path, monkeypatch):
-    from verdicts import final_error
-
+def _screen_experiment(tmp_path, monkeypatch):
+    """A smoke-preset Experiment writing under tmp_path, and a spec_for(config, seed, lr) of 4-step runs."""
     monkeypatch.setenv("PRESET", "smoke")
     monkeypatch.setenv("BACKEND", "inline")
     monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
-    exp = Experiment(4, {"smoke": {}})
 
     def spec_for(config, seed, lr):
         spec = tiny_specs([seed], steps=4)[0]
         return dataclasses.replace(spec, name=f"{config}_lr{lr:g}_{seed}", train=dataclasses.replace(spec.train, lr=lr),
                                    labels={"method": config, "seed": seed})
+
+    return Experiment(4, {"smoke": {}}), spec_for
+
+
+def test_screen_rates_runs_the_lower_rate_only_where_the_shared_one_left_a_config_above_the_gate(tmp_path, monkeypatch):
+    from verdicts import final_error
+
+    exp, spec_for = _screen_experiment(tmp_path, monkeypatch)
 
     everything_passes = exp.screen_rates(["a", "b"], spec_for, "method", 7, 1e-2, 3e-3, threshold=10.0)
     assert everything_passes.untrained == [] and len(everything_passes.screen) == 0
@@ -362,15 +368,7 @@ def test_screen_rates_tries_each_lower_rate_only_for_the_configs_every_earlier_r
 ):
     from verdicts import final_error
 
-    monkeypatch.setenv("PRESET", "smoke")
-    monkeypatch.setenv("BACKEND", "inline")
-    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
-    exp = Experiment(4, {"smoke": {}})
-
-    def spec_for(config, seed, lr):
-        spec = tiny_specs([seed], steps=4)[0]
-        return dataclasses.replace(spec, name=f"{config}_lr{lr:g}_{seed}", train=dataclasses.replace(spec.train, lr=lr),
-                                   labels={"method": config, "seed": seed})
+    exp, spec_for = _screen_experiment(tmp_path, monkeypatch)
 
     nothing_passes = exp.screen_rates(["a", "b"], spec_for, "method", 7, 1e-2, (3e-3, 1e-3), threshold=0.0)
     assert nothing_passes.screen.names == ["a_lr0.003_7", "b_lr0.003_7", "a_lr0.001_7", "b_lr0.001_7"]
