@@ -49,8 +49,10 @@ class TrainConfig:
                       them) or "fixed_point": the deep-equilibrium model, which solves for the loop's
                       fixed point in at most b evaluations (Anderson acceleration, relative residual
                       solver_tol) and trains with the implicit gradient, supervising the fixed point
-                      alone (needs supervise "last", no grad_window, a fixed loop count).
-                      Validation still runs b plain loops.
+                      alone (needs supervise "last" and a fixed loop count). With grad_window = k it
+                      trains with the phantom gradient instead: the solve runs without gradient and
+                      k more loops from its output carry it (k = 1: Jacobian-free backpropagation);
+                      their last is supervised. Validation still runs b plain loops.
     points_curriculum: None or (P_start, every, increment): training step t uses
                       min(n_points, P_start + increment * (t // every)) points per prompt, the
                       paper's growing prompt length. Validation always uses n_points.
@@ -134,14 +136,10 @@ class TrainConfig:
         require_real("TrainConfig.solver_tol", self.solver_tol, minimum=0, strict=True)
         if self.solver == "fixed_point":
             require(
-                self.supervise == "last"
-                and self.grad_window is None
-                and self.loops_curriculum is None
-                and self.loops_random is None,
-                "TrainConfig.solver='fixed_point' supervises the fixed point alone: it needs supervise='last', "
-                f"grad_window=None and a fixed loop count (got supervise={self.supervise!r}, grad_window="
-                f"{self.grad_window!r}, loops_curriculum={self.loops_curriculum!r}, "
-                f"loops_random={self.loops_random!r})",
+                self.supervise == "last" and self.loops_curriculum is None and self.loops_random is None,
+                "TrainConfig.solver='fixed_point' supervises the fixed point alone: it needs supervise='last' "
+                f"and a fixed loop count (got supervise={self.supervise!r}, "
+                f"loops_curriculum={self.loops_curriculum!r}, loops_random={self.loops_random!r})",
             )
         else:
             require(

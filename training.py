@@ -221,7 +221,8 @@ def train_step(
     plan = StepPlan(config.b if b is None else b, config.n_points if n_points is None else n_points, active_dims)
     tokens, ys = sample_batch(task, config, plan, generator)
     if config.solver == "fixed_point":
-        preds, _ = model.equilibrium(tokens, plan.b, config.solver_tol)  # [1, B, P]: the fixed point
+        # [1, B, P]: the fixed point, or grad_window loops after it (the phantom gradient)
+        preds, _ = model.equilibrium(tokens, plan.b, config.solver_tol, config.grad_window)
         loss = step_loss(model, preds, tokens, ys, config, 1)
     else:
         preds = model(tokens, plan.b, config.grad_window)  # [b, B, P]

@@ -57,7 +57,7 @@ from components import (
     attention_allowed,
     on_tokens,
 )
-from equilibrium import implicit_fixed_point
+from equilibrium import anderson, implicit_fixed_point
 
 __all__ = [
     # the config and its choices
@@ -483,18 +483,32 @@ class BaseLoopedTransformer(nn.Module):
         table = sinusoidal_table(b + 1, self.config.hidden_dim, 10000.0)[1:]  # [b, h]: loop numbers 1..b
         return table.to(device=e.device, dtype=e.dtype)
 
-    def equilibrium(self, tokens: torch.Tensor, max_iter: int, tol: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def equilibrium(
+        self, tokens: torch.Tensor, max_iter: int, tol: float, unroll: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Predictions [1, B, P] at the loop's fixed point s* = step(s*, e), solved by Anderson
-        acceleration in at most `max_iter` evaluations and differentiable by the implicit gradient
-        (`equilibrium.implicit_fixed_point`: the deep-equilibrium model). Needs one map to iterate:
-        one stack, the whole context and state, no loop-index signal (`check_fixed_point`)."""
+        acceleration in at most `max_iter` evaluations. Needs one map to iterate: one stack, the
+        whole context and state, no loop-index signal (`check_fixed_point`).
+
+        The gradient: with `unroll` None, the implicit one (`equilibrium.implicit_fixed_point`: the
+        deep-equilibrium model of Bai et al. 2019); with `unroll` = k, the solve runs without
+        gradient and k more plain loops from its output carry it (the phantom gradient of Geng et
+        al. 2021; k = 1 is the Jacobian-free backpropagation of Fung et al. 2022), which needs no
+        backward solve and stays finite where the forward solve has not converged. The
+        predictions are then those of the k-th loop after the solve."""
         check_fixed_point(self.config)
         e = self.embed_prompt(tokens)  # [B, S, h]
         positions = self.loop_positions(e)  # None or [B, S, h]
         step = self._loop_step(self.stack)
-        state, info = implicit_fixed_point(
-            lambda s: step(s, e, positions), self.injection.initial_state(e), max_iter, tol
-        )  # [B, S, h]
+        f = lambda s: step(s, e, positions)  # [B, S, h] -> [B, S, h]: one loop
+        if unroll is None:
+            state, info = implicit_fixed_point(f, self.injection.initial_state(e), max_iter, tol)  # [B, S, h]
+        else:
+            check_loops(unroll, "unroll")
+            with torch.no_grad():
+                state, info = anderson(f, self.injection.initial_state(e), max_iter, tol)  # [B, S, h]
+            for _ in range(unroll):
+                state = f(state)  # [B, S, h]: these loops carry the gradient
         return self.read_out(state)[None], info  # [1, B, P]
 
     def _loop_step(self, stack: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

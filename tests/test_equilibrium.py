@@ -77,8 +77,33 @@ def test_model_equilibrium_is_the_long_loop_and_its_gradient():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
 
 
-def test_training_with_the_fixed_point_solver_is_finite_and_deterministic():
+def test_phantom_gradient_is_the_loops_after_the_solve_and_tends_to_the_implicit_gradient():
+    """unroll = k: the predictions of the fixed point (k loops after a converged solve change nothing), and the
+    gradient of k loops from the solve's output held constant: sum_{j<k} J^j df/dtheta, which tends to the implicit
+    (I - J)^-1 df/dtheta as k grows and differs from it at k = 1 (Jacobian-free backpropagation)."""
+    model = contracting_model()
+    tokens, ys = LinearRegression(4).sample(3, 12, make_generator(0, "train"))
+    tokens, ys = tokens.double(), ys.double()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def gradient(unroll):
+        preds, info = model.equilibrium(tokens, 100, 1e-10, unroll)
+        grads = torch.autograd.grad((preds[0] - ys).square().mean(), params, allow_unused=True)
+        return preds, info, torch.cat([g.flatten() for g in grads if g is not None])
+
+    implicit_preds, _, implicit = gradient(None)
+    long_preds, info, long_unroll = gradient(150)
+    _, _, one_loop = gradient(1)
+    assert info["residual"] < 1e-10
+    torch.testing.assert_close(long_preds, implicit_preds, rtol=0, atol=1e-8)
+    torch.testing.assert_close(long_unroll, implicit, rtol=1e-5, atol=1e-8)
+    assert (one_loop - implicit).norm() > 1e-3 * implicit.norm()
+
+
+@pytest.mark.parametrize("grad_window", [None, 2])  # the implicit gradient, the phantom gradient of 2 loops
+def test_training_with_the_fixed_point_solver_is_finite_and_deterministic(grad_window):
     config = TrainConfig(
+        grad_window=grad_window,
         steps=6,
         batch_size=8,
         lr=1e-3,
