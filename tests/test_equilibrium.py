@@ -146,3 +146,10 @@ def test_a_model_without_one_map_has_no_fixed_point_to_solve():
         ),
     ):
         train(model, LinearRegression(4), config, progress=False)
+
+
+def test_phantom_gradient_needs_at_least_one_loop():
+    model = contracting_model()
+    tokens, _ = LinearRegression(4).sample(2, 12, make_generator(0, "train"))
+    with pytest.raises(ValueError, match=re.escape("unroll=0")):
+        model.equilibrium(tokens.double(), 10, 1e-3, unroll=0)
