@@ -2,8 +2,9 @@
 
 Owns `anderson` (Anderson acceleration of z <- f(z), batched over prompts) and `implicit_fixed_point`
 (a fixed point z* = f(z*) whose gradient is the implicit one: no loop is stored for backpropagation).
-`BaseLoopedTransformer.equilibrium` applies it to the model's loop, and `TrainConfig.solver` picks it
-for training.
+and `phantom_fixed_point` (the same solve, differentiated through a few plain loops from its output:
+the phantom gradient). `BaseLoopedTransformer.equilibrium` applies either to the model's loop, and
+`TrainConfig.solver` (with `grad_window` for the phantom gradient) picks them for training.
 
 The implicit gradient: at z* = f(z*, theta), dz*/dtheta = (I - J)^-1 df/dtheta with J = df/dz at z*.
 The forward solve runs without gradient; one more application z = f(z*) reconnects the graph to theta
@@ -88,4 +89,19 @@ def implicit_fixed_point(
             return solution
 
         z.register_hook(implicit)
+    return z, info
+
+
+def phantom_fixed_point(
+    f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, max_iter: int, tol: float, unroll: int, memory: int = 5
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The fixed point of f from z0, differentiable by the phantom gradient (Geng et al. 2021): the solve
+    runs without gradient and `unroll` plain applications of f from its output carry it (unroll = 1 is the
+    Jacobian-free backpropagation of Fung et al. 2022). No backward solve, so the gradient stays finite
+    where the forward solve has not converged. Returns (f^unroll(z*) [B, ...], the solve's info)."""
+    require_int("unroll", unroll)
+    with torch.no_grad():
+        z, info = anderson(f, z0, max_iter, tol, memory)
+    for _ in range(unroll):
+        z = f(z)  # these applications carry the gradient
     return z, info

@@ -57,7 +57,7 @@ from components import (
     attention_allowed,
     on_tokens,
 )
-from equilibrium import anderson, implicit_fixed_point
+from equilibrium import implicit_fixed_point, phantom_fixed_point
 
 __all__ = [
     # the config and its choices
@@ -501,14 +501,11 @@ class BaseLoopedTransformer(nn.Module):
         positions = self.loop_positions(e)  # None or [B, S, h]
         step = self._loop_step(self.stack)
         f = lambda s: step(s, e, positions)  # [B, S, h] -> [B, S, h]: one loop
+        s0 = self.injection.initial_state(e)  # [B, S, h]
         if unroll is None:
-            state, info = implicit_fixed_point(f, self.injection.initial_state(e), max_iter, tol)  # [B, S, h]
+            state, info = implicit_fixed_point(f, s0, max_iter, tol)  # [B, S, h]
         else:
-            check_loops(unroll, "unroll")
-            with torch.no_grad():
-                state, info = anderson(f, self.injection.initial_state(e), max_iter, tol)  # [B, S, h]
-            for _ in range(unroll):
-                state = f(state)  # [B, S, h]: these loops carry the gradient
+            state, info = phantom_fixed_point(f, s0, max_iter, tol, unroll)  # [B, S, h]
         return self.read_out(state)[None], info  # [1, B, P]
 
     def _loop_step(self, stack: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
