@@ -53,6 +53,10 @@ class TrainConfig:
                       trains with the phantom gradient instead: the solve runs without gradient and
                       k more loops from its output carry it (k = 1: Jacobian-free backpropagation);
                       their last is supervised. Validation still runs b plain loops.
+    solver_pretrain:  with solver "fixed_point": the first round(solver_pretrain * steps) steps train
+                      the plain loop instead (b loops, gradient as grad_window says, the last one
+                      supervised), the weight-tied unrolled pretraining of Bai et al. 2019: the
+                      solve then starts from a block that already maps a prompt to a useful state.
     points_curriculum: None or (P_start, every, increment): training step t uses
                       min(n_points, P_start + increment * (t // every)) points per prompt, the
                       paper's growing prompt length. Validation always uses n_points.
@@ -85,6 +89,7 @@ class TrainConfig:
     loops_random: tuple | None = None
     solver: str = "unroll"
     solver_tol: float = 1e-3
+    solver_pretrain: float = 0.0
     points_curriculum: tuple[int, int, int] | None = None
     dims_curriculum: tuple[int, int, int] | None = None
 
@@ -141,11 +146,16 @@ class TrainConfig:
                 f"and a fixed loop count (got supervise={self.supervise!r}, "
                 f"loops_curriculum={self.loops_curriculum!r}, loops_random={self.loops_random!r})",
             )
-        else:
-            require(
-                self.solver_tol == TrainConfig.solver_tol,
-                f"TrainConfig.solver_tol={self.solver_tol!r} has no effect with solver='unroll'",
-            )
+        require(
+            is_real(self.solver_pretrain) and 0 <= self.solver_pretrain < 1,
+            f"TrainConfig.solver_pretrain={self.solver_pretrain!r} must be a fraction of the steps in [0, 1)",
+        )
+        if self.solver != "fixed_point":
+            for name in ("solver_tol", "solver_pretrain"):
+                require(
+                    getattr(self, name) == getattr(TrainConfig, name),
+                    f"TrainConfig.{name}={getattr(self, name)!r} has no effect with solver='unroll'",
+                )
         self._check_schedule(
             "points_curriculum",
             (3,),
@@ -211,6 +221,11 @@ class TrainConfig:
             return self.b
         start, every, *increment = self.loops_curriculum
         return min(self.b, start + (increment[0] if increment else 1) * (step // every))
+
+    def solves_at(self, step: int) -> bool:
+        """Whether training step `step` (0-based) solves for the fixed point (solver "fixed_point",
+        after the `solver_pretrain` steps) rather than running the plain loop."""
+        return self.solver == "fixed_point" and step >= round(self.solver_pretrain * self.steps)
 
     def warmup_steps(self) -> int:
         """How many steps the learning rate rises for (`warmup`)."""

@@ -60,18 +60,19 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class StepPlan:
-    """What training step t uses: `b` loops, prompts of `n_points` points, and `active_dims`
-    non-zero x coordinates (None: all of them)."""
+    """What training step t uses: `b` loops, prompts of `n_points` points, `active_dims`
+    non-zero x coordinates (None: all of them), and whether it solves for the fixed point."""
 
     b: int
     n_points: int
     active_dims: int | None
+    solve: bool = False
 
 
 def plan_at(config: TrainConfig, step: int, n_dims: int) -> StepPlan:
     """The curricula of `config` read at training step `step` (0-based)."""
     active_dims = None if config.dims_curriculum is None else config.dims_at(step, n_dims)
-    return StepPlan(config.loops_at(step), config.points_at(step), active_dims)
+    return StepPlan(config.loops_at(step), config.points_at(step), active_dims, config.solves_at(step))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int) -> None:
@@ -212,15 +213,18 @@ def train_step(
     b: int | None = None,
     n_points: int | None = None,
     active_dims: int | None = None,
+    solve: bool | None = None,
 ) -> float:
     """One step: sample a batch of `n_points`-point prompts with `active_dims` non-zero x
     coordinates, run b loops (`config.b`, `config.n_points` and every dimension unless
-    given), the loss, and (if it is finite) an optimizer step.
+    given) or, where `solve` (default: the config's solver is "fixed_point"), the fixed-point
+    solve, the loss, and (if it is finite) an optimizer step.
     Returns the loss; a non-finite loss leaves the weights untouched.
     """
-    plan = StepPlan(config.b if b is None else b, config.n_points if n_points is None else n_points, active_dims)
+    solve = config.solver == "fixed_point" if solve is None else solve
+    plan = StepPlan(config.b if b is None else b, config.n_points if n_points is None else n_points, active_dims, solve)
     tokens, ys = sample_batch(task, config, plan, generator)
-    if config.solver == "fixed_point":
+    if plan.solve:
         # [1, B, P]: the fixed point, or grad_window loops after it (the phantom gradient)
         preds, _ = model.equilibrium(tokens, plan.b, config.solver_tol, config.grad_window)
         loss = step_loss(model, preds, tokens, ys, config, 1)
@@ -314,7 +318,8 @@ class SingleStepper:
         plan = plan_at(config, done, self.task.n_dims)
         set_lr(self.optimizer, config, done)
         value = train_step(
-            self._model, self.optimizer, self.task, self.generator, config, plan.b, plan.n_points, plan.active_dims
+            self._model, self.optimizer, self.task, self.generator, config, plan.b, plan.n_points, plan.active_dims,
+            plan.solve,
         )
         if not math.isfinite(value):
             self.stopped.add(0)  # train_step left the weights as they were

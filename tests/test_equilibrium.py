@@ -122,10 +122,31 @@ def test_training_with_the_fixed_point_solver_is_finite_and_deterministic(grad_w
     assert all(torch.isfinite(torch.tensor(results[0].loss)))
 
 
+def test_unrolled_pretraining_trains_the_plain_loop_then_the_fixed_point():
+    # solver_pretrain = 0.5 of 4 steps: steps 0 and 1 are the plain loop's (the same losses as a run
+    # that unrolls throughout), steps 2 and 3 solve (the losses part from that run's)
+    common = dict(steps=4, batch_size=8, lr=1e-3, b=12, n_points=12, supervise="last", eval_prompts=16)
+    task, model_config = LinearRegression(4), ModelConfig(**SMALL, final_norm=True)
+    pretrained = TrainConfig(**common, solver="fixed_point", solver_pretrain=0.5)
+    assert [pretrained.solves_at(step) for step in range(4)] == [False, False, True, True]
+    assert [TrainConfig(**common, solver="fixed_point").solves_at(step) for step in range(4)] == [True] * 4
+    losses = {
+        name: train(build_model(model_config, 3), task, config, progress=False).loss
+        for name, config in (("pretrained", pretrained), ("unrolled", TrainConfig(**common)))
+    }
+    assert losses["pretrained"][:2] == losses["unrolled"][:2]
+    assert losses["pretrained"][2] != losses["unrolled"][2]
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [
         (dict(solver="implicit"), "TrainConfig.solver='implicit' is not allowed; choose one of"),
+        (dict(solver_pretrain=0.2), "TrainConfig.solver_pretrain=0.2 has no effect with solver='unroll'"),
+        (
+            dict(solver="fixed_point", supervise="last", solver_pretrain=1.0),
+            "TrainConfig.solver_pretrain=1.0 must be a fraction of the steps in [0, 1)",
+        ),
         (dict(solver="fixed_point"), "TrainConfig.solver='fixed_point' supervises the fixed point alone"),
         (dict(solver_tol=1e-4), "TrainConfig.solver_tol=0.0001 has no effect with solver='unroll'"),
         (dict(solver="fixed_point", supervise="last", solver_tol=0.0), "TrainConfig.solver_tol=0.0 must be"),
