@@ -323,16 +323,19 @@ class Experiment:
         what is read from a run's saved model (which stays local) is computed in the sitting that
         trained it, and every later sitting, on any clone, reads the committed file. Only the runs
         the file lacks are computed; the file is written after each, so an interrupted sitting keeps
-        what it had. Returns {run name: value} for `records`, as JSON reads it back."""
+        what it had, and each write merges the file as it is then, so a second sitting on the same
+        folder loses none of the first's values. Returns {run name: value} for `records`, as JSON
+        reads it back."""
         path = self.out / "data" / f"{name}.json"
-        kept = read_json(path) if path.exists() else {}
+        read = lambda: read_json(path) if path.exists() else {}
+        kept = read()
         records = list(records)
         for record in records:
             run = record["spec"]["name"]
             if run not in kept:
-                kept[run] = compute(record)
-                write_json(path, kept)
-                kept = read_json(path)  # as a later sitting will read it (lists, JSON's floats), so reports agree
+                value = compute(record)
+                write_json(path, {**read(), run: value})
+                kept = read()  # as a later sitting will read it (lists, JSON's floats), so reports agree
         return {record["spec"]["name"]: kept[record["spec"]["name"]] for record in records}
 
     def figure(self, fig, name: str) -> Path:

@@ -307,7 +307,7 @@ def test_step_times_are_measured_once_and_read_back(tmp_path, monkeypatch):
 
 
 def test_per_run_values_are_computed_once_per_run_and_read_back(tmp_path, monkeypatch):
-    from utils import read_json
+    from utils import read_json, write_json
 
     monkeypatch.setenv("PRESET", "smoke")
     monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
@@ -324,6 +324,13 @@ def test_per_run_values_are_computed_once_per_run_and_read_back(tmp_path, monkey
     assert computed == ["a", "b"]  # "a" was read from the file, not computed again
     assert read_json(exp.out / "data" / "probe.json") == {"a": [1, 0.1], "b": [2, 0.1]}
     assert exp.per_run("probe", records[1:], compute) == {"b": [2, 0.1]}  # only the runs asked for
+
+    def compute_beside_another_sitting(record):  # which writes "other" to the file meanwhile
+        write_json(exp.out / "data" / "probe.json", {**read_json(exp.out / "data" / "probe.json"), "other": 9})
+        return 3
+
+    assert exp.per_run("probe", [{"spec": {"name": "c"}}], compute_beside_another_sitting) == {"c": 3}
+    assert read_json(exp.out / "data" / "probe.json") == {"a": [1, 0.1], "b": [2, 0.1], "other": 9, "c": 3}
 
 
 def _screen_experiment(tmp_path, monkeypatch):
