@@ -1,7 +1,7 @@
 """The fixed-point solve of a loop and its implicit gradient: the deep-equilibrium model (Bai et al. 2019).
 
 Owns `anderson` (Anderson acceleration of z <- f(z), batched over prompts) and `implicit_fixed_point`
-(a fixed point z* = f(z*) whose gradient is the implicit one: no loop is stored for backpropagation).
+(a fixed point z* = f(z*) whose gradient is the implicit one: no loop is stored for backpropagation)
 and `phantom_fixed_point` (the same solve, differentiated through a few plain loops from its output:
 the phantom gradient). `BaseLoopedTransformer.equilibrium` applies either to the model's loop, and
 `TrainConfig.solver` (with `grad_window` for the phantom gradient) picks them for training.
