@@ -5,9 +5,10 @@ Owns what every notebook did by hand:
   (`runner.results_dir`, which honours `LOOPED_RESULTS_ROOT`) read from the environment; `run`,
   the grid of runs (`runner.run_grid_timed`: finished runs are read from the cache); `figure`,
   which saves an SVG atomically, closes the figure and shows it; `step_times`, what a training step
-  of each variant costs, measured once and kept beside the runs; `screen_rates`, a one-seed
-  screen of a lower peak rate for the configurations the shared rate leaves above the gate
-  (`RateScreen`); `per_run`, a value computed from each run's saved model, kept beside the runs
+  of each variant costs, measured once and kept beside the runs; `screen_rates`, the protocol's
+  rate screen (`protocol.py`: a screen seed no report uses, scored on the tuning stream) of a lower
+  peak rate for the configurations the shared rate leaves above the gate (`RateScreen`); `per_run`,
+  a value computed from each run's saved model, kept beside the runs
   the same way; and `write_report`, which fills the notebook's markdown report templates in
   `experiments/reports/`.
 - `Results`: the records of a grid with named look-ups (`where(model="small", b=5)`,
@@ -37,11 +38,12 @@ import numpy as np
 import plots
 from baselines import baseline_position_errors
 from checks import require
+from protocol import SCREEN_SEED, choose_rates, screen_twin
 from runner import ROOT, RunSpec, choose_preset, hardware, results_dir, run_grid_timed
 from tasks import task_from_dict
 from tracking import tracking_from_env
 from utils import TrainConfig, atomic_write_bytes, heldout_prompts, read_json, save_svg, step_times, write_json
-from verdicts import Gate, learned_table, reference_errors, reference_names, trained_groups, tune_rates, verdict
+from verdicts import Gate, learned_table, reference_errors, reference_names, trained_groups, verdict
 
 REPORTS = ROOT / "experiments" / "reports"
 # The report headings under which conclusions are drawn: the gate's verdict is repeated there.
@@ -182,8 +184,8 @@ class Results(Sequence):
 
 @dataclass
 class RateScreen:
-    """What `Experiment.screen_rates` found: stage 1 (`shared`: one seed of every configuration
-    at the shared peak rate), stage 2 (`screen`: that seed again at the lower rate, or at each
+    """What `Experiment.screen_rates` found: stage 1 (`shared`: the screen run of every
+    configuration at the shared peak rate), stage 2 (`screen`: that seed again at the lower rate, or at each
     lower rate in turn, for the configurations stage 1 left above the gate, listed in `untrained`),
     the rate chosen per configuration (`lr`), the table of every candidate tried (`table`) and each
     stage's sitting (wall time, hardware, backend; stage 2's wall time sums its lower rates)."""
@@ -194,8 +196,9 @@ class RateScreen:
     lr: dict[str, float]
     table: str
     shared_sitting: dict
-    screen_sitting: dict
+    screen_sitting: dict | None
     label: str = "config"  # the RunSpec label that holds a configuration's name
+    threshold: float = float("nan")  # the gate on the tuning stream, which every screen run is scored against
 
     def chosen(self, config: str) -> Results:
         """`config`'s screen run at the rate chosen for it: stage 2's where that rate was a lower one, else stage 1's
@@ -206,9 +209,11 @@ class RateScreen:
 
     def stages(self) -> str:
         """The report's settings cell for the two stages: their wall times and run-minutes."""
+        screen_minutes = self.screen_sitting["wall_time_s"] / 60 if self.screen_sitting else 0.0
         return (
-            f"one seed at the shared rate: {self.shared_sitting['wall_time_s'] / 60:.1f} min; rate screen: "
-            f"{self.screen_sitting['wall_time_s'] / 60:.1f} min ({len(self.screen.names)} runs); "
+            f"screen seed {SCREEN_SEED} on the tuning stream at the shared rate: "
+            f"{self.shared_sitting['wall_time_s'] / 60:.1f} min; rate screen: "
+            f"{screen_minutes:.1f} min ({len(self.screen.names)} runs); "
             f"{(self.shared.run_minutes() + self.screen.run_minutes()):.1f} run-minutes"
         )
 
@@ -260,35 +265,38 @@ class Experiment:
         configs: Sequence[str],
         spec_for: Callable[[str, int, float], RunSpec],
         label: str,
-        seed: int,
         lr: float,
         screen_lr: float | Sequence[float],
-        threshold: float,
         gate: Gate | None = None,
     ) -> RateScreen:
-        """The rate screen, stages 1 and 2 of a grid whose variants may need a lower peak rate
-        than the reference: `spec_for(config, seed, lr)` of every config at the shared `lr`
-        (sitting "shared-rate"); the configs above the gate (`threshold`) run again at `screen_lr`
-        (sitting "rate-screen"). `screen_lr` may be a sequence of rates, tried in order: each one
-        only for the configs that every rate before it left above the gate (sittings "rate-screen",
-        "rate-screen-2", ...), so a config the first lower rate trains costs nothing more.
-        `verdicts.tune_rates` picks among every rate a config ran, on the held-out set the runs
-        report. `label` is the RunSpec label that holds the config's name. A config the shared
-        rate trained keeps it. Stage 3 (every seed at the chosen rate) is the notebook's own `run`."""
+        """The rate screen of a grid whose variants may need a lower peak rate than the reference,
+        run by the protocol (`protocol.py`): each config's screen run (`protocol.screen_twin` of
+        `spec_for(config, SCREEN_SEED, rate)`: a seed no report uses, validated on the tuning stream)
+        at the shared `lr` (sitting "shared-rate"); the configs that rate leaves above the gate on the
+        tuning stream run again at `screen_lr` (sitting "rate-screen"). `screen_lr` may be a sequence
+        of rates, tried in order: each one only for the configs that every rate before it left above
+        the gate (sittings "rate-screen", "rate-screen-2", ...). `protocol.choose_rates` then picks
+        each config's rate among the rates it ran and writes `data/rate choices.json`; a config the
+        shared rate trained keeps it. `label` is the RunSpec label that holds the config's name. The
+        reported seeds at the chosen rates are the notebook's own `run`."""
         gate = gate or Gate()
         lower_rates = [screen_lr] if isinstance(screen_lr, (int, float)) else list(screen_lr)
         require(len(lower_rates) > 0, "screen_lr is empty; give one lower rate or a sequence of them")
-        shared = self.run([spec_for(config, seed, lr) for config in configs], sitting="shared-rate")
+        twin = lambda config, rate: screen_twin(spec_for(config, SCREEN_SEED, rate))
+        first = twin(configs[0], lr)
+        references = reference_errors(task_from_dict(first.task), first.train, reference_names(gate))
+        threshold = gate.threshold(references)
+        shared = self.run([twin(config, lr) for config in configs], sitting="shared-rate")
         shared_sitting = dict(self.grid)
         above = lambda results, config: not verdict(results.where(**{label: config}), threshold, gate).trained
         untrained = [c for c in configs if above(shared, c)]
-        print(f"above the gate ({plots.fmt(threshold)}) at the shared rate {lr:g}:", untrained or "none")
+        print(f"above the tuning stream's gate ({plots.fmt(threshold)}) at the shared rate {lr:g}:", untrained or '-')
         screened, screen_sitting, still_above = [], None, list(untrained)
         for stage, rate in enumerate(lower_rates, start=1):
             if stage > 1 and not still_above:
                 break
             sitting = "rate-screen" if stage == 1 else f"rate-screen-{stage}"
-            stage_runs = self.run([spec_for(config, seed, rate) for config in still_above], sitting=sitting)
+            stage_runs = self.run([twin(config, rate) for config in still_above], sitting=sitting)
             screened += list(stage_runs)
             screen_sitting = dict(self.grid) if screen_sitting is None else {
                 **screen_sitting, "wall_time_s": screen_sitting["wall_time_s"] + self.grid["wall_time_s"]}
@@ -296,10 +304,9 @@ class Experiment:
             if stage < len(lower_rates):
                 print(f"above the gate at {rate:g}:", still_above or "none")
         screen = Results(screened)
-        candidates = {c: [*shared.where(**{label: c}), *screen.where(**{label: c})] for c in untrained}
-        chosen, table = tune_rates(candidates, threshold, validated_on="held-out set")
-        rates = {config: chosen.get(config, lr) for config in configs}
-        return RateScreen(shared, screen, untrained, rates, table, shared_sitting, screen_sitting, label)
+        candidates = {c: [*shared.where(**{label: c}), *screen.where(**{label: c})] for c in configs}
+        rates, table = choose_rates(self.out, candidates, threshold)
+        return RateScreen(shared, screen, untrained, rates, table, shared_sitting, screen_sitting, label, threshold)
 
     def step_times(self, runs: Mapping[str, RunSpec], steps: int = 20, warmup: int = 3) -> dict:
         """What one CPU training step of each of `runs` ({label: spec}) costs (`utils.step_times`:

@@ -18,6 +18,7 @@ Owns:
 from __future__ import annotations
 
 import concurrent.futures as futures
+import hashlib
 import json
 import math
 import multiprocessing
@@ -161,6 +162,9 @@ class EvalConfig:
 Level2Config = EvalConfig  # deprecated alias: the old name, kept so existing notebooks and tests still run
 
 
+# What a run is for (RunSpec.role): a run that chooses a setting is never one a report compares.
+ROLES = ("reported", "tuning", "screen")
+
 # A run's name is the file stem of its JSON: no path separators, no leading dot, a sane length.
 RUN_NAME = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9_.+=-]{0,119}")
 
@@ -170,7 +174,10 @@ class RunSpec:
     """One run: a model, a task, how to train it and how to evaluate it.
 
     `labels` are free-form fields for grouping results (model name, b, seed, ...);
-    `name` is the file stem of the run's JSON. `level2=` is the deprecated keyword for
+    `name` is the file stem of the run's JSON. `role` says what the run is for (`ROLES`):
+    "reported" (default; a seed a report compares, validated on the held-out prompts), "tuning"
+    or "screen" (a run that chooses a setting such as the peak rate; validated on the tuning
+    stream, `protocol.TUNING_STREAM`, and never counted as a reported seed). `level2=` is the deprecated keyword for
     `evaluation=`; records written before the rename store the spec's `evaluation` under
     "level2", which `from_dict` still reads.
     """
@@ -181,6 +188,7 @@ class RunSpec:
     train: TrainConfig
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     labels: dict = field(default_factory=dict)
+    role: str = "reported"
     level2: InitVar[EvalConfig | None] = None
 
     def __post_init__(self, level2: EvalConfig | None) -> None:
@@ -208,6 +216,7 @@ class RunSpec:
             f"RunSpec.labels={self.labels!r} must survive JSON unchanged (string keys; str, int, float, bool or None "
             "values or lists of them; no tuples or numpy numbers), since the cache compares them",
         )
+        require_choice("RunSpec.role", self.role, ROLES)
         check_effective(self.model, self.train)
 
     def to_dict(self) -> dict:
@@ -218,6 +227,7 @@ class RunSpec:
             "train": self.train.to_dict(),
             "evaluation": self.evaluation.to_dict(),
             "labels": dict(self.labels),
+            "role": self.role,
         }
 
     @classmethod
@@ -233,6 +243,7 @@ class RunSpec:
             train=TrainConfig(**values["train"]),
             evaluation=EvalConfig(**evaluation),
             labels=dict(values["labels"]),
+            role=values.get("role", "reported"),
         )
 
     def training_key(self) -> str:
@@ -254,20 +265,43 @@ def trained_dir() -> Path:
     return Path(os.environ.get("LOOPED_RESULTS_ROOT", ROOT)) / "scratch" / "trained"
 
 
+# The modules whose code decides what training computes: a cached training is reused only by the
+# same code and torch (`training_software`).
+TRAINING_CODE = ("checks.py", "components.py", "configs.py", "ensemble.py", "equilibrium.py", "evaluation.py",
+                 "seeding.py", "tasks.py", "training.py", "transformer.py")
+
+
+def training_software() -> dict:
+    """What a training was computed with: torch's version and a hash of `TRAINING_CODE`."""
+    code = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in TRAINING_CODE)).hexdigest()[:12]
+    return {"torch": torch.__version__, "code": code}
+
+
 def _store_trained(spec: RunSpec, model, result: TrainResult) -> None:
-    """Keep a trained run (weights and training result) under its training key."""
-    save_run(
-        trained_dir() / spec.training_key(), model, {"model_config": spec.model.to_dict(), "train": result.to_dict()}
-    )
+    """Keep a trained run (weights, training result and the software that trained it) under its training key."""
+    record = {"model_config": spec.model.to_dict(), "train": result.to_dict(), "software": training_software()}
+    save_run(trained_dir() / spec.training_key(), model, record)
 
 
 def _reuse_trained(spec: RunSpec):
-    """(model, TrainResult) of a run with this training key trained before, by any notebook, or None."""
+    """(model, TrainResult, the software that trained it) of a run with this training key trained
+    before, by any notebook, with the same code and torch; None when there is none. An entry
+    trained by other software, or one that cannot be read, is set aside with a warning naming it,
+    and the run trains again."""
     folder = trained_dir() / spec.training_key()
     if not (folder / "run.json").exists():  # save_run writes it after the weights
         return None
-    model, record = load_run(folder)
-    return model.to(spec.train.device), TrainResult(**record["train"])
+    try:
+        model, record = load_run(folder)
+        software = record.get("software")
+        if software != training_software():
+            why = f"it was trained by {software or 'an unrecorded version'}, not by {training_software()}"
+            set_aside(folder, why, f"run {spec.name!r} trains again")
+            return None
+        return model.to(spec.train.device), TrainResult(**record["train"]), software
+    except Exception as error:  # any unreadable entry (truncated, not a checkpoint, ...) is set aside
+        set_aside(folder, f"it cannot be read ({type(error).__name__}: {error})", f"run {spec.name!r} trains again")
+        return None
 
 
 def execute_run(
@@ -291,8 +325,9 @@ def execute_run(
     try:
         reused = _reuse_trained(spec)
         if reused is not None:
-            tracked.log_curves(run, reused[1])
-            record = finish_run(spec, task, *reused, out_dir, started, backend=backend, reused=True)
+            model, result, software = reused
+            tracked.log_curves(run, result)
+            record = finish_run(spec, task, model, result, out_dir, started, backend=backend, trained_with=software)
             return record
         model = build_model(spec.model, spec.train.seed)
         checkpoint = out_dir / "checkpoints" / f"{spec.name}-{spec.training_key()}.ckpt"
@@ -306,19 +341,28 @@ def execute_run(
 
 
 def finish_run(
-    spec: RunSpec, task, model, result, out_dir: Path, started: float, backend: str = "inline", reused: bool = False
+    spec: RunSpec,
+    task,
+    model,
+    result,
+    out_dir: Path,
+    started: float,
+    backend: str = "inline",
+    trained_with: dict | None = None,
 ) -> dict:
-    """Validate a trained model (levels 1 and 2, extrapolation, errors per position and the
-    optional evaluations of `EvalConfig`), then write its JSON and weights. Returns the record.
-    The record states how it was trained: backend, device, torch version, its training key and
-    whether the training was reused from an earlier run with that key."""
+    """Validate a trained model (levels 1 and 2, extrapolation, errors per position and per prompt,
+    and the optional evaluations of `EvalConfig`), then write its JSON and weights. Returns the
+    record. The record states how it was trained: backend, device, the torch version and code hash
+    that trained it (`training_software`; `trained_with`, the cache entry's, when the training was
+    reused from an earlier run with the same training key), its training key and whether it was reused."""
+    software = training_software() if trained_with is None else trained_with
     record: dict[str, Any] = {
         "spec": spec.to_dict(),
         "parameters": count_parameters(model),
         "hardware": hardware(),
-        "software": {"torch": torch.__version__, "device": str(next(model.parameters()).device), "backend": backend},
+        "software": {**software, "device": str(next(model.parameters()).device), "backend": backend},
         "training_key": spec.training_key(),
-        "training_reused": reused,
+        "training_reused": trained_with is not None,
         "train": result.to_dict(),
     }
     if result.status == "finished":
@@ -343,6 +387,9 @@ def finish_run(
             "mean_over_loops": _nan_to_none(errors.nanmean(0).tolist()),
         }
         record["loop_errors"] = errors[:, -1].tolist()  # the query error of each loop 1..b (held-out)
+        record["prompt_errors"] = query_errors_per_prompt(
+            model, heldout, sorted({spec.train.b, max(evaluation.extrapolation_b)}), scale
+        )
         if evaluation.bootstrap:
             record["position_band"] = bootstrap_band(prompt_errors(model, *heldout, spec.train.b, scale=scale))
         if evaluation.state_updates:
@@ -374,6 +421,18 @@ def finish_run(
     return record
 
 
+def query_errors_per_prompt(model, heldout: tuple, loop_counts: list[int], scale: float) -> dict[str, list]:
+    """The last loop's squared error / scale at the query of every held-out prompt, run with each of
+    `loop_counts` loops (b_train and the longest extrapolation b): {str(b): [n_prompts]}, in the
+    held-out set's order, so that paired prompt-level differences and prompt bootstraps need no
+    retraining. Six significant digits (the seed spread is far wider); null where not finite."""
+    out = {}
+    for b in loop_counts:
+        errors = prompt_errors(model, *heldout, b, scale=scale)[:, -1]  # [n_prompts]
+        out[str(b)] = [float(f"{value:.6g}") if math.isfinite(value) else None for value in errors.tolist()]
+    return out
+
+
 def ensemble_groups(specs: list[RunSpec]) -> list[list[RunSpec]]:
     """Specs that can train as one ensemble: the same model, task and training except seed and b."""
     groups: dict[str, list[RunSpec]] = {}
@@ -401,9 +460,11 @@ def execute_ensemble(specs: list[RunSpec], out_dir: str | Path, tracking: tracke
     try:
         reused = [_reuse_trained(spec) for spec in specs]
         if all(pair is not None for pair in reused):  # every member was trained before
-            for spec, pair, run in zip(specs, reused, runs, strict=True):
-                tracked.log_curves(run, pair[1])
-                records.append(finish_run(spec, task, *pair, out_dir, started, backend="ensemble", reused=True))
+            for spec, (model, result, software), run in zip(specs, reused, runs, strict=True):
+                tracked.log_curves(run, result)
+                records.append(
+                    finish_run(spec, task, model, result, out_dir, started, backend="ensemble", trained_with=software)
+                )
             return records
         key = training_key(specs[0].model, [spec.train for spec in specs], specs[0].task)
         checkpoint = out_dir / "checkpoints" / f"ensemble_{specs[0].name}_{len(specs)}-{key}.ckpt"
@@ -529,14 +590,19 @@ def run_grid(
     _check_writable(out_dir / "data")
     records: dict[str, dict] = {}
     pending, elsewhere = [], []  # elsewhere: runs another sitting on this folder is computing
-    for spec in specs:
-        record = load_result(spec, out_dir)
-        if record is not None:
-            records[spec.name] = record
-        elif _take_lock(out_dir, spec.name):
-            pending.append(spec)
-        else:
-            elsewhere.append(spec)
+    try:
+        for spec in specs:
+            record = load_result(spec, out_dir)
+            if record is not None:
+                records[spec.name] = record
+            elif _take_lock(out_dir, spec.name):
+                pending.append(spec)
+            else:
+                elsewhere.append(spec)
+    except BaseException:  # e.g. a record of another configuration: the locks taken so far must not outlive it
+        for spec in pending:
+            _release_lock(out_dir, spec.name)
+        raise
     pending.sort(key=lambda spec: -spec.cost())  # largest first balances the workers
     try:
         _run_pending(pending, out_dir, backend, workers, progress, slurm, records, len(specs), tracking)

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -60,6 +61,8 @@ def set_aside(path: Path, why: str, then: str, what: str = "") -> Path:
     """Rename an unusable file to `<name>.set-aside` (kept for inspection) and warn, naming the file
     (after `what` it is), why it is unusable and what happens instead (`then`). Returns the new path."""
     aside = path.with_name(path.name + ".set-aside")
+    if aside.is_dir():  # an earlier set-aside folder of the same name: the newer one is kept
+        shutil.rmtree(aside)
     path.replace(aside)
     named = f"{what} {path}" if what else str(path)
     warnings.warn(f"{named} {why}; it is set aside as {aside.name} and {then}", stacklevel=3)

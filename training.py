@@ -22,6 +22,7 @@ so a member of an ensemble trains on exactly the loss a single run trains on. A 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -126,13 +127,34 @@ def step_loss(
     return loss_value(preds, ys, config, model.config.n_dims, predicted)
 
 
+def non_default(config) -> dict:
+    """The fields of a config dataclass that differ from their defaults (required fields always),
+    as `to_dict` gives them: what a key hashes, so that a field added to the schema later, with a
+    default that keeps the old behaviour, changes no key already computed."""
+    values = config.to_dict()
+    kept = {}
+    for item in dataclasses.fields(config):
+        if item.default is not dataclasses.MISSING:
+            default = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            default = item.default_factory()
+        else:
+            kept[item.name] = values[item.name]
+            continue
+        if json.dumps(values[item.name], sort_keys=True) != json.dumps(default, sort_keys=True):
+            kept[item.name] = values[item.name]
+    return kept
+
+
 def training_key(model_config: ModelConfig, configs: list[TrainConfig], task: dict | None = None) -> str:
     """A short hash of what determines training: the model, every member's `TrainConfig` (less
-    `threads`, which changes no number) and, where given, the task's dict. A checkpoint carries
-    the key of the run that wrote it, and a run with another key does not resume from it."""
+    `threads`, which changes no number) and, where given, the task's dict; each config by its
+    fields that differ from the defaults (`non_default`), so a new field leaves every key as it was.
+    A checkpoint carries the key of the run that wrote it, and a run with another key does not
+    resume from it."""
     canonical = {
-        "model": model_config.to_dict(),
-        "train": [{k: v for k, v in config.to_dict().items() if k != "threads"} for config in configs],
+        "model": non_default(model_config),
+        "train": [{k: v for k, v in non_default(config).items() if k != "threads"} for config in configs],
         "task": task,
     }
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:12]

@@ -347,27 +347,42 @@ def _screen_experiment(tmp_path, monkeypatch):
     return Experiment(4, {"smoke": {}}), spec_for
 
 
+def _gate_at(monkeypatch, threshold: float) -> None:
+    """Make the screen's gate on the tuning stream `threshold` (a tenth of a stubbed predicting-0 error)."""
+    monkeypatch.setattr(experiment, "reference_errors", lambda *args, **kwargs: {"predicting 0": 10 * threshold})
+
+
 def test_screen_rates_runs_the_lower_rate_only_where_the_shared_one_left_a_config_above_the_gate(tmp_path, monkeypatch):
-    from verdicts import final_error
+    from protocol import TUNING_STREAM, rate_choice_problems
+    from verdicts import Gate, final_error
 
     exp, spec_for = _screen_experiment(tmp_path, monkeypatch)
 
-    everything_passes = exp.screen_rates(["a", "b"], spec_for, "method", 7, 1e-2, 3e-3, threshold=10.0)
+    _gate_at(monkeypatch, 10.0)
+    lenient = Gate(improving=0.99)  # four steps at a constant rate are always "still improving" by the default
+    everything_passes = exp.screen_rates(["a", "b"], spec_for, "method", 1e-2, 3e-3, lenient)
     assert everything_passes.untrained == [] and len(everything_passes.screen) == 0
-    assert everything_passes.lr == {"a": 1e-2, "b": 1e-2}
-    assert everything_passes.shared.names == ["a_lr0.01_7", "b_lr0.01_7"]
+    assert everything_passes.lr == {"a": 1e-2, "b": 1e-2} and everything_passes.threshold == 10.0
+    assert everything_passes.shared.names == ["screen_a_lr0.01_7", "screen_b_lr0.01_7"]
+    for record in everything_passes.shared:  # the protocol: a screen seed, the tuning stream, the role
+        assert record["spec"]["role"] == "screen" and record["spec"]["train"]["eval_seed"] == TUNING_STREAM
 
-    nothing_passes = exp.screen_rates(["a", "b"], spec_for, "method", 7, 1e-2, 3e-3, threshold=0.0)
-    assert nothing_passes.untrained == ["a", "b"] and nothing_passes.screen.names == ["a_lr0.003_7", "b_lr0.003_7"]
+    _gate_at(monkeypatch, 0.0)
+    nothing_passes = exp.screen_rates(["a", "b"], spec_for, "method", 1e-2, 3e-3)
+    assert nothing_passes.untrained == ["a", "b"]
+    assert nothing_passes.screen.names == ["screen_a_lr0.003_7", "screen_b_lr0.003_7"]
     for config in ("a", "b"):  # no candidate reaches the gate: the lower final error wins
         candidates = [*nothing_passes.shared.where(method=config), *nothing_passes.screen.where(method=config)]
         best = min(candidates, key=final_error)
         assert nothing_passes.lr[config] == best["spec"]["train"]["lr"]
         assert nothing_passes.chosen(config).names == [best["spec"]["name"]]  # the run at the chosen rate
-    assert everything_passes.chosen("a").names == ["a_lr0.01_7"]
-    assert nothing_passes.table.count("| a |") == 2 and "final error (held-out set)" in nothing_passes.table
+    assert everything_passes.chosen("a").names == ["screen_a_lr0.01_7"]
+    assert nothing_passes.table.count("| a |") == 2 and "final error (tuning stream)" in nothing_passes.table
     assert (exp.out / "data" / "shared-rate.json").exists() and (exp.out / "data" / "rate-screen.json").exists()
     assert "rate screen:" in nothing_passes.stages() and "(2 runs)" in nothing_passes.stages()
+    choices = json.loads((exp.out / "data" / "rate choices.json").read_text())["choices"]
+    assert choices["a"]["runs"] == ["screen_a_lr0.01_7", "screen_a_lr0.003_7"]
+    assert rate_choice_problems(exp.out / "data") == []
 
 
 def test_screen_rates_tries_each_lower_rate_only_for_the_configs_every_earlier_rate_left_above_the_gate(
@@ -377,8 +392,10 @@ def test_screen_rates_tries_each_lower_rate_only_for_the_configs_every_earlier_r
 
     exp, spec_for = _screen_experiment(tmp_path, monkeypatch)
 
-    nothing_passes = exp.screen_rates(["a", "b"], spec_for, "method", 7, 1e-2, (3e-3, 1e-3), threshold=0.0)
-    assert nothing_passes.screen.names == ["a_lr0.003_7", "b_lr0.003_7", "a_lr0.001_7", "b_lr0.001_7"]
+    _gate_at(monkeypatch, 0.0)
+    nothing_passes = exp.screen_rates(["a", "b"], spec_for, "method", 1e-2, (3e-3, 1e-3))
+    assert nothing_passes.screen.names == [
+        "screen_a_lr0.003_7", "screen_b_lr0.003_7", "screen_a_lr0.001_7", "screen_b_lr0.001_7"]  # fmt: skip
     for config in ("a", "b"):  # three candidates each; the lowest final error wins
         candidates = [*nothing_passes.shared.where(method=config), *nothing_passes.screen.where(method=config)]
         assert len(candidates) == 3
@@ -393,8 +410,16 @@ def test_screen_rates_tries_each_lower_rate_only_for_the_configs_every_earlier_r
     trains_at = lambda results: types.SimpleNamespace(
         trained=any(r["spec"]["labels"]["method"] == "a" and r["spec"]["train"]["lr"] == 3e-3 for r in results))
     monkeypatch.setattr(experiment, "verdict", lambda results, threshold, gate: trains_at(results))
-    partial = exp.screen_rates(["a", "b"], spec_for, "method", 7, 1e-2, [3e-3, 1e-3], threshold=0.0)
-    assert partial.screen.names == ["a_lr0.003_7", "b_lr0.003_7", "b_lr0.001_7"]
+    partial = exp.screen_rates(["a", "b"], spec_for, "method", 1e-2, [3e-3, 1e-3])
+    assert partial.screen.names == ["screen_a_lr0.003_7", "screen_b_lr0.003_7", "screen_b_lr0.001_7"]
 
     with pytest.raises(ValueError, match="screen_lr"):
-        exp.screen_rates(["a"], spec_for, "method", 7, 1e-2, (), threshold=0.0)
+        exp.screen_rates(["a"], spec_for, "method", 1e-2, ())
+
+
+def test_a_screen_is_built_at_the_screen_seed_only(tmp_path, monkeypatch):
+    from protocol import SCREEN_SEED, screen_twin
+
+    _, spec_for = _screen_experiment(tmp_path, monkeypatch)
+    with pytest.raises(ValueError, match=f"has seed 42; build it at protocol.SCREEN_SEED={SCREEN_SEED}"):
+        screen_twin(spec_for("a", 42, 1e-2))

@@ -297,7 +297,8 @@ def test_a_changed_spec_never_resumes_the_interrupted_runs_checkpoint(tmp_path, 
     resumed_elsewhere = runner.execute_run(changed, tmp_path)
     assert not record["training_reused"] and not resumed_elsewhere["training_reused"]
     assert resumed_elsewhere["train"]["loss"] == record["train"]["loss"]
-    assert record["software"] == {"torch": torch.__version__, "device": "cpu", "backend": "inline"}
+    assert record["software"] == {**runner.training_software(), "device": "cpu", "backend": "inline"}
+    assert record["software"]["torch"] == torch.__version__
     assert record["training_key"] == changed.training_key()
 
 
@@ -408,3 +409,66 @@ def test_each_sitting_keeps_its_own_wall_time_file(tmp_path):
     with pytest.raises(ValueError, match=r"sitting='../grid' is not allowed; use letters, digits"):
         runner.run_grid_timed([spec(3)], tmp_path, backend="inline", sitting="../grid")
     assert not (tmp_path / "data" / "tiny_2_3.json").exists()  # refused before any training
+
+
+def test_a_cached_training_is_reused_only_by_the_same_code_and_torch(tmp_path, monkeypatch):
+    first = run_grid([spec(1)], tmp_path / "A", backend="inline", progress=False)[0]
+    assert first["software"]["code"] == runner.training_software()["code"]
+    changed = {**runner.training_software(), "code": "another-code"}
+    monkeypatch.setattr(runner, "training_software", lambda: changed)
+    other = dataclasses.replace(spec(1), name="again")
+    with pytest.warns(UserWarning, match=r"trained by .* not by .*another-code.*trains again"):
+        again = run_grid([other], tmp_path / "B", backend="inline", progress=False)[0]
+    assert not again["training_reused"] and again["software"]["code"] == "another-code"
+    assert list(runner.trained_dir().glob("*.set-aside"))  # the old entry is kept for inspection, not used
+
+
+def test_a_damaged_cache_entry_is_set_aside_by_name_and_the_run_trains(tmp_path):
+    run_grid([spec(1)], tmp_path / "A", backend="inline", progress=False)
+    entry = runner.trained_dir() / spec(1).training_key()
+    (entry / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match=re.escape(str(entry)) + r" it cannot be read"):
+        again = run_grid([dataclasses.replace(spec(1), name="again")], tmp_path / "B", backend="inline", progress=False)
+    assert again[0]["train"]["status"] == "finished" and not again[0]["training_reused"]
+
+
+def test_a_grid_refused_for_a_record_of_another_configuration_releases_its_locks(tmp_path):
+    run_grid([spec(2)], tmp_path, backend="inline", progress=False)
+    clashing = dataclasses.replace(spec(2), train=dataclasses.replace(spec(2).train, lr=1e-4))
+    with pytest.raises(ValueError, match="holds a run with another configuration"):
+        run_grid([spec(1), clashing], tmp_path, backend="inline", progress=False)
+    assert not list((tmp_path / "locks").glob("*.lock"))  # tiny_2_1's lock was released
+    (tmp_path / "data" / "tiny_2_2.json").unlink()  # as the message says; then the same cell runs
+    records = run_grid([spec(1), clashing], tmp_path, backend="inline", progress=False)
+    assert [r["train"]["status"] for r in records] == ["finished", "finished"]
+
+
+def test_a_config_field_added_with_its_default_changes_no_training_key():
+    @dataclasses.dataclass(frozen=True)
+    class GrownTrainConfig(TrainConfig):
+        a_new_option: int = 0  # a later field whose default keeps the old behaviour
+
+    base = spec(1)
+    grown = GrownTrainConfig(**base.train.to_dict())
+    assert "a_new_option" in grown.to_dict() and "a_new_option" not in training.non_default(grown)
+    assert training.training_key(base.model, [grown], base.task) == base.training_key()
+    assert training.training_key(base.model, [dataclasses.replace(grown, a_new_option=1)], base.task) != (
+        base.training_key()
+    )
+
+
+def test_a_run_has_a_role_and_records_before_roles_read_as_reported():
+    with pytest.raises(ValueError, match=r"RunSpec.role.*'reported', 'tuning', 'screen'"):
+        dataclasses.replace(spec(1), role="final")
+    stored = spec(1).to_dict()
+    del stored["role"]  # a record written before RunSpec.role existed
+    assert RunSpec.from_dict(stored) == spec(1) and spec(1).role == "reported"
+
+
+def test_a_record_keeps_the_query_error_of_every_held_out_prompt(tmp_path):
+    record = run_grid([spec(1, b=2)], tmp_path, backend="inline", progress=False)[0]
+    per_prompt = record["prompt_errors"]
+    assert sorted(per_prompt, key=int) == ["2", str(max(LEVEL2.extrapolation_b))]  # b_train and the longest b
+    assert all(len(errors) == 16 for errors in per_prompt.values())  # eval_prompts, in the held-out set's order
+    # their mean is the last loop's held-out query error the record reports (to the stored six digits)
+    assert np.mean(per_prompt["2"]) == pytest.approx(record["loop_errors"][-1], rel=1e-4)

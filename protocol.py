@@ -1,0 +1,113 @@
+"""The protocol every experiment notebook follows when it chooses a setting: which prompts and which
+seed a choice is made on, and the record of every choice.
+
+Owns:
+- `TUNING_STREAM`: the seed of the prompt set every tuning and screen run is validated on
+  (Experiment 0's validation stream). The reports' held-out prompts use `TrainConfig.eval_seed`'s
+  default; a setting is never chosen on them, so a reported number is never the one that chose.
+- `SCREEN_SEED`: the training seed of rate screens, outside every preset's reported seeds, so a
+  screen run is never also a reported seed.
+- `RECIPE`: Experiment 0's training recipe (Adam with 5% warm-up, cosine decay, clipping at 1.0,
+  a validation every 5% of training).
+- `screen_twin`: the screen run of a configuration (its spec at `SCREEN_SEED`, validated on the
+  tuning stream, evaluated cheaply, named `screen_<name>`, role "screen").
+- `choose_rates`: `verdicts.tune_rates` over tuning or screen runs, with the choice written to
+  `data/rate choices.json` (the rule, the threshold, and per configuration the rate and the runs
+  it was chosen from), which `rate_choice_problems` checks against the runs' own records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
+
+from checks import require
+from runner import EvalConfig, RunSpec
+from storage import read_json, write_json
+from verdicts import tune_rates
+
+TUNING_STREAM = 20261126
+SCREEN_SEED = 7
+RECIPE = dict(lr_schedule="cosine", warmup=0.05, clip_grad_norm=1.0, eval_every=0.05)
+RATE_CHOICES = "rate choices.json"
+CHOOSING_ROLES = ("tuning", "screen")
+
+
+def screen_twin(spec: RunSpec) -> RunSpec:
+    """The screen run of the configuration `spec` describes: `spec` must be built at `SCREEN_SEED`
+    (by the notebook's own spec function, so its name and labels follow the notebook's rule); it is
+    validated on the tuning stream with a one-launch evaluation at its own b, named
+    `screen_<name>`, and has the role "screen"."""
+    require(
+        spec.train.seed == SCREEN_SEED,
+        f"screen_twin: spec {spec.name!r} has seed {spec.train.seed}; build it at protocol.SCREEN_SEED={SCREEN_SEED}",
+    )
+    return replace(
+        spec,
+        name=f"screen_{spec.name}",
+        train=replace(spec.train, eval_seed=TUNING_STREAM),
+        evaluation=EvalConfig(launches=1, batches_per_launch=1, batch_size=16, extrapolation_b=(spec.train.b,)),
+        role="screen",
+    )
+
+
+def choose_rates(
+    out: Path,
+    groups: Mapping[str, Iterable[dict]],
+    threshold: float,
+    rule: str = "fastest",
+    validated_on: str = "tuning stream",
+) -> tuple[dict[str, float], str]:
+    """`verdicts.tune_rates` over each configuration's tuning or screen runs, and the choice kept
+    in `<out>/data/rate choices.json` (merged with the choices already there, so a notebook that
+    chooses in two places keeps both). Returns (rates, the table of every candidate tried)."""
+    groups = {config: list(records) for config, records in groups.items()}
+    chosen, table = tune_rates(groups, threshold, validated_on=validated_on, rule=rule)
+    path = Path(out) / "data" / RATE_CHOICES
+    kept = read_json(path)["choices"] if path.exists() else {}
+    choices = {
+        config: {"lr": chosen[config], "runs": [record["spec"]["name"] for record in records]}
+        for config, records in groups.items()
+    }
+    write_json(path, {"rule": rule, "threshold": threshold, "choices": {**kept, **choices}})
+    return chosen, table
+
+
+def rate_choice_problems(data_dir: Path) -> list[str]:
+    """What is wrong with the rate choices recorded in `data_dir` (empty: nothing): a choice made
+    from a run that is missing, that is not a tuning or screen run, or that was validated on
+    other prompts than the tuning stream; a tuning or screen run that trained on a seed some reported
+    run of the same folder trained on (its choice would favour that seed)."""
+    data_dir = Path(data_dir)
+    path = data_dir / RATE_CHOICES
+    if not path.exists():
+        return [f"{path} is missing: no record says which runs chose the rates"]
+    records = {}
+    for file in data_dir.glob("*.json"):
+        record = read_json(file)
+        if isinstance(record, dict) and "spec" in record:
+            records[record["spec"]["name"]] = record
+    reported_seeds = {
+        r["spec"]["train"]["seed"] for r in records.values() if r["spec"].get("role", "reported") == "reported"
+    }
+    problems = []
+    for config, choice in read_json(path)["choices"].items():
+        for name in choice["runs"]:
+            record = records.get(name)
+            if record is None:
+                problems.append(f"{config}: its rate was chosen from run {name!r}, which is not in {data_dir}")
+                continue
+            spec = record["spec"]
+            role = spec.get("role", "reported")
+            if role not in CHOOSING_ROLES:
+                problems.append(f"{config}: its rate was chosen from {name!r}, a {role} run")
+            if spec["train"]["eval_seed"] != TUNING_STREAM:
+                problems.append(
+                    f"{config}: its rate was chosen from {name!r}, validated on prompts of seed "
+                    f"{spec['train']['eval_seed']}, not the tuning stream {TUNING_STREAM}"
+                )
+            if spec["train"]["seed"] in reported_seeds:
+                seed = spec["train"]["seed"]
+                problems.append(f"{config}: {role} run {name!r} trained on seed {seed}, a reported seed")
+    return problems
