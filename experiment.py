@@ -43,7 +43,7 @@ from runner import ROOT, RunSpec, choose_preset, hardware, results_dir, run_grid
 from tasks import task_from_dict
 from tracking import tracking_from_env
 from utils import TrainConfig, atomic_write_bytes, heldout_prompts, read_json, save_svg, step_times, write_json
-from verdicts import Gate, learned_table, reference_errors, reference_names, trained_groups, verdict
+from verdicts import STRENGTHS, Gate, learned_table, reference_errors, reference_names, trained_groups, verdict
 
 REPORTS = ROOT / "experiments" / "reports"
 # The report headings under which conclusions are drawn: the gate's verdict is repeated there.
@@ -477,6 +477,7 @@ class Experiment:
         parts: Sequence[str] = (),
         learned: bool = True,
         gate: Gate | Mapping[str, Gate] | None = None,
+        answer: Answer | None = None,
     ) -> Path:
         """Fill the report template and the named optional parts (appended in order) with
         `values` and write `<out>/README.md`. Every placeholder must have a value and every
@@ -484,7 +485,8 @@ class Experiment:
         subsection (`learned_section`) opens the template's "## Results" section and, when some
         configuration did not pass the gate, its verdict is repeated under every heading that
         draws conclusions ("## ... against these numbers", "## Conclusions ..."); `gate` as in
-        `learned_section`. Returns the path written."""
+        `learned_section`. `answer`: the report's one-line answer, its strength and budget, placed
+        under the title (`Answer`). Returns the path written."""
         texts = [self.template().read_text()] + [self.template(part).read_text() for part in parts]
         path = self.out / "README.md"
         report = fill_template("".join(texts), values)
@@ -496,6 +498,14 @@ class Experiment:
             if summary is not None:
                 report = CONCLUDING_HEADING.sub(lambda m: f"{m.group(0)}\n\n> Gate: {summary}\n", report)
         report += self.divergence_section()
+        if answer is not None:  # the fixed place the README's findings table is generated from
+            title, _, rest = report.partition("\n")
+            report = f"{title}\n\n{answer.block()}\n{rest}"
+        require(
+            "\u27e6verdict" not in report,
+            "the report holds a verdict placeholder: pass the text through Comparisons.resolve once every "
+            "comparison is drawn (Holm's correction needs the whole family)",
+        )
         atomic_write_bytes(path, report.encode())
         print(f"wrote {path}")
         self.compare_with_committed()
@@ -524,6 +534,58 @@ class Experiment:
         atomic_write_bytes(self.out / "reproduction.md", text.encode())
         print(text)
         return text
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A report's answer to its study's question, in the fixed place under its title that the
+    README's findings table is generated from (`findings_table`): one line of text, its strength
+    (`verdicts.STRENGTHS`, usually `Comparisons.strength()` of the primary comparisons) and the
+    budget its numbers are at (steps x prompts, seeds)."""
+
+    text: str
+    strength: str
+    budget: str
+
+    def __post_init__(self) -> None:
+        require(
+            self.strength in STRENGTHS, f"Answer.strength={self.strength!r} is not allowed; choose one of {STRENGTHS}"
+        )
+        for name in ("text", "budget"):
+            value = getattr(self, name)
+            require(value.strip() and "\n" not in value, f"Answer.{name} must be one non-empty line")
+
+    def block(self) -> str:
+        return (f"## Answer\n\n**Answer.** {self.text}\n\n**Strength.** {self.strength}\n\n"
+                f"**Budget.** {self.budget}\n")
+
+
+ANSWER_FIELDS = re.compile(r"^\*\*(Answer|Strength|Budget)\.\*\* (.+)$", re.MULTILINE)
+
+
+def read_answer(report: str) -> Answer | None:
+    """The `Answer` a rendered report states under its title, or None when it states none."""
+    fields = dict(ANSWER_FIELDS.findall(report.split("\n## ", 2)[1] if "\n## Answer" in report else ""))
+    if set(fields) != {"Answer", "Strength", "Budget"}:
+        return None
+    return Answer(fields["Answer"], fields["Strength"], fields["Budget"])
+
+
+def findings_table(root: str | Path = ROOT) -> str:
+    """The README's findings table, generated from each committed report's `Answer`: one row per
+    experiment, the answer, its strength and budget, and the report's link; a report without one
+    says so (its numbers stand in the report, under the earlier verdict rule)."""
+    rows = []
+    reports = sorted(Path(root, "results").glob("experiment */README.md"), key=lambda p: int(p.parent.name.split()[1]))
+    for path in reports:
+        answer = read_answer(path.read_text())
+        folder = path.parent.name
+        link = f"[{folder}](results/{folder.replace(' ', '%20')}/README.md)"
+        if answer is None:
+            rows.append([folder, "not re-rendered with the verdict rule yet: see the report", "-", "-", link])
+        else:
+            rows.append([folder, answer.text.replace("|", "\\|"), answer.strength, answer.budget, link])
+    return plots.markdown_table(["experiment", "answer", "strength", "budget", "report"], rows)
 
 
 REPRODUCTION_METRIC = "held-out query error of the last loop at the trained b, per configuration over its seeds"

@@ -23,6 +23,8 @@ Owns the rule "trained before compared":
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -72,14 +74,23 @@ class Gate:
         )
         return self.fraction * references[self.reference]
 
-    def describe(self, references: Mapping[str, float]) -> str:
-        """One line for a report: the threshold and what it is a fraction of."""
-        return (
+    def describe(self, references: Mapping[str, float], tail_judged: bool = True) -> str:
+        """One line for a report: the threshold, what it is a fraction of, and how a seed stuck at
+        predicting 0 counts. `tail_judged`: some run had a constant-rate tail, so the "still improving"
+        clause was evaluated; when no run had one (every run on a decaying schedule) the clause is left
+        out, since it decided nothing."""
+        line = (
             f"mean held-out last-loop error over seeds at most {fmt(self.threshold(references))} "
-            f"({self.fraction:g} x {self.reference}, {fmt(references[self.reference])}); a seed still "
-            f"improving by more than {self.improving:.0%} over the last {self.tail:.0%} of training at a "
-            "constant learning rate is not trained"
+            f"({self.fraction:g} x {self.reference}, {fmt(references[self.reference])}); the mean counts every "
+            "seed, so one seed left at predicting 0 fails its configuration whatever the others reach (the "
+            "table gives k of n seeds under the gate)"
         )
+        if tail_judged:
+            line += (
+                f"; a seed still improving by more than {self.improving:.0%} over the last {self.tail:.0%} of "
+                "training at a constant learning rate is not trained"
+            )
+        return line
 
 
 def reference_errors(
@@ -227,10 +238,12 @@ def learned_table(
     and the verdict; a first line states the gate and the reference errors on the same prompts."""
     gate = Gate() if gate is None else gate
     threshold = gate.threshold(references)
+    verdicts = {label: verdict(records, threshold, gate) for label, records in groups.items()}
+    tail_judged = any(t is not None for v in verdicts.values() for t in v.tail)
     rows = []
-    for label, records in groups.items():
-        v = verdict(records, threshold, gate)
+    for label, v in verdicts.items():
         tails = [t for t in v.tail if t is not None]
+        tail = [", ".join(f"{0.0 - t:+.0%}" for t in tails) if tails else "not judged (decaying lr)"]
         rows.append(
             [
                 label,
@@ -239,14 +252,15 @@ def learned_table(
                 _ratio(v.mean, references.get("averaging")),
                 _ratio(v.mean, references[ZERO]),
                 f"{v.passed} of {v.seeds}",
-                ", ".join(f"{0.0 - t:+.0%}" for t in tails) if tails else "not judged (decaying lr)",
+                *(tail if tail_judged else []),
                 v.status,
             ]
         )
     header = ["configuration", "error per seed", "mean", "/ averaging", f"/ {ZERO}", "seeds under gate",
-              "change over the tail", "verdict"]  # fmt: skip
+              *(["change over the tail"] if tail_judged else []), "verdict"]  # fmt: skip
     refs = ", ".join(f"{name} {fmt(value)}" for name, value in references.items())
-    return f"Gate: {gate.describe(references)}. On the same prompts: {refs}.\n\n" + markdown_table(header, rows)
+    gate_line = gate.describe(references, tail_judged)
+    return f"Gate: {gate_line}. On the same prompts: {refs}.\n\n" + markdown_table(header, rows)
 
 
 def trained_groups(
@@ -314,11 +328,170 @@ def paired(a: Iterable[dict], b: Iterable[dict], value=final_error) -> Paired:
     )
 
 
+# The verdict rule. With 3 to 6 seeds a sign test cannot call anything at a corrected 5% (its smallest
+# two-sided p is 2/2^n: 0.25 with 3 seeds, 0.031 with 6), so a paired comparison is a t-test on the
+# per-seed log ratios (log error is roughly normal across seeds; a ratio is what a reader compares),
+# corrected by Holm within its family; "equal" needs two one-sided tests inside a margin fixed before
+# the runs. tests/test_verdicts.py simulates the rule's false-positive rate and power.
+ALPHA = 0.05
+EQUIVALENCE_MARGIN = (0.8, 1.25)
+STRONG_RATIO = 1.5  # "strong": every seed beyond this ratio, besides the corrected test
+STRENGTHS = ("strong", "moderate", "weak", "untested")
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b) (Lentz's continued fraction)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only below the mean: use the symmetry
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 500):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-14:
+            break
+    return front * result
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    """P(|T| >= |t|) for Student's t with `df` degrees of freedom."""
+    if math.isinf(t):
+        return 0.0
+    return _betainc(df / 2, 0.5, df / (df + t * t))
+
+
+def t_quantile(probability: float, df: int) -> float:
+    """The `probability` quantile of Student's t (0.5 < probability < 1), by bisection."""
+    require(0.5 < probability < 1, f"t_quantile: probability={probability} must lie in (0.5, 1)")
+    low, high = 0.0, 1.0
+    while t_two_sided_p(high, df) > 2 * (1 - probability):
+        high *= 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if t_two_sided_p(middle, df) > 2 * (1 - probability) else (low, middle)
+    return (low + high) / 2
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired comparison of configuration a against b across seeds: the per-seed ratios a / b and
+    the t-test on their logs. Undefined (None) with fewer than 2 seeds or a ratio that is not finite
+    and positive."""
+
+    seeds: tuple[int, ...]
+    ratios: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def testable(self) -> bool:
+        return self.n >= 2 and all(math.isfinite(r) and r > 0 for r in self.ratios)
+
+    def _log_moments(self) -> tuple[float, float]:
+        logs = np.log(np.asarray(self.ratios, dtype=float))
+        return float(logs.mean()), float(logs.std(ddof=1))
+
+    @property
+    def geometric_mean(self) -> float | None:
+        """The geometric mean of the per-seed ratios (None when not testable)."""
+        return math.exp(self._log_moments()[0]) if self.testable else None
+
+    def interval(self, level: float = 0.95) -> tuple[float, float] | None:
+        """The ratio's t interval over seeds at `level` (None when not testable)."""
+        if not self.testable:
+            return None
+        mean, sd = self._log_moments()
+        half = t_quantile((1 + level) / 2, self.n - 1) * sd / math.sqrt(self.n)
+        return math.exp(mean - half), math.exp(mean + half)
+
+    def _t(self, shift: float = 0.0) -> float:
+        mean, sd = self._log_moments()
+        if sd == 0.0:  # every seed gives the same ratio: no spread to test against
+            return 0.0 if mean == shift else math.copysign(math.inf, mean - shift)
+        return (mean - shift) / (sd / math.sqrt(self.n))
+
+    @property
+    def p_value(self) -> float | None:
+        """The two-sided paired t-test of "the ratio is 1" on the per-seed log ratios."""
+        return t_two_sided_p(self._t(), self.n - 1) if self.testable else None
+
+    def equivalence_p(self, margin: tuple[float, float] = EQUIVALENCE_MARGIN) -> float | None:
+        """Two one-sided t-tests that the ratio lies inside `margin` (the larger of the two p-values:
+        below 0.05 exactly when the ratio's 90% interval lies inside the margin)."""
+        if not self.testable:
+            return None
+        lower, upper = (self._t(math.log(bound)) for bound in margin)
+        one_sided = lambda t: t_two_sided_p(t, self.n - 1) / 2 if t > 0 else 1 - t_two_sided_p(t, self.n - 1) / 2
+        return max(one_sided(lower), one_sided(-upper))
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values of one family (None stays None and does not count):
+    reject where the adjusted p is below alpha, and the family's error rate is at most alpha."""
+    present = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(present):
+        running = max(running, min(1.0, (len(present) - rank) * p))
+        adjusted[index] = running
+    return adjusted
+
+
+def called(test: PairedTest, adjusted_p: float | None, margin=EQUIVALENCE_MARGIN, alpha: float = ALPHA) -> str:
+    """The rule's word for one comparison: "lower" or "higher" (Holm-adjusted p below alpha),
+    "equal" (the ratio's 90% interval inside `margin`), else "not resolved"."""
+    if adjusted_p is not None and adjusted_p < alpha:
+        return "lower" if test.geometric_mean < 1 else "higher"
+    equivalence = test.equivalence_p(margin)
+    if equivalence is not None and equivalence < alpha:
+        return "equal"
+    return "not resolved"
+
+
+def describe_test(test: PairedTest, adjusted_p: float | None, family: str, size: int, margin=EQUIVALENCE_MARGIN) -> str:
+    """The rule's verdict with its numbers, for a report: 'lower: x0.52 (95% CI 0.41 to 0.66; per
+    seed 0.48, 0.52, 0.57; p = 0.003, Holm 0.009 in the primary family of 3)'."""
+    per_seed = ", ".join(fmt(r, 2) for r in test.ratios)
+    if not test.testable:
+        return f"not resolved with {test.n} seed{'s' if test.n != 1 else ''} (a/b per seed {per_seed or '-'})"
+    word = called(test, adjusted_p, margin)
+    low, high = test.interval(0.95)
+    numbers = (f"x{fmt(test.geometric_mean)} (95% CI {fmt(low)} to {fmt(high)}; per seed {per_seed}; "
+               f"p = {fmt(test.p_value, 2)}, Holm {fmt(adjusted_p, 2)} in the {family} family of {size})")
+    if word == "equal":
+        low90, high90 = test.interval(0.90)
+        return (f"equal within x{margin[0]:g} to x{margin[1]:g}: x{fmt(test.geometric_mean)} (90% CI "
+                f"{fmt(low90)} to {fmt(high90)}; per seed {per_seed}; equivalence p = "
+                f"{fmt(test.equivalence_p(margin), 2)})")
+    if word == "not resolved":
+        return f"not resolved with {test.n} seeds: {numbers}"
+    return f"{word}: {numbers}"
+
+
 K = TypeVar("K", bound=Hashable)
 
 
+_TOKENS = itertools.count()
+
+
 class Comparisons(Generic[K]):
-    """A report's paired verdicts, each drawn only between two trained configurations.
+    """A report's paired verdicts, each drawn only between two trained configurations, by the rule
+    (`PairedTest`, `holm`, `called`).
 
     status:   each configuration's `Verdict`, by key (any hashable: a name, or a tuple such as
               (model, b_train)).
@@ -326,11 +499,18 @@ class Comparisons(Generic[K]):
     label:    how a key is named when it is not compared (default `str`).
     excluded: {key: reason} for configurations that pass the gate but are still not compared,
               e.g. "screened with one seed".
+    primary:  at most three (a, b) pairs, fixed in the notebook before its runs: the comparisons that
+              answer the study's question, on the default value (`final_error`). They form the
+              primary family; every other comparison drawn is exploratory, a family of its own.
+              A primary comparison needs arms trained for the same steps (else ValueError); an
+              exploratory one between unequal budgets states both in its verdict.
+    margin:   the equivalence margin on the ratio, fixed before the runs.
 
-    `compared(a, b, value)` is "verdict (per-seed ratios)" of a against b (`paired`), or
-    "not compared: <label> <why>; ..." naming each of the two that did not pass the gate
-    (its status), then each that passed but is excluded. Every verdict drawn is kept in `drawn`,
-    in order, for `count`.
+    `compared(a, b, value)` returns a placeholder for "verdict: numbers" of a against b, or the text
+    "not compared: <label> <why>; ..." naming each of the two that did not pass the gate (its status),
+    then each that passed but is excluded. Holm's correction needs the whole family, so the
+    placeholders are filled in by `resolve(text)` once every comparison is drawn; after that no
+    comparison may be added. `count()` is the sentence on how many were drawn and called.
     """
 
     def __init__(
@@ -339,24 +519,112 @@ class Comparisons(Generic[K]):
         runs: Callable[[K], Iterable[dict]],
         label: Callable[[K], str] = str,
         excluded: Mapping[K, str] | None = None,
+        primary: Sequence[tuple[K, K]] = (),
+        margin: tuple[float, float] = EQUIVALENCE_MARGIN,
     ) -> None:
+        require(len(primary) <= 3, f"Comparisons.primary names {len(primary)} comparisons; a report fixes at most 3")
+        unknown = [key for pair in primary for key in pair if key not in status]
+        require(not unknown, f"Comparisons.primary names configurations with no status: {unknown}")
         self.status = status
         self.runs = runs
         self.label = label
         self.excluded = dict(excluded or {})
+        self.primary = [tuple(pair) for pair in primary]
+        self.margin = margin
         self.drawn: list[Paired] = []
+        self.tests: dict[str, list[tuple[str, PairedTest]]] = {"primary": [], "exploratory": []}
+        self.not_drawn_primary: list[str] = []
+        self.tokens: dict[tuple, str] = {}  # (a, b, value): its placeholder
+        self.resolved = False
+        self._id = next(_TOKENS)
+
+    def _token(self, family: str, index: int) -> str:
+        return f"\u27e6verdict {self._id}:{family}:{index}\u27e7"
 
     def __call__(self, a: K, b: K, value: Callable[[dict], float | None] = final_error, prefix: str = "") -> str:
-        """a against b on `value` per run (default `final_error`): prefix + "lower on all 3 seeds
-        (a/b per seed ...)", or "not compared: ..." (no prefix) when either did not pass the gate
-        or is excluded; only a drawn verdict is kept in `drawn`."""
+        """a against b on `value` per run (default `final_error`): a placeholder for prefix + the
+        rule's verdict with its numbers (`resolve` fills it in), or "not compared: ..." (no prefix)
+        when either did not pass the gate or is excluded."""
+        require(not self.resolved, "a comparison was drawn after resolve(): Holm's correction needs the whole family")
+        family = "primary" if (a, b) in self.primary and value is final_error else "exploratory"
         why = [f"{self.label(k)} {self.status[k].status}" for k in (a, b) if not self.status[k].trained]
         why += [f"{self.label(k)} {self.excluded[k]}" for k in (a, b) if k in self.excluded and self.status[k].trained]
         if why:
+            if family == "primary":
+                self.not_drawn_primary.append(f"{self.label(a)} against {self.label(b)}")
             return "not compared: " + "; ".join(why)
+        budgets = [sorted({r["spec"]["train"]["steps"] for r in self.runs(k)}) for k in (a, b)]
+        if budgets[0] != budgets[1]:  # arms trained for different budgets: never primary, and said in the verdict
+            require(
+                family == "exploratory",
+                f"primary comparison {self.label(a)} against {self.label(b)} has arms trained for different steps "
+                f"({budgets[0]} against {budgets[1]}); a primary comparison needs equal budgets",
+            )
+            steps = lambda k, values: f"{self.label(k)} at {' / '.join(map(str, values))} steps"
+            prefix = f"{prefix}[unequal budgets: {steps(a, budgets[0])}, {steps(b, budgets[1])}] "
         result = paired(self.runs(a), self.runs(b), value)
         self.drawn.append(result)
-        return f"{prefix}{result.verdict()} ({result.describe()})"
+        self.tests[family].append((prefix, PairedTest(result.seeds, result.ratios)))
+        self.tokens[a, b, value] = self._token(family, len(self.tests[family]) - 1)
+        return self.tokens[a, b, value]
+
+    def result(self, a: K, b: K, value: Callable[[dict], float | None] = final_error) -> str:
+        """The resolved verdict of a comparison drawn before `resolve` (for a report's conclusions,
+        which cite verdicts already in their families), or "not compared" when it could not be drawn."""
+        require(self.resolved, "Comparisons.result: resolve() the families first (Holm needs every comparison)")
+        if (a, b, value) not in self.tokens:
+            comparable = all(self.status[k].trained and k not in self.excluded for k in (a, b))
+            require(
+                not comparable,
+                f"Comparisons.result: {self.label(a)} against {self.label(b)} was never drawn; draw it before resolve",
+            )
+            return "not compared"
+        return self.texts()[self.tokens[a, b, value]]
+
+    def texts(self) -> dict[str, str]:
+        """Every placeholder drawn so far and its verdict, Holm-corrected within its family."""
+        out = {}
+        for family, entries in self.tests.items():
+            adjusted = holm([test.p_value for _, test in entries])
+            for index, ((prefix, test), p) in enumerate(zip(entries, adjusted, strict=True)):
+                out[self._token(family, index)] = prefix + describe_test(test, p, family, len(entries), self.margin)
+        return out
+
+    def resolve(self, text: str) -> str:
+        """`text` with every placeholder of this report's comparisons replaced by its verdict; the
+        families are closed from here on."""
+        self.resolved = True
+        for token, verdict_text in self.texts().items():
+            text = text.replace(token, verdict_text)
+        return text
+
+    def words(self) -> dict[str, list[str]]:
+        """Per family, the rule's word for each comparison drawn ("lower", "higher", "equal", "not resolved")."""
+        out = {}
+        for family, entries in self.tests.items():
+            adjusted = holm([test.p_value for _, test in entries])
+            out[family] = [called(test, p, self.margin) for (_, test), p in zip(entries, adjusted, strict=True)]
+        return out
+
+    def strength(self) -> str:
+        """The strength of the answer the primary comparisons give (`STRENGTHS`, the rule the README
+        states once): "strong", a primary comparison called lower or higher with every seed's ratio
+        beyond x1.5 in that direction; "moderate", one called otherwise, or found equal within the
+        margin; "weak", primary comparisons drawn but none resolved; "untested", none drawn (a side
+        failed the gate or ran one seed, or none was named)."""
+        entries = self.tests["primary"]
+        if not entries:
+            return "untested"
+        words = self.words()["primary"]
+        if any(
+            word in ("lower", "higher")
+            and all((r < 1 / STRONG_RATIO) if word == "lower" else (r > STRONG_RATIO) for r in test.ratios)
+            for word, (_, test) in zip(words, entries, strict=True)
+        ):
+            return "strong"
+        if any(word != "not resolved" for word in words):
+            return "moderate"
+        return "weak"
 
     def reference(self, key: K, note: str) -> str:
         """The report's line on its reference configuration, which must pass the gate for the recipe
@@ -365,11 +633,29 @@ class Comparisons(Generic[K]):
         return f"- **Reference configuration** {note}: {self.status[key].describe()}."
 
     def count(self, others: str = "a configuration that did not pass the gate") -> str:
-        """The sentence after the verdicts: how many were drawn, how many unanimous across seeds,
-        and what `others`, every comparison not drawn, involved."""
-        unanimous = sum(p.unanimous for p in self.drawn)
-        return (f"{len(self.drawn)} paired verdicts were drawn ({unanimous} of them unanimous across seeds); "
-                f"every other comparison involves {others}.")
+        """The sentence after the verdicts: the primary comparisons fixed before the runs, how many
+        comparisons each family drew, how many the rule called (lower or higher after Holm within the
+        family) or found equal within the margin, and what `others`, every comparison not drawn, involved."""
+        words = self.words()
+        parts = []
+        for family in ("primary", "exploratory"):
+            w = words[family]
+            if w:
+                parts.append(
+                    f"{len(w)} {family} (called lower or higher: {sum(x in ('lower', 'higher') for x in w)}; "
+                    f"equal within x{self.margin[0]:g} to x{self.margin[1]:g}: {w.count('equal')}; "
+                    f"not resolved: {w.count('not resolved')})"
+                )
+        primaries = "; ".join(f"{self.label(a)} against {self.label(b)}" for a, b in self.primary) or "none named"
+        missing = self.not_drawn_primary and f" Primary comparisons not drawn: {'; '.join(self.not_drawn_primary)}."
+        missing = missing or ""
+        drawn = "; ".join(parts) if parts else "none"
+        return (
+            f"Primary comparisons, fixed before the runs: {primaries}.{missing} {len(self.drawn)} paired comparisons "
+            f"were drawn: {drawn}. The rule: a paired t-test on the per-seed log ratios, Holm-corrected within "
+            f"each family at {ALPHA:g}; \"equal\" only when the ratio's 90% interval lies inside the margin. Every "
+            f"other comparison involves {others}."
+        )
 
 
 def _ratio(value: float | None, reference: float | None) -> str:

@@ -423,3 +423,22 @@ def test_a_screen_is_built_at_the_screen_seed_only(tmp_path, monkeypatch):
     _, spec_for = _screen_experiment(tmp_path, monkeypatch)
     with pytest.raises(ValueError, match=f"has seed 42; build it at protocol.SCREEN_SEED={SCREEN_SEED}"):
         screen_twin(spec_for("a", 42, 1e-2))
+
+
+def test_a_reports_answer_sits_under_its_title_and_feeds_the_readme_table(tmp_path):
+    from experiment import Answer, findings_table, read_answer
+
+    answer = Answer("loops help | a lot", "moderate", "3000 steps x 64 prompts, 3 seeds")
+    report = f"# Experiment 1: scaling\n\n{answer.block()}\n## Design\n..."
+    assert read_answer(report) == answer and read_answer("# Experiment 2\n\n## Design\n") is None
+    for number, text in ((1, report), (2, "# Experiment 2\n\n## Design\n")):
+        folder = tmp_path / "results" / f"experiment {number}"
+        folder.mkdir(parents=True)
+        (folder / "README.md").write_text(text)
+    table = findings_table(tmp_path)
+    assert "| experiment 1 | loops help \\| a lot | moderate | 3000 steps x 64 prompts, 3 seeds |" in table
+    assert "| experiment 2 | not re-rendered with the verdict rule yet" in table
+    with pytest.raises(ValueError, match=r"Answer.strength='certain' is not allowed; choose one of \('strong'"):
+        Answer("x", "certain", "y")
+    with pytest.raises(ValueError, match="Answer.text must be one non-empty line"):
+        Answer("two\nlines", "weak", "y")

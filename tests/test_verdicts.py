@@ -1,5 +1,6 @@
 """The convergence gate, the did-the-models-learn verdicts and paired seed comparisons."""
 
+import numpy as np
 import pytest
 from conftest import tiny_specs
 
@@ -8,11 +9,17 @@ from utils import TrainConfig
 from verdicts import (
     Comparisons,
     Gate,
+    PairedTest,
+    called,
+    describe_test,
+    holm,
     learned_table,
     paired,
     reference_errors,
     reference_names,
     steps_to_gate,
+    t_quantile,
+    t_two_sided_p,
     tail_change,
     trained_groups,
     tune_rates,
@@ -81,6 +88,11 @@ def test_learned_table_lists_every_seed_and_the_references():
     assert "| a | 0.05, 0.05 | 0.05 | 0.12 | 0.05 | 2 of 2 | +0%, +0% | trained |" in table
     assert "| b | 0.45 | 0.45 | 1.1 | 0.45 | 0 of 1 | -10% | did not learn at this budget |" in table
     assert trained_groups(groups, references) == ["a"]
+    assert "one seed left at predicting 0 fails its configuration" in table and "still improving" in table
+    decaying = {"a": [run(s, [1.0, 0.05, 0.05], schedule="cosine") for s in (1, 2)]}
+    table = learned_table(decaying, references)  # no tail was judged: the clause and its column are left out
+    assert "still improving" not in table and "change over the tail" not in table
+    assert "| a | 0.05, 0.05 | 0.05 | 0.12 | 0.05 | 2 of 2 | trained |" in table
 
 
 def test_paired_comparisons_match_seeds_and_need_every_seed_to_agree():
@@ -100,29 +112,117 @@ def test_comparisons_draw_verdicts_only_between_trained_configurations():
     groups = {
         ("a", 5): trained((0.01, 0.02, 0.03)),
         ("b", 5): trained((0.02, 0.04, 0.06)),
+        ("c", 5): trained((0.0201, 0.0399, 0.06)),
         ("stuck", 5): trained((0.5, 0.6, 0.7)),  # mean above the gate
         ("screened", 5): [run(1, [1.0, 0.01, 0.01])],  # trained, on one seed
     }
     status = {key: verdict(records, 0.1) for key, records in groups.items()}
     compared = Comparisons(status, lambda key: groups[key], label=lambda key: f"{key[0]} at b={key[1]}",
-                           excluded={("screened", 5): "screened with one seed"})
+                           excluded={("screened", 5): "screened with one seed"},
+                           primary=[(("a", 5), ("b", 5)), (("stuck", 5), ("b", 5))])
     assert compared(("stuck", 5), ("a", 5)) == "not compared: stuck at b=5 did not learn at this budget"
     assert compared(("screened", 5), ("stuck", 5)) == (
         "not compared: stuck at b=5 did not learn at this budget; screened at b=5 screened with one seed")
+    assert compared(("stuck", 5), ("b", 5)).startswith("not compared")  # a primary that cannot be drawn
     assert compared.drawn == []  # nothing drawn when either side is not compared
-    assert compared(("a", 5), ("b", 5)) == (
-        "lower on all 3 seeds (a/b per seed 0.5, 0.5, 0.5 (a lower on 3 of 3 seeds))")
-    assert compared(("b", 5), ("a", 5), lambda r: r["spec"]["train"]["seed"], prefix="b against a: ") == (
-        "b against a: too close to tell (0 of 3 seeds lower) (a/b per seed 1, 1, 1 (a lower on 0 of 3 seeds))")
-    assert [p.verdict() for p in compared.drawn] == ["lower on all 3 seeds", "too close to tell (0 of 3 seeds lower)"]
-    assert compared.count() == ("2 paired verdicts were drawn (1 of them unanimous across seeds); every other "
-                                "comparison involves a configuration that did not pass the gate.")
+    text = "\n".join([
+        compared(("a", 5), ("b", 5)),  # primary: the same ratio on every seed, called at once
+        compared(("b", 5), ("a", 5), lambda r: r["spec"]["train"]["seed"], prefix="b against a: "),  # exploratory
+        compared(("c", 5), ("b", 5)),  # exploratory: a ratio within 0.5% of 1 on every seed
+    ])
+    assert "\u27e6verdict" in text  # placeholders until the families are complete
+    lines = compared.resolve(text).split("\n")
+    assert lines[0] == (
+        "lower: x0.5 (95% CI 0.5 to 0.5; per seed 0.5, 0.5, 0.5; p = 0, Holm 0 in the primary family of 1)")
+    assert lines[1].startswith("b against a: equal within x0.8 to x1.25: x1 (90% CI 1 to 1")
+    assert lines[2].startswith("equal within x0.8 to x1.25: x1 (90% CI")
+    assert compared.words() == {"primary": ["lower"], "exploratory": ["equal", "equal"]}
+    with pytest.raises(ValueError, match="after resolve"):
+        compared(("a", 5), ("c", 5))
+    assert compared.count() == (
+        "Primary comparisons, fixed before the runs: a at b=5 against b at b=5; stuck at b=5 against b at b=5. "
+        "Primary comparisons not drawn: stuck at b=5 against b at b=5. 3 paired comparisons were drawn: 1 primary "
+        "(called lower or higher: 1; equal within x0.8 to x1.25: 0; not resolved: 0); 2 exploratory (called lower or "
+        "higher: 0; equal within x0.8 to x1.25: 2; not resolved: 0). The rule: a paired t-test on the per-seed log "
+        "ratios, Holm-corrected within each family at 0.05; \"equal\" only when the ratio's 90% interval lies inside "
+        "the margin. Every other comparison involves a configuration that did not pass the gate.")
     assert compared.count("a model that did not pass its class's gate").endswith(
-        "every other comparison involves a model that did not pass its class's gate.")
+        "Every other comparison involves a model that did not pass its class's gate.")
     assert compared.reference(("a", 5), "a at b=5 (the recipe's)") == (
         "- **Reference configuration** a at b=5 (the recipe's): trained, 3 of 3 seeds under the gate.")
     assert Comparisons(status, groups.get)(("a", 5), ("stuck", 5)) == (
         "not compared: ('stuck', 5) did not learn at this budget")  # the default label is str(key)
+    with pytest.raises(ValueError, match="at most 3"):
+        Comparisons(status, groups.get, primary=[(("a", 5), ("b", 5))] * 4)
+    with pytest.raises(ValueError, match="no status"):
+        Comparisons(status, groups.get, primary=[(("a", 5), ("z", 5))])
+
+
+def test_the_t_distribution_matches_its_tables():
+    assert t_two_sided_p(2.776, 4) == pytest.approx(0.05, abs=1e-4)
+    assert t_two_sided_p(4.303, 2) == pytest.approx(0.05, abs=1e-4)
+    assert t_two_sided_p(1.0, 10) == pytest.approx(0.3409, abs=1e-4)
+    assert t_quantile(0.975, 2) == pytest.approx(4.3027, abs=1e-4)
+    assert t_quantile(0.975, 5) == pytest.approx(2.5706, abs=1e-4)
+    assert t_quantile(0.95, 2) == pytest.approx(2.9200, abs=1e-4)
+
+
+def test_holm_adjusts_within_a_family_and_keeps_the_order():
+    assert holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
+    assert holm([0.5]) == [0.5] and holm([]) == []
+    assert holm([0.001, 0.9]) == pytest.approx([0.002, 0.9])
+
+
+def test_a_paired_test_gives_the_ratio_its_interval_and_both_tests():
+    test = PairedTest((1, 2, 3), (0.5, 0.6, 0.55))
+    assert test.geometric_mean == pytest.approx(0.5485, abs=1e-4)
+    assert test.interval() == pytest.approx((0.4373, 0.6879), abs=1e-4)
+    assert test.p_value == pytest.approx(0.0076, abs=1e-4)
+    assert called(test, test.p_value) == "lower" and called(test, 0.06) == "not resolved"
+    near_one = PairedTest(tuple(range(6)), (1.0, 1.02, 0.98, 1.01, 0.99, 1.03))
+    assert near_one.equivalence_p() < 0.05 and called(near_one, near_one.p_value) == "equal"
+    wide = PairedTest((1, 2, 3), (0.7, 1.4, 1.0))  # centred on 1, but the 90% interval leaves the margin
+    assert called(wide, wide.p_value) == "not resolved"
+    assert not PairedTest((1,), (0.5,)).testable and PairedTest((1,), (0.5,)).p_value is None
+    assert describe_test(PairedTest((1,), (0.5,)), None, "primary", 1) == "not resolved with 1 seed (a/b per seed 0.5)"
+
+
+def _simulated_call_rates(n_seeds: int, spread: float, ratio: float, family: int, draws: int, seed: int) -> tuple:
+    """The rule on simulated seed draws: per family of `family` comparisons, the first with a true
+    ratio `ratio` and the others 1, each seed's log ratio normal with sd spread x sqrt(2) (two
+    independent arms with log-error sd `spread`). Returns (the rate at which any true-null comparison
+    is called lower or higher, the rate at which the first is called in its true direction)."""
+    rng = np.random.default_rng(seed)
+    false_calls = true_calls = 0
+    for _ in range(draws):
+        logs = rng.normal(0.0, spread * np.sqrt(2), size=(family, n_seeds))
+        logs[0] += np.log(ratio)
+        tests = [PairedTest(tuple(range(n_seeds)), tuple(np.exp(row))) for row in logs]
+        words = [called(t, p) for t, p in zip(tests, holm([t.p_value for t in tests]), strict=True)]
+        null = words if ratio == 1 else words[1:]
+        false_calls += any(w in ("lower", "higher") for w in null)
+        true_calls += ratio != 1 and words[0] == ("higher" if ratio > 1 else "lower")
+    return false_calls / draws, true_calls / draws
+
+
+def test_the_rule_keeps_its_false_positive_rate_and_prints_its_power(capsys):
+    rows = []
+    for spread in (0.19, 0.5):
+        for n_seeds in (3, 6):
+            null_rate, _ = _simulated_call_rates(n_seeds, spread, 1.0, 3, 3000, seed=int(100 * spread) + n_seeds)
+            _, power_alone = _simulated_call_rates(n_seeds, spread, 1.5, 1, 3000, seed=10 + n_seeds)
+            _, power_in_three = _simulated_call_rates(n_seeds, spread, 1.5, 3, 3000, seed=20 + n_seeds)
+            rows.append((spread, n_seeds, null_rate, power_alone, power_in_three))
+            assert null_rate <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 3000)  # Holm keeps the family's rate at 5%
+    by = {(spread, n): (power_alone, power_in_three) for spread, n, _, power_alone, power_in_three in rows}
+    for spread in (0.19, 0.5):  # more seeds, more power; a smaller spread, more power
+        assert by[spread, 6][0] > by[spread, 3][0] and by[spread, 6][1] > by[spread, 3][1]
+    assert by[0.19, 6][0] > by[0.5, 6][0]
+    with capsys.disabled():
+        print("\nThe verdict rule on simulated seeds (3000 families each; log ratio sd = spread x sqrt 2):")
+        print("spread | seeds | false calls per family of 3 nulls | power at x1.5, alone | power at x1.5, 1 of 3")
+        for spread, n_seeds, null_rate, power_alone, power_in_three in rows:
+            print(f"{spread:6} | {n_seeds:5} | {null_rate:34.3f} | {power_alone:20.3f} | {power_in_three:21.3f}")
 
 
 def test_paired_unanimity_and_a_verdicts_line():
@@ -180,3 +280,44 @@ def test_tune_rates_lowest_rule_ranks_by_the_final_error_alone():
 def test_tune_rates_rejects_an_unknown_rule():
     with pytest.raises(ValueError, match="tune_rates rule.*'fastest', 'lowest'"):
         tune_rates({}, 0.1, rule="best")
+
+
+def test_arms_of_unequal_budgets_are_never_primary_and_say_both_budgets():
+    short = [run(s, [1.0, e, e], steps=100) for s, e in ((1, 0.02), (2, 0.04), (3, 0.06))]
+    long = [run(s, [1.0, e, e], steps=300) for s, e in ((1, 0.01), (2, 0.02), (3, 0.03))]
+    groups = {"short": short, "long": long}
+    status = {key: verdict(records, 0.1) for key, records in groups.items()}
+    exploratory = Comparisons(status, groups.get)
+    text = exploratory.resolve(exploratory("long", "short"))
+    assert text.startswith("[unequal budgets: long at 300 steps, short at 100 steps] lower: x0.5")
+    with pytest.raises(ValueError, match=r"primary comparison long against short has arms trained for different steps"):
+        Comparisons(status, groups.get, primary=[("long", "short")])("long", "short")
+
+
+def test_a_reports_strength_follows_its_primary_comparisons():
+    trained = lambda errors: [run(s, [1.0, e, e]) for s, e in zip((1, 2, 3), errors, strict=True)]
+    groups = {"base": trained((0.04, 0.05, 0.06)), "half": trained((0.02, 0.026, 0.029)),
+              "near": trained((0.0399, 0.0502, 0.0601)), "noisy": trained((0.03, 0.09, 0.05)),
+              "stuck": trained((0.5, 0.6, 0.7))}  # fmt: skip
+    status = {key: verdict(records, 0.1) for key, records in groups.items()}
+
+    def strength(primary):
+        compared = Comparisons(status, groups.get, primary=primary)
+        for a, b in primary:
+            compared(a, b)
+        compared.resolve("")
+        return compared.strength()
+
+    assert strength([("half", "base")]) == "strong"  # called, every seed below 1/1.5
+    assert strength([("near", "base")]) == "moderate"  # equal within the margin
+    assert strength([("noisy", "base")]) == "weak"  # drawn, not resolved
+    assert strength([("stuck", "base")]) == "untested"  # a side failed the gate
+    compared = Comparisons(status, groups.get)
+    compared("half", "base")
+    with pytest.raises(ValueError, match="resolve"):
+        compared.result("half", "base")
+    compared.resolve("")
+    assert compared.result("half", "base").startswith("lower: x0.5")
+    assert compared.result("stuck", "base") == "not compared"
+    with pytest.raises(ValueError, match="near against base was never drawn"):
+        compared.result("near", "base")
