@@ -43,7 +43,16 @@ from runner import ROOT, RunSpec, choose_preset, hardware, results_dir, run_grid
 from tasks import task_from_dict
 from tracking import tracking_from_env
 from utils import TrainConfig, atomic_write_bytes, heldout_prompts, read_json, save_svg, step_times, write_json
-from verdicts import STRENGTHS, Gate, learned_table, reference_errors, reference_names, trained_groups, verdict
+from verdicts import (
+    STRENGTHS,
+    VERDICT_RULE,
+    Gate,
+    learned_table,
+    reference_errors,
+    reference_names,
+    trained_groups,
+    verdict,
+)
 
 REPORTS = ROOT / "experiments" / "reports"
 # The report headings under which conclusions are drawn: the gate's verdict is repeated there.
@@ -481,7 +490,8 @@ class Experiment:
     ) -> Path:
         """Fill the report template and the named optional parts (appended in order) with
         `values` and write `<out>/README.md`. Every placeholder must have a value and every
-        value a placeholder (`fill_template`). With `learned`, the "did the models learn?"
+        value a placeholder (`fill_template`); `SHARED_TEXTS` fill the placeholders a template uses of
+        them (`{verdict_rule}`: how a verdict is computed). With `learned`, the "did the models learn?"
         subsection (`learned_section`) opens the template's "## Results" section and, when some
         configuration did not pass the gate, its verdict is repeated under every heading that
         draws conclusions ("## ... against these numbers", "## Conclusions ..."); `gate` as in
@@ -489,7 +499,8 @@ class Experiment:
         under the title (`Answer`). Returns the path written."""
         texts = [self.template().read_text()] + [self.template(part).read_text() for part in parts]
         path = self.out / "README.md"
-        report = fill_template("".join(texts), values)
+        shared = {name: text for name, text in SHARED_TEXTS.items() if name in placeholders("".join(texts))}
+        report = fill_template("".join(texts), {**shared, **values})
         if learned:
             heading = "\n## Results\n"
             require(heading in report, f"{self.template().name} has no '## Results' section to open with the gate")
@@ -534,6 +545,10 @@ class Experiment:
         atomic_write_bytes(self.out / "reproduction.md", text.encode())
         print(text)
         return text
+
+
+# Texts every report may cite by placeholder, written once here.
+SHARED_TEXTS = {"verdict_rule": VERDICT_RULE}
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -339,6 +340,20 @@ STRONG_RATIO = 1.5  # "strong": every seed beyond this ratio, besides the correc
 STRENGTHS = ("strong", "moderate", "weak", "untested")
 
 
+VERDICT_RULE = (
+    "How a verdict is computed: two configurations are compared only when both passed the gate (the table \"Did "
+    "the models learn?\" above), on the seeds they share (the same seed draws the same training data). Each "
+    "comparison gives the ratio a/b per seed, its geometric mean with a 95% t interval over seeds, and the p-value "
+    "of a paired t-test on the per-seed log ratios. \"Lower\" or \"higher\" is said only when that p-value, "
+    "Holm-corrected within its family, is below 0.05: the primary family holds the at most three comparisons the "
+    "notebook names before its runs (they answer the study's question), and every other comparison is "
+    "exploratory, a family of its own. \"Equal within x0.8 to x1.25\" is said only when the ratio's 90% interval "
+    "lies inside that margin (two one-sided tests at 5%); anything else is \"not resolved with n seeds\". A "
+    "comparison between arms trained for different steps states both budgets and is never primary. A "
+    "configuration that did not pass is not ranked; its status is stated instead."
+)
+
+
 def _betainc(a: float, b: float, x: float) -> float:
     """The regularised incomplete beta function I_x(a, b) (Lentz's continued fraction)."""
     if x <= 0.0:
@@ -463,6 +478,13 @@ def called(test: PairedTest, adjusted_p: float | None, margin=EQUIVALENCE_MARGIN
     return "not resolved"
 
 
+def short_verdict(text: str) -> str:
+    """The head of a verdict text for a one-line answer: its word and ratio ("lower: x0.52",
+    "not resolved with 3 seeds: x0.85", "[unequal budgets: ...] lower: x0.4"), or "not compared"."""
+    match = re.match(r"^(\[[^\]]*\] )?([^:]+)(: x[^ ;]+)?", text)
+    return "".join(part or "" for part in match.groups()) if match else text
+
+
 def describe_test(test: PairedTest, adjusted_p: float | None, family: str, size: int, margin=EQUIVALENCE_MARGIN) -> str:
     """The rule's verdict with its numbers, for a report: 'lower: x0.52 (95% CI 0.41 to 0.66; per
     seed 0.48, 0.52, 0.57; p = 0.003, Holm 0.009 in the primary family of 3)'."""
@@ -472,7 +494,7 @@ def describe_test(test: PairedTest, adjusted_p: float | None, family: str, size:
     word = called(test, adjusted_p, margin)
     low, high = test.interval(0.95)
     numbers = (f"x{fmt(test.geometric_mean)} (95% CI {fmt(low)} to {fmt(high)}; per seed {per_seed}; "
-               f"p = {fmt(test.p_value, 2)}, Holm {fmt(adjusted_p, 2)} in the {family} family of {size})")
+               f"p = {fmt(test.p_value)}, Holm {fmt(adjusted_p)} in the {family} family of {size})")
     if word == "equal":
         low90, high90 = test.interval(0.90)
         return (f"equal within x{margin[0]:g} to x{margin[1]:g}: x{fmt(test.geometric_mean)} (90% CI "
@@ -533,7 +555,6 @@ class Comparisons(Generic[K]):
         self.margin = margin
         self.drawn: list[Paired] = []
         self.tests: dict[str, list[tuple[str, PairedTest]]] = {"primary": [], "exploratory": []}
-        self.not_drawn_primary: list[str] = []
         self.tokens: dict[tuple, str] = {}  # (a, b, value): its placeholder
         self.resolved = False
         self._id = next(_TOKENS)
@@ -550,8 +571,6 @@ class Comparisons(Generic[K]):
         why = [f"{self.label(k)} {self.status[k].status}" for k in (a, b) if not self.status[k].trained]
         why += [f"{self.label(k)} {self.excluded[k]}" for k in (a, b) if k in self.excluded and self.status[k].trained]
         if why:
-            if family == "primary":
-                self.not_drawn_primary.append(f"{self.label(a)} against {self.label(b)}")
             return "not compared: " + "; ".join(why)
         budgets = [sorted({r["spec"]["train"]["steps"] for r in self.runs(k)}) for k in (a, b)]
         if budgets[0] != budgets[1]:  # arms trained for different budgets: never primary, and said in the verdict
@@ -647,8 +666,13 @@ class Comparisons(Generic[K]):
                     f"not resolved: {w.count('not resolved')})"
                 )
         primaries = "; ".join(f"{self.label(a)} against {self.label(b)}" for a, b in self.primary) or "none named"
-        missing = self.not_drawn_primary and f" Primary comparisons not drawn: {'; '.join(self.not_drawn_primary)}."
-        missing = missing or ""
+        drawn_primary = {(a, b) for (a, b, value) in self.tokens if value is final_error}
+        why = lambda a, b: "; ".join(
+            f"{self.label(k)} {self.status[k].status}" for k in (a, b) if not self.status[k].trained
+        ) or "; ".join(f"{self.label(k)} {self.excluded[k]}" for k in (a, b) if k in self.excluded) or "not drawn here"
+        not_drawn = [f"{self.label(a)} against {self.label(b)} ({why(a, b)})" for a, b in self.primary
+                     if (a, b) not in drawn_primary]  # fmt: skip
+        missing = f" Primary comparisons not drawn: {'; '.join(not_drawn)}." if not_drawn else ""
         drawn = "; ".join(parts) if parts else "none"
         return (
             f"Primary comparisons, fixed before the runs: {primaries}.{missing} {len(self.drawn)} paired comparisons "

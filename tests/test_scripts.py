@@ -24,6 +24,7 @@ SMOKE: dict[str, tuple[list[str], list[str]]] = {
         ["least squares: last-position error", "averaging: last-position error", "looped model: last-position error"],
     ),
     "scripts/draw_architecture.py": (["--out", "{tmp}/architecture.svg"], ["wrote"]),
+    "scripts/update_findings.py": (["--check"], ["is up to date"]),  # the README's table matches the reports
     "benchmarks/train_speed.py": (
         ["--steps", "1", "--warmup", "0", "--shapes", "tiny", "--b", "1", "--batch", "2"],
         ["% of peak", "tiny "],

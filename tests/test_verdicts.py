@@ -141,7 +141,8 @@ def test_comparisons_draw_verdicts_only_between_trained_configurations():
         compared(("a", 5), ("c", 5))
     assert compared.count() == (
         "Primary comparisons, fixed before the runs: a at b=5 against b at b=5; stuck at b=5 against b at b=5. "
-        "Primary comparisons not drawn: stuck at b=5 against b at b=5. 3 paired comparisons were drawn: 1 primary "
+        "Primary comparisons not drawn: stuck at b=5 against b at b=5 (stuck at b=5 did not learn at this budget). "
+        "3 paired comparisons were drawn: 1 primary "
         "(called lower or higher: 1; equal within x0.8 to x1.25: 0; not resolved: 0); 2 exploratory (called lower or "
         "higher: 0; equal within x0.8 to x1.25: 2; not resolved: 0). The rule: a paired t-test on the per-seed log "
         "ratios, Holm-corrected within each family at 0.05; \"equal\" only when the ratio's 90% interval lies inside "
