@@ -567,7 +567,7 @@ class Comparisons(Generic[K]):
         rule's verdict with its numbers (`resolve` fills it in), or "not compared: ..." (no prefix)
         when either did not pass the gate or is excluded."""
         require(not self.resolved, "a comparison was drawn after resolve(): Holm's correction needs the whole family")
-        family = "primary" if (a, b) in self.primary and value is final_error else "exploratory"
+        family = "primary" if self._is_primary(a, b) and value is final_error else "exploratory"
         why = [f"{self.label(k)} {self.status[k].status}" for k in (a, b) if not self.status[k].trained]
         why += [f"{self.label(k)} {self.excluded[k]}" for k in (a, b) if k in self.excluded and self.status[k].trained]
         if why:
@@ -586,6 +586,10 @@ class Comparisons(Generic[K]):
         self.tests[family].append((prefix, PairedTest(result.seeds, result.ratios)))
         self.tokens[a, b, value] = self._token(family, len(self.tests[family]) - 1)
         return self.tokens[a, b, value]
+
+    def _is_primary(self, a: K, b: K) -> bool:
+        """A named primary comparison, in either orientation (b against a is the same test, ratios inverted)."""
+        return (a, b) in self.primary or (b, a) in self.primary
 
     def result(self, a: K, b: K, value: Callable[[dict], float | None] = final_error) -> str:
         """The resolved verdict of a comparison drawn before `resolve` (for a report's conclusions,
@@ -666,7 +670,7 @@ class Comparisons(Generic[K]):
                     f"not resolved: {w.count('not resolved')})"
                 )
         primaries = "; ".join(f"{self.label(a)} against {self.label(b)}" for a, b in self.primary) or "none named"
-        drawn_primary = {(a, b) for (a, b, value) in self.tokens if value is final_error}
+        drawn_primary = {pair for (a, b, value) in self.tokens if value is final_error for pair in ((a, b), (b, a))}
         why = lambda a, b: "; ".join(
             f"{self.label(k)} {self.status[k].status}" for k in (a, b) if not self.status[k].trained
         ) or "; ".join(f"{self.label(k)} {self.excluded[k]}" for k in (a, b) if k in self.excluded) or "not drawn here"
