@@ -18,7 +18,6 @@ Owns:
 from __future__ import annotations
 
 import concurrent.futures as futures
-import hashlib
 import json
 import math
 import multiprocessing
@@ -40,6 +39,7 @@ import tracking as tracked
 from checks import require, require_choice, require_int
 from ensemble import MEMBER_FIELDS, check_ensemble, train_ensemble
 from tasks import OOD_KINDS, task_from_dict
+from training import TRAINING_VERSION
 from transformer import ModelConfig, count_parameters
 from utils import (
     TrainConfig,
@@ -265,16 +265,12 @@ def trained_dir() -> Path:
     return Path(os.environ.get("LOOPED_RESULTS_ROOT", ROOT)) / "scratch" / "trained"
 
 
-# The modules whose code decides what training computes: a cached training is reused only by the
-# same code and torch (`training_software`).
-TRAINING_CODE = ("checks.py", "components.py", "configs.py", "ensemble.py", "equilibrium.py", "evaluation.py",
-                 "seeding.py", "tasks.py", "training.py", "transformer.py")
-
-
 def training_software() -> dict:
-    """What a training was computed with: torch's version and a hash of `TRAINING_CODE`."""
-    code = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in TRAINING_CODE)).hexdigest()[:12]
-    return {"torch": torch.__version__, "code": code}
+    """What a training is computed with: torch's version and `training.TRAINING_VERSION` (raised by
+    hand whenever what training computes changes; `tests/test_training_version.py` holds a tiny
+    spec's losses to catch a change that forgot to raise it). A cached training or a checkpoint of
+    other software is not reused."""
+    return {"torch": torch.__version__, "training_version": TRAINING_VERSION}
 
 
 def _store_trained(spec: RunSpec, model, result: TrainResult) -> None:

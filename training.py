@@ -127,6 +127,13 @@ def step_loss(
     return loss_value(preds, ys, config, model.config.n_dims, predicted)
 
 
+# What training computes, as a number: raise it whenever a change makes the same spec train to other
+# weights (the loss, the loop, the optimiser, the data stream, the initialisation). It is part of every
+# training key, so checkpoints and the trained-model cache of another version are never reused, while
+# an edit that changes nothing (a docstring, a refactor) restarts no grid.
+TRAINING_VERSION = 1
+
+
 def non_default(config) -> dict:
     """The fields of a config dataclass that differ from their defaults (required fields always),
     as `to_dict` gives them: what a key hashes, so that a field added to the schema later, with a
@@ -148,11 +155,13 @@ def non_default(config) -> dict:
 
 def training_key(model_config: ModelConfig, configs: list[TrainConfig], task: dict | None = None) -> str:
     """A short hash of what determines training: the model, every member's `TrainConfig` (less
-    `threads`, which changes no number) and, where given, the task's dict; each config by its
-    fields that differ from the defaults (`non_default`), so a new field leaves every key as it was.
+    `threads`, which changes no number), where given the task's dict, and `TRAINING_VERSION`; each
+    config by its fields that differ from the defaults (`non_default`), so a new field leaves every
+    key as it was.
     A checkpoint carries the key of the run that wrote it, and a run with another key does not
     resume from it."""
     canonical = {
+        "version": TRAINING_VERSION,
         "model": non_default(model_config),
         "train": [{k: v for k, v in non_default(config).items() if k != "threads"} for config in configs],
         "task": task,

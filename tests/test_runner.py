@@ -241,7 +241,7 @@ def _is_per_run_file(path) -> bool:
 COMMITTED = sorted(
     p
     for p in (runner.ROOT / "results").glob("experiment */data/*.json")
-    if not _is_sitting(p) and p.name != "step times.json" and not _is_per_run_file(p)
+    if not _is_sitting(p) and p.name not in ("step times.json", "rate choices.json") and not _is_per_run_file(p)
 )
 
 
@@ -413,13 +413,13 @@ def test_each_sitting_keeps_its_own_wall_time_file(tmp_path):
 
 def test_a_cached_training_is_reused_only_by_the_same_code_and_torch(tmp_path, monkeypatch):
     first = run_grid([spec(1)], tmp_path / "A", backend="inline", progress=False)[0]
-    assert first["software"]["code"] == runner.training_software()["code"]
-    changed = {**runner.training_software(), "code": "another-code"}
+    assert first["software"]["training_version"] == training.TRAINING_VERSION
+    changed = {**runner.training_software(), "torch": "9.9.9"}  # the same key, another torch
     monkeypatch.setattr(runner, "training_software", lambda: changed)
     other = dataclasses.replace(spec(1), name="again")
-    with pytest.warns(UserWarning, match=r"trained by .* not by .*another-code.*trains again"):
+    with pytest.warns(UserWarning, match=r"trained by .* not by .*9\.9\.9.*trains again"):
         again = run_grid([other], tmp_path / "B", backend="inline", progress=False)[0]
-    assert not again["training_reused"] and again["software"]["code"] == "another-code"
+    assert not again["training_reused"] and again["software"]["torch"] == "9.9.9"
     assert list(runner.trained_dir().glob("*.set-aside"))  # the old entry is kept for inspection, not used
 
 
