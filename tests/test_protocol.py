@@ -21,8 +21,8 @@ PENDING = {
     4: "screened on the reported held-out prompts, the screen run reported as seed 42; re-screen under way",
     5: "screened on the reported held-out prompts, the screen run reported as seed 42; re-screen under way",
     6: "screened on the reported held-out prompts, the screen run reported as seed 42; re-screen under way",
-    7: "re-screened by the protocol (its screen runs have landed); its report, rendered from the old screen, awaits the "
-    "reported seeds at the new rates",
+    7: "re-screened by the protocol (its screen runs have landed); its report, rendered from the old screen, "
+    "awaits the reported seeds at the new rates",
     10: "screened on the reported held-out prompts, the screen run reported as seed 42; re-screen under way",
     11: "screened on the reported held-out prompts, the screen run reported as seed 42; re-screen under way",
 }

@@ -25,6 +25,9 @@ SMOKE: dict[str, tuple[list[str], list[str]]] = {
     ),
     "scripts/draw_architecture.py": (["--out", "{tmp}/architecture.svg"], ["wrote"]),
     "scripts/update_findings.py": (["--check"], ["is up to date"]),  # the README's table matches the reports
+    # the smoke preset and a scratch results root come from PRESET_ENV below
+    "scripts/run_until.py": ([str(ROOT / "experiments" / "experiment 11 - which algorithm.ipynb"), "screen_rates("],
+                             ["ran 3 code cells", "screen_rates(", "experiment 11, preset smoke"]),
     "benchmarks/train_speed.py": (
         ["--steps", "1", "--warmup", "0", "--shapes", "tiny", "--b", "1", "--batch", "2"],
         ["% of peak", "tiny "],
@@ -38,9 +41,11 @@ SMOKE: dict[str, tuple[list[str], list[str]]] = {
 
 
 def run_file(relative: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run one file of the checkout with this interpreter, from `cwd`."""
+    """Run one file of the checkout with this interpreter, from `cwd` (at the smoke preset, writing
+    under `cwd`, for the files that run a notebook)."""
     paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "PRESET": "smoke",
+           "LOOPED_RESULTS_ROOT": str(cwd), "BACKEND": "inline", "MPLBACKEND": "agg"}
     command = [sys.executable, str(ROOT / relative), *(arg.format(tmp=cwd) for arg in args)]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -63,3 +68,10 @@ def test_runs_at_smallest_size(relative: str, tmp_path: Path):
     assert result.returncode == 0, f"{relative} failed:\n{result.stdout}\n{result.stderr}"
     for text in expected:
         assert text in result.stdout, f"{relative} did not print {text!r}:\n{result.stdout}"
+
+
+def test_run_until_refuses_a_marker_no_cell_holds_before_running_any(tmp_path: Path):
+    result = run_file("scripts/run_until.py", [str(ROOT / "experiments" / "experiment 11 - which algorithm.ipynb"),
+                                               "no such text"], tmp_path)
+    assert result.returncode != 0 and "no code cell of" in result.stderr and "'no such text'" in result.stderr
+    assert not (tmp_path / "scratch").exists()  # refused before the first cell ran
