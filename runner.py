@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -601,7 +602,8 @@ def run_grid(
         raise
     pending.sort(key=lambda spec: -spec.cost())  # largest first balances the workers
     try:
-        _run_pending(pending, out_dir, backend, workers, progress, slurm, records, len(specs), tracking)
+        with _LockRefresher(out_dir, [spec.name for spec in pending]):
+            _run_pending(pending, out_dir, backend, workers, progress, slurm, records, len(specs), tracking)
     finally:
         for spec in pending:
             _release_lock(out_dir, spec.name)
@@ -682,41 +684,133 @@ def _run_pending(
         raise RuntimeError(f"{len(failures)} of {total} runs failed (the others are saved):\n{details}")
 
 
+# A sitting refreshes the locks it holds every LOCK_REFRESH_S; a lock nobody refreshed for LOCK_STALE_S
+# is stale whoever wrote it (a crashed sitting, a restarted container, another machine that is gone).
+LOCK_REFRESH_S = 20.0
+LOCK_STALE_S = 120.0
+
+
 def _lock_path(out_dir: Path, name: str) -> Path:
     return out_dir / "locks" / f"{name}.lock"
 
 
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, /proc), so a reused pid is told apart
+    from the holder; None where /proc cannot say."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _lock_text() -> str:
+    return f"{os.getpid()} {platform.node()} {_process_start(os.getpid()) or '-'}\n"
+
+
+def _describe_holder(text: str) -> str:
+    fields = text.split()
+    return f"process {fields[0]} on {fields[1]}" if len(fields) >= 2 else "an unreadable holder"
+
+
+def _holder_alive(text: str, age_s: float) -> bool:
+    """Whether the sitting that wrote lock `text`, last refreshed `age_s` seconds ago, still holds it."""
+    fields = text.split()
+    if len(fields) < 2 or age_s > LOCK_STALE_S:
+        return False  # half written, or nobody refreshed it: its holder is gone
+    pid, host = fields[0], fields[1]
+    if host != platform.node():
+        return True  # another machine, refreshed recently: it cannot be checked from here
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        pass
+    started = fields[2] if len(fields) > 2 and fields[2] != "-" else None
+    return started is None or _process_start(int(pid)) == started  # else the pid was reused
+
+
+def _read_lock(path: Path) -> tuple[str, float] | None:
+    """(text, seconds since it was last refreshed) of a lock, or None when it is gone."""
+    try:
+        return path.read_text(), time.time() - path.stat().st_mtime
+    except OSError:
+        return None
+
+
 def _take_lock(out_dir: Path, name: str) -> bool:
-    """Claim run `name` for this process (a file created exclusively); False if another live
-    process on this machine holds it. A lock left by a process that is gone is taken over."""
+    """Claim run `name` for this process (a file created exclusively); False if a live sitting
+    holds it. A stale lock (`_holder_alive`) is taken over by exactly one sitting (`_take_over`)."""
     path = _lock_path(out_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
+    for _ in range(3):
         try:
             with open(path, "x") as file:
-                file.write(f"{os.getpid()} {platform.node()}\n")
+                file.write(_lock_text())
             return True
         except FileExistsError:
-            if _lock_holder_alive(path):
-                return False
-            path.unlink(missing_ok=True)  # stale: its process is gone
+            pass
+        state = _read_lock(path)
+        if state is None:
+            continue  # released between the two calls: try again
+        if _holder_alive(*state):
+            return False
+        if _take_over(path, state[0]):
+            return True
     return False
 
 
-def _lock_holder_alive(path: Path) -> bool:
+def _take_over(path: Path, stale_text: str) -> bool:
+    """Replace the stale lock `path` (which held `stale_text`) with this process's, atomically: one
+    sitting at a time may take a lock over (a guard file created exclusively), and only while the
+    lock still holds the text judged stale. False when another sitting is taking it over or has."""
+    guard = path.with_name(path.name + ".takeover")
     try:
-        pid, host = path.read_text().split()
-    except (OSError, ValueError):
-        return False  # vanished or half written: treat as free
-    if host != platform.node():
-        return True  # another machine (a shared folder): it cannot be checked from here
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        state = _read_lock(guard)
+        if state is not None and state[1] > 10.0:  # left by a takeover that crashed halfway
+            guard.unlink(missing_ok=True)
         return False
-    except PermissionError:
+    try:
+        state = _read_lock(path)
+        if state is None or state[0] != stale_text:
+            return False  # released or taken over since it was read
+        fresh = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.new")
+        fresh.write_text(_lock_text())
+        os.replace(fresh, path)
+        warnings.warn(f"lock {path} of {_describe_holder(stale_text)} was stale; taken over", stacklevel=3)
         return True
-    return True
+    finally:
+        guard.unlink(missing_ok=True)
+
+
+class _LockRefresher:
+    """Refreshes (touches) the locks of `names` this process holds in `out_dir` every LOCK_REFRESH_S,
+    in a daemon thread, while the `with` block runs: a long run's lock never looks stale."""
+
+    def __init__(self, out_dir: Path, names: list[str]):
+        self.paths = [_lock_path(out_dir, name) for name in names]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._refresh, daemon=True)
+
+    def _refresh(self) -> None:
+        mine = str(os.getpid())
+        while not self.stop.wait(LOCK_REFRESH_S):
+            for path in self.paths:
+                try:
+                    if path.read_text().split()[0] == mine:
+                        os.utime(path)
+                except (OSError, IndexError):
+                    pass
+
+    def __enter__(self) -> _LockRefresher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def _release_lock(out_dir: Path, name: str) -> None:
@@ -739,7 +833,13 @@ def _wait_for_other_sitting(
 ) -> dict:
     """The record of a run another sitting is computing, once it is written; if that sitting
     stops without writing it, the run is computed here."""
-    print(f"run {spec.name!r} is being computed by another sitting on {out_dir}; waiting for it")
+    path = _lock_path(out_dir, spec.name)
+    state = _read_lock(path)
+    holder = _describe_holder(state[0]) if state else "another sitting"
+    print(
+        f"run {spec.name!r} is being computed by {holder} (lock {path}); waiting for it. A lock that sitting "
+        f"stops refreshing is taken over after {LOCK_STALE_S:.0f} s; delete the file to take it over now"
+    )
     while True:
         record = load_result(spec, out_dir)
         if record is not None:
@@ -749,7 +849,8 @@ def _wait_for_other_sitting(
                 record = load_result(spec, out_dir)  # written between the two checks
                 if record is None:
                     records: dict[str, dict] = {}
-                    _run_pending([spec], out_dir, backend, workers, progress, slurm, records, 1, tracking)
+                    with _LockRefresher(out_dir, [spec.name]):
+                        _run_pending([spec], out_dir, backend, workers, progress, slurm, records, 1, tracking)
                     record = records[spec.name]
                 return record
             finally:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -472,3 +473,73 @@ def test_a_record_keeps_the_query_error_of_every_held_out_prompt(tmp_path):
     assert all(len(errors) == 16 for errors in per_prompt.values())  # eval_prompts, in the held-out set's order
     # their mean is the last loop's held-out query error the record reports (to the stored six digits)
     assert np.mean(per_prompt["2"]) == pytest.approx(record["loop_errors"][-1], rel=1e-4)
+
+
+def test_a_lock_of_a_reused_pid_or_of_a_gone_machine_is_taken_over_and_a_live_one_is_not(tmp_path):
+    lock = tmp_path / "locks" / "tiny_2_1.lock"
+    lock.parent.mkdir(parents=True)
+    me, host = os.getpid(), runner.platform.node()
+    # this process's pid, alive, but with another start time: the pid was reused after a restart
+    lock.write_text(f"{me} {host} 1\n")
+    with pytest.warns(UserWarning, match=f"lock {re.escape(str(lock))} of process {me} on {host} was stale"):
+        assert runner._take_lock(tmp_path, "tiny_2_1")
+    lock.write_text(f"{me} {host} {runner._process_start(me)}\n")  # truly this process: alive
+    assert not runner._take_lock(tmp_path, "tiny_2_1")
+    lock.write_text("4242 another-machine -\n")  # another machine, refreshed just now: cannot be checked
+    assert not runner._take_lock(tmp_path, "tiny_2_1")
+    old = time.time() - runner.LOCK_STALE_S - 1
+    os.utime(lock, (old, old))  # ...and not refreshed for longer than LOCK_STALE_S: its sitting is gone
+    with pytest.warns(UserWarning, match="process 4242 on another-machine was stale"):
+        assert runner._take_lock(tmp_path, "tiny_2_1")
+    assert lock.read_text() == runner._lock_text()
+
+
+def test_a_stale_lock_is_taken_over_by_exactly_one_sitting(tmp_path):
+    lock = tmp_path / "locks" / "tiny_2_1.lock"
+    lock.parent.mkdir(parents=True)
+    for _ in range(20):
+        lock.write_text(f"999999999 {runner.platform.node()}\n")  # no such process
+        barrier, won = threading.Barrier(4), []
+
+        def contend(barrier=barrier, won=won):
+            barrier.wait()
+            won.append(runner._take_lock(tmp_path, "tiny_2_1"))
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            threads = [threading.Thread(target=contend) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert won.count(True) == 1  # threads of one process share its pid: the winner's lock stays
+
+
+def test_a_long_run_keeps_its_lock_fresh(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "LOCK_REFRESH_S", 0.05)
+    lock = tmp_path / "locks" / "tiny_2_1.lock"
+    seen = []
+
+    def slow_run(pending, out_dir, *args):
+        first = lock.stat().st_mtime
+        time.sleep(0.4)
+        seen.append(lock.stat().st_mtime > first)
+        raise KeyboardInterrupt  # stop here: only the lock's freshness is tested
+
+    monkeypatch.setattr(runner, "_run_pending", slow_run)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid([spec(1)], tmp_path, backend="inline", progress=False)
+    assert seen == [True] and not lock.exists()  # refreshed while held, released after
+
+
+def test_a_waiting_sitting_names_the_lock_and_its_holder(tmp_path, capsys, monkeypatch):
+    lock = tmp_path / "locks" / "tiny_2_1.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("4242 another-machine -\n")
+    monkeypatch.setattr(runner, "LOCK_STALE_S", 0.5)  # so the test's holder goes stale quickly
+    with pytest.warns(UserWarning, match="was stale"):
+        records = run_grid([spec(1)], tmp_path, backend="inline", progress=False)
+    assert records[0]["train"]["status"] == "finished"
+    out = capsys.readouterr().out
+    assert f"is being computed by process 4242 on another-machine (lock {lock})" in out
+    assert "delete the file to take it over now" in out
