@@ -579,6 +579,7 @@ def run_grid(
     finished and been saved; re-running the grid retries only them.
     """
     backend = resolve_backend(backend, specs)
+    tracked.check(tracking)  # wandb missing: one clear error before any run
     names = [spec.name for spec in specs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:

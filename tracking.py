@@ -1,8 +1,10 @@
 """Experiment tracking: one wandb run per training run of a grid (opt-in).
 
 Owns `Tracking` (where and how runs are tracked), `tracking_from_env` (the `TRACK` setting beside
-`PRESET` and `BACKEND`), `start` (a wandb run for one `RunSpec`) and `close` (its final metrics,
-then finish). With tracking off (the default) nothing here imports wandb.
+`PRESET` and `BACKEND`), `check` (the one error before a grid when wandb is missing), `start` (a
+wandb run for one `RunSpec`, as a `SafeRun`) and `close` (its final metrics, then finish). With
+tracking off (the default) nothing here imports wandb. Tracking is optional to the science: a run
+that wandb cannot start, log or finish warns and trains and is saved as it would untracked.
 
     TRACK=wandb PRESET=cpu jupyter nbconvert --execute "experiments/experiment 1 - scaling.ipynb" ...
 
@@ -19,6 +21,7 @@ the steps after the checkpoint in a new wandb run.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,25 +65,91 @@ def tracking_from_env(group: str, out_dir: str | Path | None = None) -> Tracking
     )
 
 
-def start(tracking: Tracking | None, name: str, config: dict[str, Any]):
-    """A wandb run named `name` with `config`, or None when `tracking` is None. Several may be
-    open at once (an ensemble's members)."""
+def check(tracking: Tracking | None) -> None:
+    """Before a grid: the one clear error when tracking is asked for and cannot work here (wandb not
+    installed). Failures that only a run can meet (no network, a wandb error) do not stop the science:
+    they warn, and the runs train and are saved untracked (`start`, `SafeRun`)."""
     if tracking is None:
-        return None
-    import wandb  # only here: with tracking off wandb is never imported
+        return
+    try:
+        import wandb  # noqa: F401
+    except ImportError as error:
+        raise ValueError(
+            f"TRACK=wandb asks for wandb tracking, but wandb cannot be imported ({error}); install it "
+            "(pip install wandb) or set TRACK=off"
+        ) from None
 
-    if tracking.dir is not None:
-        Path(tracking.dir).mkdir(parents=True, exist_ok=True)
-    return wandb.init(
-        project=tracking.project,
-        group=tracking.group,
-        name=name,
-        config=config,
-        mode=tracking.mode,
-        dir=tracking.dir,
-        reinit="create_new",
-        settings=wandb.Settings(silent=True, console="off"),
-    )
+
+# Set when a wandb run could not start in this process: its later runs train untracked at once, rather
+# than each waiting out wandb's start-up timeout (about 90 s online without a network).
+_START_FAILED: str | None = None
+
+
+def start(tracking: Tracking | None, name: str, config: dict[str, Any]) -> SafeRun | None:
+    """A wandb run named `name` with `config` (a `SafeRun`), or None when `tracking` is None or wandb
+    could not start one (it warns once per process, and the run trains untracked). Several may be
+    open at once (an ensemble's members)."""
+    global _START_FAILED
+    if tracking is None or _START_FAILED is not None:
+        return None
+    try:
+        import wandb  # only here: with tracking off wandb is never imported
+
+        if tracking.dir is not None:
+            Path(tracking.dir).mkdir(parents=True, exist_ok=True)
+        run = wandb.init(
+            project=tracking.project,
+            group=tracking.group,
+            name=name,
+            config=config,
+            mode=tracking.mode,
+            dir=tracking.dir,
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+    except Exception as error:  # tracking is optional to the science: the run goes on untracked
+        _START_FAILED = f"{type(error).__name__}: {error}"
+        warnings.warn(
+            f"wandb could not start a run for {name!r} ({_START_FAILED}); this and the later runs of this "
+            "process train and are saved untracked (WANDB_MODE=offline needs no network)",
+            stacklevel=2,
+        )
+        return None
+    return SafeRun(run, name)
+
+
+class SafeRun:
+    """A wandb run whose failures never cost a training step or a record: the first call that fails
+    warns, naming the run and the call, and the run is tracked no further."""
+
+    def __init__(self, run, name: str):
+        self.run, self.name = run, name
+
+    def _fail(self, call: str, error: Exception) -> None:
+        warnings.warn(
+            f"wandb failed in {call} for run {self.name!r} ({type(error).__name__}: {error}); the run goes on "
+            "untracked",
+            stacklevel=3,
+        )
+        self.run = None
+
+    def log(self, values: dict[str, Any], step: int) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log(values, step=step)
+        except Exception as error:
+            self._fail("log", error)
+
+    def finish(self, summary: dict[str, Any], exit_code: int) -> None:
+        if self.run is None:
+            return
+        try:
+            for key, value in summary.items():
+                self.run.summary[key] = value
+            self.run.finish(exit_code=exit_code)
+        except Exception as error:
+            self._fail("finish", error)
 
 
 def log_curves(run, result) -> None:
@@ -122,11 +191,9 @@ def final_metrics(record: dict) -> dict[str, Any]:
     return metrics
 
 
-def close(run, record: dict | None) -> None:
-    """Write a finished run record's final metrics to `run`'s summary and finish it."""
+def close(run: SafeRun | None, record: dict | None) -> None:
+    """Write a finished run record's final metrics to `run`'s summary and finish it (a failure warns)."""
     if run is None:
         return
-    if record is not None:
-        for key, value in final_metrics(record).items():
-            run.summary[key] = value
-    run.finish(exit_code=0 if record is not None and record["train"]["status"] == "finished" else 1)
+    summary = final_metrics(record) if record is not None else {}
+    run.finish(summary, exit_code=0 if record is not None and record["train"]["status"] == "finished" else 1)

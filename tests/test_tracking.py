@@ -151,3 +151,70 @@ def test_a_grid_without_tracking_never_imports_wandb(tmp_path):
     )
     env = {"PYTHONPATH": str(ROOT / "tests"), "LOOPED_RESULTS_ROOT": str(tmp_path), "PATH": ""}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(ROOT), env=env)
+
+
+# Tracking failures, which the real package cannot be made to produce on demand: wandb's entry points
+# are replaced by ones that fail the way a network, a disk or wandb itself can.
+
+
+@pytest.fixture
+def fresh_tracking(monkeypatch):
+    """tracking.py with no earlier start failure remembered in this process."""
+    import tracking
+
+    monkeypatch.setattr(tracking, "_START_FAILED", None)
+    return tracking
+
+
+def test_tracking_asked_for_without_wandb_is_one_clear_error_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed: importing it raises
+    with pytest.raises(ValueError, match=r"TRACK=wandb asks for wandb tracking, but wandb cannot be imported"):
+        run_grid(tiny_specs((1,), steps=2), tmp_path, backend="inline", progress=False,
+                 tracking=Tracking(mode="offline"))
+    assert not (tmp_path / "data" / "tiny_1.json").exists()
+
+
+def test_a_run_wandb_cannot_start_trains_untracked_and_later_runs_do_not_wait(tmp_path, monkeypatch, fresh_tracking):
+    import wandb
+
+    calls = []
+
+    def failing_init(**kwargs):
+        calls.append(kwargs["name"])
+        raise TimeoutError("no network")
+
+    monkeypatch.setattr(wandb, "init", failing_init)
+    with pytest.warns(UserWarning, match=r"wandb could not start a run for 'tiny_1' \(TimeoutError: no network\)"):
+        records = run_grid(tiny_specs((1, 2), steps=2), tmp_path, backend="inline", progress=False,
+                           tracking=Tracking(mode="online"))
+    assert [r["train"]["status"] for r in records] == ["finished", "finished"]
+    assert calls == ["tiny_1"]  # the second run did not try again
+
+
+class _FailingRun:
+    """A wandb run whose `log` or `finish` raises, as a full disk or a wandb bug would."""
+
+    def __init__(self, fail_in: str):
+        self.fail_in, self.summary = fail_in, {}
+
+    def log(self, values, step):
+        if self.fail_in == "log":
+            raise OSError("disk full")
+
+    def finish(self, exit_code):
+        if self.fail_in == "finish":
+            raise RuntimeError("wandb service gone")
+
+
+@pytest.mark.parametrize("fail_in", ["log", "finish"])
+def test_a_tracking_failure_during_a_run_costs_no_step_and_no_record(tmp_path, monkeypatch, fresh_tracking, fail_in):
+    import wandb
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: _FailingRun(fail_in))
+    with pytest.warns(UserWarning, match=f"wandb failed in {fail_in} for run 'tiny_1'"):
+        records = run_grid(tiny_specs((1,), steps=STEPS), tmp_path, backend="inline", progress=False,
+                           tracking=Tracking(mode="online"))
+    untracked = run_grid(tiny_specs((1,), steps=STEPS), tmp_path / "untracked", backend="inline", progress=False)
+    assert records[0]["train"]["status"] == "finished" and len(records[0]["train"]["loss"]) == STEPS
+    assert records[0]["train"]["loss"] == untracked[0]["train"]["loss"]
+    assert (tmp_path / "data" / "tiny_1.json").exists()
