@@ -607,9 +607,11 @@ REPRODUCTION_METRIC = "held-out query error of the last loop at the trained b, p
 
 
 def reproduction_table(committed: Results, retrained: Results) -> str:
-    """Per configuration: the committed and the re-trained error (mean ± std over seeds, finished
-    runs), the largest difference between the two runs of one seed, and whether every seed's
-    training losses are bit-identical (as on one machine with the CPU's deterministic kernels)."""
+    """Per configuration: whether the runs paired by name have the same spec (else the fields that
+    differ, committed -> re-trained: a notebook edited since the commit compares other runs), the
+    committed and the re-trained error (mean ± std over seeds, finished runs), the largest
+    difference between the two runs of one seed, and whether every seed's training losses are
+    bit-identical (as on one machine with the CPU's deterministic kernels)."""
     by_name = {record["spec"]["name"]: record for record in committed}
     rows = []
     for configuration, runs in retrained.configurations().items():
@@ -622,10 +624,12 @@ def reproduction_table(committed: Results, retrained: Results) -> str:
         finished = [(a, b) for a, b in pairs if a["train"]["status"] == b["train"]["status"] == "finished"]
         gap = max((abs(error(a) - error(b)) / max(abs(error(a)), 1e-12) for a, b in finished), default=float("nan"))
         identical = all(a["train"]["loss"] == b["train"]["loss"] for a, b in pairs)
+        differences = sorted({field for a, b in pairs for field in spec_differences(a["spec"], b["spec"])})
         rows.append(
             [
                 configuration,
                 str(len(pairs)),
+                "same" if not differences else "differs: " + "; ".join(differences),
                 plots.mean_pm_std(old.values(error)),
                 plots.mean_pm_std(new.values(error)),
                 f"{gap:.2%}" if np.isfinite(gap) else "-",
@@ -636,6 +640,7 @@ def reproduction_table(committed: Results, retrained: Results) -> str:
         [
             "configuration",
             "seeds",
+            "spec (committed -> re-trained)",
             "committed, mean ± std",
             "re-trained, mean ± std",
             "largest per-seed difference",
@@ -643,6 +648,19 @@ def reproduction_table(committed: Results, retrained: Results) -> str:
         ],
         rows,
     )
+
+
+def spec_differences(committed: Mapping, retrained: Mapping, prefix: str = "") -> list[str]:
+    """The fields in which two runs' spec dicts differ, as 'train.steps 3000 -> 20' (nested dicts by
+    dotted path; a field one side lacks shows as '-'); the empty list when the specs are the same."""
+    out = []
+    for key in sorted(set(committed) | set(retrained)):
+        a, b = committed.get(key, "-"), retrained.get(key, "-")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += spec_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a} -> {b}")
+    return out
 
 
 def gate_for(gate: Gate | Mapping[str, Gate] | None, task_name: str) -> Gate:

@@ -278,7 +278,7 @@ def test_a_retraining_elsewhere_is_compared_with_the_committed_runs(tmp_path, mo
     retrained = Experiment(7, {"cpu": {}})
     retrained.run(specs, progress=False)  # its own store of trained runs: it trains again
     text = retrained.compare_with_committed(committed_root)
-    assert "| model=tiny | 2 |" in text and "| 0.00% | yes |" in text  # CPU: the same bits
+    assert "| model=tiny | 2 | same |" in text and "| 0.00% | yes |" in text  # CPU: the same bits
     assert (retrain_root / "results" / "experiment 7" / "reproduction.md").read_text() == text
 
     record = committed_root / "results" / "experiment 7" / "data" / "tiny_2.json"  # a committed run that differs
@@ -288,6 +288,10 @@ def test_a_retraining_elsewhere_is_compared_with_the_committed_runs(tmp_path, mo
     record.write_text(json.dumps(values))
     text = retrained.compare_with_committed(committed_root)
     assert "| 33.33% | no |" in text
+
+    values["spec"]["train"]["steps"] = 3000  # the notebook was edited since the commit: other runs, said so
+    record.write_text(json.dumps(values))
+    assert "| model=tiny | 2 | differs: train.steps 3000 -> 4 |" in retrained.compare_with_committed(committed_root)
 
 
 def test_step_times_are_measured_once_and_read_back(tmp_path, monkeypatch):
