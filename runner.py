@@ -78,6 +78,21 @@ def choose_preset(presets: dict[str, Any], default: str = "cpu") -> tuple[str, A
     return name, presets[name]
 
 
+def results_root() -> Path:
+    """`LOOPED_RESULTS_ROOT` (with `~` expanded), or the repository root when it is unset or empty.
+    A relative path is refused: a notebook runs from `experiments/`, where it would land."""
+    value = os.environ.get("LOOPED_RESULTS_ROOT", "").strip()
+    if not value:
+        return ROOT
+    path = Path(value).expanduser()
+    require(
+        path.is_absolute(),
+        f"LOOPED_RESULTS_ROOT={value!r} must be an absolute path (or ~/...): a notebook runs from experiments/, "
+        "so a relative one would write there",
+    )
+    return path
+
+
 def results_dir(experiment: int, preset: str, root: str | Path | None = None) -> Path:
     """Where a notebook writes: committed for cpu/full, scratch for smoke.
 
@@ -86,7 +101,7 @@ def results_dir(experiment: int, preset: str, root: str | Path | None = None) ->
     """
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r} is not allowed; choose one of {PRESETS}")
-    root = Path(root if root is not None else os.environ.get("LOOPED_RESULTS_ROOT", ROOT))
+    root = Path(root) if root is not None else results_root()
     if preset == "smoke":
         return root / "scratch" / f"experiment {experiment}"
     base = root / "results" / f"experiment {experiment}"
@@ -263,7 +278,7 @@ class RunSpec:
 def trained_dir() -> Path:
     """Where trained runs are kept by their training key, for every notebook to reuse: the
     ignored `scratch/trained/` (under `LOOPED_RESULTS_ROOT` when it is set)."""
-    return Path(os.environ.get("LOOPED_RESULTS_ROOT", ROOT)) / "scratch" / "trained"
+    return results_root() / "scratch" / "trained"
 
 
 def training_software() -> dict:
@@ -585,19 +600,21 @@ def run_grid(
     if duplicates:
         raise ValueError(f"run names must be unique; repeated: {duplicates}")
     out_dir = Path(out_dir)
-    _check_writable(out_dir / "data")
     records: dict[str, dict] = {}
+    missing = []
+    for spec in specs:  # a record of another configuration raises here, before any lock is taken
+        record = load_result(spec, out_dir)
+        if record is not None:
+            records[spec.name] = record
+        else:
+            missing.append(spec)
+    if missing:  # a folder of finished results is only read: it may be read-only
+        _check_writable(out_dir / "data")
     pending, elsewhere = [], []  # elsewhere: runs another sitting on this folder is computing
     try:
-        for spec in specs:
-            record = load_result(spec, out_dir)
-            if record is not None:
-                records[spec.name] = record
-            elif _take_lock(out_dir, spec.name):
-                pending.append(spec)
-            else:
-                elsewhere.append(spec)
-    except BaseException:  # e.g. a record of another configuration: the locks taken so far must not outlive it
+        for spec in missing:
+            (pending if _take_lock(out_dir, spec.name) else elsewhere).append(spec)
+    except BaseException:  # the locks taken so far must not outlive this call
         for spec in pending:
             _release_lock(out_dir, spec.name)
         raise
@@ -870,11 +887,19 @@ def run_grid_timed(
         re.fullmatch(r"[A-Za-z0-9_-]+", sitting) is not None,
         f"sitting={sitting!r} is not allowed; use letters, digits, '_' or '-' (it names data/<sitting>.json)",
     )
+    clashing = [spec.name for spec in specs if spec.name == sitting]
+    require(not clashing, f"sitting={sitting!r} is also a run's name; name the sitting otherwise (data/{sitting}.json)")
+    grid_file = Path(out_dir) / "data" / f"{sitting}.json"
+    if grid_file.exists():
+        stored = read_json(grid_file)
+        require(
+            isinstance(stored, dict) and "wall_time_s" in stored and "spec" not in stored,
+            f"{grid_file} is not a sitting's record (a run of that name?); name the sitting otherwise",
+        )
     started = time.perf_counter()
     backend = resolve_backend(backend, specs)
     records = run_grid(specs, out_dir, backend=backend, **options)
     seconds = time.perf_counter() - started
-    grid_file = Path(out_dir) / "data" / f"{sitting}.json"
     if not grid_file.exists() or seconds > 0.5 * read_json(grid_file)["wall_time_s"]:
         write_json(grid_file, {"wall_time_s": seconds, "hardware": hardware(), "backend": backend, "runs": len(specs)})
     return records, read_json(grid_file)

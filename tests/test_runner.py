@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -543,3 +544,35 @@ def test_a_waiting_sitting_names_the_lock_and_its_holder(tmp_path, capsys, monke
     out = capsys.readouterr().out
     assert f"is being computed by process 4242 on another-machine (lock {lock})" in out
     assert "delete the file to take it over now" in out
+
+
+def test_a_folder_of_finished_results_is_read_even_when_read_only(tmp_path, monkeypatch):
+    run_grid([spec(1)], tmp_path, backend="inline", progress=False)
+
+    def read_only(folder):  # as _check_writable answers for a folder it cannot write (tests run as root here)
+        raise ValueError(f"results folder {folder} cannot be written (read-only); choose another out_dir")
+
+    monkeypatch.setattr(runner, "_check_writable", read_only)
+    assert run_grid([spec(1)], tmp_path, backend="inline", progress=False)[0]["train"]["status"] == "finished"
+    with pytest.raises(ValueError, match="cannot be written"):
+        run_grid([spec(2)], tmp_path, backend="inline", progress=False)
+    assert not (tmp_path / "locks" / "tiny_2_2.lock").exists()  # refused before any lock
+
+
+def test_a_sitting_never_takes_a_runs_file(tmp_path):
+    with pytest.raises(ValueError, match=r"sitting='tiny_2_1' is also a run's name"):
+        runner.run_grid_timed([spec(1)], tmp_path, backend="inline", sitting="tiny_2_1")
+    run_grid([spec(1)], tmp_path, backend="inline", progress=False)
+    with pytest.raises(ValueError, match=r"tiny_2_1.json is not a sitting's record"):
+        runner.run_grid_timed([spec(2)], tmp_path, backend="inline", sitting="tiny_2_1")
+    assert "spec" in runner.read_json(tmp_path / "data" / "tiny_2_1.json")  # the run's record is kept
+
+
+def test_the_results_root_is_absolute_or_the_repository(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", "")
+    assert runner.results_root() == runner.ROOT
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", "~/retrain")
+    assert runner.results_root() == Path.home() / "retrain"
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", "retrain")
+    with pytest.raises(ValueError, match=r"LOOPED_RESULTS_ROOT='retrain' must be an absolute path"):
+        results_dir(1, "cpu")
