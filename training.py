@@ -406,7 +406,9 @@ def train_loop(
     checkpoint_steps = set(range(every, first.steps + 1, every)) if every else {s for s in eval_steps if s > 0}
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     start, elapsed = 0, 0.0
-    key = training_key(stepper.model_config, configs)
+    # a checkpoint of another task is not resumed (a task without to_dict, e.g. a user's, by its class)
+    identity = task.to_dict() if hasattr(task, "to_dict") else {"class": type(task).__qualname__}
+    key = training_key(stepper.model_config, configs, identity)
     if checkpoint is not None and checkpoint.exists():
         start, elapsed = _load_checkpoint(checkpoint, stepper, results, key)
     started = time.perf_counter() - elapsed

@@ -76,6 +76,9 @@ class Interrupting:
             raise KeyboardInterrupt("simulated interruption")
         return self.task.sample(*args, **kwargs)
 
+    def to_dict(self):
+        return self.task.to_dict()  # the same task: its checkpoint resumes
+
 
 @pytest.mark.parametrize(
     "checkpoint_every, schedule", [(0, {}), (5, {}), (5, dict(lr_schedule="cosine", warmup=0.2, clip_grad_norm=1.0))]
@@ -113,6 +116,9 @@ class Exploding:
         if self.calls == 6:
             ys = ys * float("nan")
         return tokens, ys
+
+    def to_dict(self):
+        return TASK.to_dict()  # linear regression, as far as a checkpoint is concerned
 
 
 def test_non_finite_loss_stops_and_keeps_history():
@@ -470,6 +476,19 @@ def test_a_checkpoint_of_another_spec_is_set_aside_not_resumed(tmp_path):
         _, rerun = run(changed, checkpoint=path)
     assert rerun.loss == fresh.loss and len(rerun.loss) == 10
     assert (tmp_path / "run.ckpt.set-aside").exists()
+
+
+def test_a_checkpoint_of_another_task_is_set_aside_not_resumed(tmp_path):
+    from tasks import NoisyLinearRegression
+
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run(config(steps=20, checkpoint_every=5), checkpoint=path, task=Interrupting(TASK, limit=13))
+    noisy = NoisyLinearRegression(n_dims=3, noise_std=0.5)  # same model and training config, another task
+    _, fresh = run(config(steps=20, checkpoint_every=5), task=noisy)
+    with pytest.warns(UserWarning, match="belongs to another run .* set aside"):
+        _, rerun = run(config(steps=20, checkpoint_every=5), checkpoint=path, task=noisy)
+    assert rerun.loss == fresh.loss
 
 
 def test_a_corrupt_checkpoint_is_named_set_aside_and_the_run_restarts(tmp_path):
