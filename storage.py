@@ -48,7 +48,12 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON in `path`; a file that is not JSON raises ValueError naming it (a truncated or
+    hand-edited side file must say which file it is)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); delete or restore it") from None
 
 
 def torch_bytes(obj: Any) -> bytes:

@@ -50,3 +50,15 @@ def test_record_model_config_loads_and_builds(name):
     model = BaseLoopedTransformer(config)
     if "parameters" in RECORDS[name]:
         assert count_parameters(model) == RECORDS[name]["parameters"]
+
+
+def test_a_file_that_is_not_json_is_named_when_read(tmp_path):
+    import pytest
+
+    from storage import read_json
+
+    path = tmp_path / "data" / "grid.json"
+    path.parent.mkdir()
+    path.write_text('{"wall_time_s": 1')  # truncated
+    with pytest.raises(ValueError, match=r"grid.json is not valid JSON .*; delete or restore it"):
+        read_json(path)
