@@ -24,10 +24,12 @@ are optional parts (e.g. "conclusions cpu") the notebook appends by name. Placeh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import string
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,10 +113,10 @@ class Results(Sequence):
 
     def configurations(self, exclude: Sequence[str] = ("seed",)) -> dict[str, Results]:
         """The runs grouped into configurations, by every label but `exclude` (a configuration
-        and its seeds), in grid order: {"model=small, b=10": Results, ...}. The labels are named in
-        one order for every run (the first run's), since a run read back from its JSON has its
-        labels sorted while a run trained in this sitting keeps the grid's order."""
-        order = list(dict.fromkeys(key for record in self.records for key in record["spec"]["labels"]))
+        and its seeds), in grid order: {"b=10, model=small": Results, ...}. The labels are named in
+        sorted order for every run, as a run read back from its JSON has them, so that a report
+        reads the same whether a run was trained in this sitting or read from the cache."""
+        order = sorted({key for record in self.records for key in record["spec"]["labels"]})
         groups: dict[str, list[dict]] = {}
         for record in self.records:
             labels = record["spec"]["labels"]
@@ -151,6 +153,8 @@ class Results(Sequence):
         per run. metric: "reference" (the study's mean over loops 1..b) or "last_loop"."""
 
         def get(r: dict) -> float:
+            if "level2" not in r:
+                raise KeyError(f"run {r['spec']['name']!r} finished but has no evaluation (level2); delete its record")
             table = r["level2"]["extrapolation"]
             b = r["spec"]["train"]["b"] if at is None else at
             if b not in table["b"]:
@@ -350,7 +354,8 @@ class Experiment:
             run = record["spec"]["name"]
             if run not in kept:
                 value = compute(record)
-                write_json(path, {**read(), run: value})
+                with exclusive(path.with_name(path.name + ".lock")):  # read, merge and write as one step
+                    write_json(path, {**read(), run: value})
                 kept = read()  # as a later sitting will read it (lists, JSON's floats), so reports agree
         return {record["spec"]["name"]: kept[record["spec"]["name"]] for record in records}
 
@@ -661,6 +666,31 @@ def spec_differences(committed: Mapping, retrained: Mapping, prefix: str = "") -
         elif a != b:
             out.append(f"{prefix}{key} {a} -> {b}")
     return out
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, timeout_s: float = 60.0):
+    """Hold `lock` (a file created exclusively) for the `with` block, so that two sittings' read-merge-
+    write of one side file cannot interleave; a lock older than `timeout_s` is a crashed writer's and
+    is taken over."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            break
+        except FileExistsError:
+            try:
+                stale = time.time() - lock.stat().st_mtime > timeout_s
+            except FileNotFoundError:
+                continue
+            if stale or time.monotonic() > deadline:
+                lock.unlink(missing_ok=True)
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def gate_for(gate: Gate | Mapping[str, Gate] | None, task_name: str) -> Gate:

@@ -64,8 +64,9 @@ def test_configurations_group_seeds_whatever_the_order_of_their_labels(results):
     cached["spec"]["labels"] = dict(sorted(cached["spec"]["labels"].items()))
     assert list(cached["spec"]["labels"]) != list(fresh["spec"]["labels"])
     groups = Results([fresh, cached, record("large", 5, 1)]).configurations()
-    assert list(groups) == ["model=small, b=5", "model=large, b=5"]
-    assert groups["model=small, b=5"].names == ["small_5_1", "small_5_2"]
+    assert list(groups) == ["b=5, model=small", "b=5, model=large"]  # named in sorted order, whichever came first
+    assert groups["b=5, model=small"].names == ["small_5_1", "small_5_2"]
+    assert list(Results([cached, fresh]).configurations()) == ["b=5, model=small"]
 
 
 def test_extrapolation_reads_the_named_loop_count(results):
@@ -446,3 +447,32 @@ def test_a_reports_answer_sits_under_its_title_and_feeds_the_readme_table(tmp_pa
         Answer("x", "certain", "y")
     with pytest.raises(ValueError, match="Answer.text must be one non-empty line"):
         Answer("two\nlines", "weak", "y")
+
+
+def test_concurrent_per_run_writers_lose_no_value(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(4, {"smoke": {}})
+    barrier = threading.Barrier(8)
+
+    def compute(record):
+        barrier.wait()  # every writer reads the file at once
+        time.sleep(0.01)
+        return record["spec"]["name"]
+
+    threads = [threading.Thread(target=exp.per_run, args=("probe", [{"spec": {"name": f"run{i}"}}], compute))
+               for i in range(8)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert json.loads((exp.out / "data" / "probe.json").read_text()) == {f"run{i}": f"run{i}" for i in range(8)}
+
+
+def test_a_finished_record_without_its_evaluation_is_named():
+    record = {"spec": {"name": "small_5_42", "train": {"b": 5}, "labels": {}}, "train": {"status": "finished"}}
+    with pytest.raises(KeyError, match="run 'small_5_42' finished but has no evaluation"):
+        Results([record]).extrapolation()
