@@ -507,6 +507,12 @@ def test_long_loops_need_a_gradient_window_before_training():
         train(build_model(long, 0), TASK, config(b=400), progress=False)
     result = train(build_model(long, 0), TASK, config(b=400, grad_window=4, steps=1), progress=False)
     assert result.status == "finished"
+    # a fixed-point solve with the implicit gradient stores no loop, whatever its iteration cap b
+    normalised = dataclasses.replace(long, final_norm=True)
+    solve = config(b=400, steps=1, solver="fixed_point", supervise="last")
+    assert train(build_model(normalised, 0), TASK, solve, progress=False).status in ("finished", "diverged")
+    with pytest.raises(ValueError, match="backpropagates through 400 loops"):  # unless it pretrains unrolled
+        train(build_model(normalised, 0), TASK, dataclasses.replace(solve, solver_pretrain=0.5), progress=False)
 
 
 def test_step_times_times_every_run_on_one_thread_and_leaves_the_thread_count():
