@@ -210,7 +210,7 @@ def check_training(model_config: ModelConfig, task, config: TrainConfig) -> None
     check_effective(model_config, config)
     if config.solver == "fixed_point":
         check_fixed_point(model_config)
-    # The implicit gradient of a fixed-point solve stores no loop (unless unrolled pretraining runs b plain loops first).
+    # The implicit gradient of a fixed-point solve stores no loop (unless unrolled pretraining runs b loops first).
     implicit = config.solver == "fixed_point" and config.grad_window is None and not config.solver_pretrain
     loops_with_gradient = 0 if implicit else config.b if config.grad_window is None else config.grad_window
     if loops_with_gradient > MAX_BACKPROP_LOOPS:
