@@ -9,6 +9,8 @@ Owns:
   screen run is never also a reported seed.
 - `RECIPE`: Experiment 0's training recipe (Adam with 5% warm-up, cosine decay, clipping at 1.0,
   a validation every 5% of training).
+- `run_name`: the one naming rule of a grid's runs (a rate other than the shared one, a longer
+  budget and the seed in the name).
 - `screen_twin`: the screen run of a configuration (its spec at `SCREEN_SEED`, validated on the
   tuning stream, evaluated cheaply, named `screen_<name>`, role "screen").
 - `choose_rates`: `verdicts.tune_rates` over tuning or screen runs, with the choice written to
@@ -32,6 +34,15 @@ SCREEN_SEED = 7
 RECIPE = dict(lr_schedule="cosine", warmup=0.05, clip_grad_norm=1.0, eval_every=0.05)
 RATE_CHOICES = "rate choices.json"
 CHOOSING_ROLES = ("tuning", "screen")
+
+
+def run_name(stem: str, seed: int, lr: float, shared_lr: float, steps_factor: int = 1) -> str:
+    """The one naming rule of a grid's runs: `<stem>[_lr<rate>][_x<factor>steps]_<seed>`, the rate
+    only when it is not the grid's shared rate and the factor only for a longer budget (a budget
+    probe or a longer stage), so every run keeps the name it was committed under."""
+    rate = "" if lr == shared_lr else f"_lr{lr:g}"
+    longer = "" if steps_factor == 1 else f"_x{steps_factor}steps"
+    return f"{stem}{rate}{longer}_{seed}"
 
 
 def screen_twin(spec: RunSpec) -> RunSpec:

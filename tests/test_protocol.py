@@ -98,3 +98,14 @@ def test_every_committed_run_is_validated_on_the_prompts_its_role_allows():
             wrong.append(f"{path.relative_to(ROOT)}: role {spec.get('role', 'reported')}, eval seed "
                          f"{spec['train']['eval_seed']}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_naming_rule_keeps_the_committed_names():
+    from protocol import run_name
+
+    assert run_name("add", 42, 1e-2, 1e-2) == "add_42"  # the shared rate: the plain name
+    assert run_name("add_linear", 42, 3e-3, 1e-2) == "add_linear_lr0.003_42"
+    assert run_name("AtoB", 451, 3e-3, 1e-2, steps_factor=8) == "AtoB_lr0.003_x8steps_451"
+    assert run_name("noiseless_method5", 1984, 3e-3, 1e-2, steps_factor=3) == "noiseless_method5_lr0.003_x3steps_1984"
+    for name in ("add_linear_lr0.003_42", "AtoB_lr0.003_x8steps_451", "add_42"):
+        assert list((ROOT / "results").glob(f"*/data/{name}.json")), f"{name} is a committed run's name"
