@@ -8,8 +8,9 @@ Owns what every notebook did by hand:
   of each variant costs, measured once and kept beside the runs; `screen_rates`, the protocol's
   rate screen (`protocol.py`: a screen seed no report uses, scored on the tuning stream) of a lower
   peak rate for the configurations the shared rate leaves above the gate (`RateScreen`); `per_run`,
-  a value computed from each run's saved model, kept beside the runs
-  the same way; and `write_report`, which fills the notebook's markdown report templates in
+  a value computed from each run's saved model, kept beside the runs the same way; `budget_check`,
+  a configuration's seeds again with a multiple of the steps (how far from converged its numbers
+  are); and `write_report`, which fills the notebook's markdown report templates in
   `experiments/reports/`.
 - `Results`: the records of a grid with named look-ups (`where(model="small", b=5)`,
   `extrapolation(at=20)`, `level2_median()`, `finished`/`diverged`), so a notebook never indexes
@@ -40,7 +41,7 @@ import numpy as np
 import plots
 from baselines import baseline_position_errors
 from checks import require
-from protocol import SCREEN_SEED, choose_rates, screen_twin
+from protocol import SCREEN_SEED, choose_rates, longer_twin, screen_twin
 from runner import ROOT, RunSpec, choose_preset, hardware, results_dir, run_grid_timed
 from tasks import task_from_dict
 from tracking import tracking_from_env
@@ -49,7 +50,9 @@ from verdicts import (
     STRENGTHS,
     VERDICT_RULE,
     Gate,
+    PairedTest,
     learned_table,
+    paired,
     reference_errors,
     reference_names,
     trained_groups,
@@ -320,6 +323,28 @@ class Experiment:
         candidates = {c: [*shared.where(**{label: c}), *screen.where(**{label: c})] for c in configs}
         rates, table = choose_rates(self.out, candidates, threshold)
         return RateScreen(shared, screen, untrained, rates, table, shared_sitting, screen_sitting, label, threshold)
+
+    def budget_check(self, specs: Sequence[RunSpec], factor: int = 2) -> str:
+        """What the budget does to a configuration's numbers: `specs` (one configuration's seeds, as
+        the grid ran them; read from the cache) and each again from scratch with `factor` times the
+        steps (`protocol.longer_twin`, sitting "budget-check"). Returns the report's sentence: the
+        held-out last-loop error per seed at both budgets and the paired ratio longer / preset with its
+        interval (`verdicts.PairedTest`), so a reader sees how far from converged the numbers are."""
+        base = Results(self.run(list(specs), sitting="grid"))
+        longer = Results(self.run([longer_twin(spec, factor) for spec in specs], sitting="budget-check"))
+        both = paired(longer, base)
+        test = PairedTest(both.seeds, both.ratios)
+        steps = specs[0].train.steps
+        errors = lambda results: ", ".join(plots.fmt(e) for e in results.values(lambda r: r["loop_errors"][-1]))
+        ratio = (
+            f"x{plots.fmt(test.geometric_mean)} (95% CI {plots.fmt(test.interval()[0])} to "
+            f"{plots.fmt(test.interval()[1])}; per seed {', '.join(plots.fmt(r, 2) for r in test.ratios)})"
+            if test.testable else "not measurable (fewer than 2 finished seeds)"
+        )
+        return (
+            f"held-out last-loop error after {steps} steps {errors(base)}, after {steps * factor} steps "
+            f"{errors(longer)}: {factor}x the steps multiply it by {ratio}"
+        )
 
     def step_times(self, runs: Mapping[str, RunSpec], steps: int = 20, warmup: int = 3) -> dict:
         """What one CPU training step of each of `runs` ({label: spec}) costs (`utils.step_times`:

@@ -11,6 +11,8 @@ Owns:
   a validation every 5% of training).
 - `run_name`: the one naming rule of a grid's runs (a rate other than the shared one, a longer
   budget and the seed in the name).
+- `longer_twin`: a run again from scratch with a multiple of its steps (the budget check: how far
+  from converged a preset's numbers are).
 - `screen_twin`: the screen run of a configuration (its spec at `SCREEN_SEED`, validated on the
   tuning stream, evaluated cheaply, named `screen_<name>`, role "screen").
 - `choose_rates`: `verdicts.tune_rates` over tuning or screen runs, with the choice written to
@@ -43,6 +45,21 @@ def run_name(stem: str, seed: int, lr: float, shared_lr: float, steps_factor: in
     rate = "" if lr == shared_lr else f"_lr{lr:g}"
     longer = "" if steps_factor == 1 else f"_x{steps_factor}steps"
     return f"{stem}{rate}{longer}_{seed}"
+
+
+def longer_twin(spec: RunSpec, factor: int) -> RunSpec:
+    """The same run trained from scratch with `factor` times the steps (its schedule stretched with
+    it, so warm-up and decay keep their shares): named by `run_name`'s rule, `..._x<factor>steps_<seed>`,
+    and labelled "budget": "x<factor>"."""
+    require(isinstance(factor, int) and factor > 1, f"longer_twin: factor={factor!r} must be an integer above 1")
+    stem, _, seed = spec.name.rpartition("_")
+    require(seed == str(spec.train.seed), f"longer_twin: {spec.name!r} does not end with its seed {spec.train.seed}")
+    return replace(
+        spec,
+        name=f"{stem}_x{factor}steps_{seed}",
+        train=replace(spec.train, steps=spec.train.steps * factor),
+        labels={**spec.labels, "budget": f"x{factor}"},
+    )
 
 
 def screen_twin(spec: RunSpec) -> RunSpec:

@@ -476,3 +476,22 @@ def test_a_finished_record_without_its_evaluation_is_named():
     record = {"spec": {"name": "small_5_42", "train": {"b": 5}, "labels": {}}, "train": {"status": "finished"}}
     with pytest.raises(KeyError, match="run 'small_5_42' finished but has no evaluation"):
         Results([record]).extrapolation()
+
+
+def test_a_budget_check_trains_the_seeds_again_with_more_steps_and_gives_the_ratio(tmp_path, monkeypatch):
+    from protocol import longer_twin
+
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("BACKEND", "inline")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(4, {"smoke": {}})
+    specs = tiny_specs((1, 2), steps=4)
+    twin = longer_twin(specs[0], 2)
+    assert twin.name == "tiny_x2steps_1" and twin.train.steps == 8 and twin.labels["budget"] == "x2"
+    assert twin.train.lr_schedule == specs[0].train.lr_schedule and twin.model == specs[0].model
+    sentence = exp.budget_check(specs, 2)
+    assert sentence.startswith("held-out last-loop error after 4 steps ") and ", after 8 steps " in sentence
+    assert ": 2x the steps multiply it by x" in sentence and "95% CI" in sentence
+    assert (exp.out / "data" / "tiny_x2steps_2.json").exists() and (exp.out / "data" / "budget-check.json").exists()
+    with pytest.raises(ValueError, match="factor=1 must be an integer above 1"):
+        longer_twin(specs[0], 1)
