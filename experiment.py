@@ -68,7 +68,7 @@ class Results(Sequence):
     """The records of a grid (or of part of it), in grid order, with look-ups by label.
 
     Every per-run look-up returns a numpy array with one value per run, in order, so that
-    `plots.mean_pm_std` and `plots.compare` take it directly."""
+    `plots.mean_pm_std` takes it directly."""
 
     def __init__(self, records: Iterable[dict]):
         self.records = list(records)

@@ -4,8 +4,8 @@ Owns the look of every figure (one style, deterministic SVG through `utils.save_
 the small pieces each report needs: mean and standard deviation across seeds, a band plot
 (mean with a band of plus or minus one standard deviation), a bootstrap band over prompts
 (`bootstrap_curve`), a boxplot with every value
-shown, the error-against-examples panel, markdown tables, and the seed-spread comparison
-used by every verdict line (`compare`).
+shown, the error-against-examples panel and markdown tables. Verdicts are not drawn here: the
+one rule is `verdicts.Comparisons`.
 """
 
 from __future__ import annotations
@@ -98,28 +98,6 @@ def mean_pm_std(values: Sequence[float]) -> str:
     if not np.isfinite(values).all():  # a model whose outputs overflowed at this loop count
         return f"not finite in {int((~np.isfinite(values)).sum())} of {len(values)} seeds"
     return f"{fmt(values.mean())} ± {fmt(values.std())}"
-
-
-def compare(a: Sequence[float], b: Sequence[float]) -> str:
-    """'lower' / 'higher' when a's seed mean is clearly apart from b's (the gap exceeds the two
-    seed standard deviations together), else a sentence saying why it cannot tell. Each side
-    needs at least two finished seeds: one seed has no spread to compare against."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 2 or len(b) < 2:
-        return "cannot tell (fewer than 2 finished seeds on a side: runs diverged)"
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return "cannot tell (some errors are not finite: the outputs overflowed)"
-    if abs(a.mean() - b.mean()) <= a.std() + b.std():
-        return "too close to tell at this scale (the seed spreads overlap)"
-    return "lower" if a.mean() < b.mean() else "higher"
-
-
-def verdict(name_a: str, a: Sequence[float], name_b: str, b: Sequence[float]) -> str:
-    """A report sentence comparing two groups of seed values with `compare`."""
-    result = compare(a, b)
-    if result in ("lower", "higher"):
-        return f"{name_a} is {result} than {name_b}"
-    return f"{name_a} against {name_b}: {result}"
 
 
 def error_vs_examples(ax, curves: dict[str, Sequence[Sequence[float]]], baselines: dict[str, Sequence[float]]) -> None:
