@@ -419,7 +419,10 @@ def train_loop(
         for member, config in enumerate(configs):
             if member in stepper.stopped or any(entry["step"] == done for entry in results[member].evals):
                 continue  # a stopped member, or a step validated before an interruption
-            metrics = evaluate(stepper.model(member), heldout, config.b, scale=scale)
+            model = stepper.model(member)
+            metrics = evaluate(model, heldout, config.b, scale=scale)
+            if config.solver == "fixed_point":  # a solve that does not converge must show it: its residual
+                metrics["solve_residual"] = solve_residual(model, heldout[0], config)
             results[member].evals.append({"step": done, **metrics})
             if runs[member] is not None:
                 runs[member].log(
@@ -493,6 +496,20 @@ def train(
     """
     stepper = SingleStepper(model, task, config)
     return train_loop(stepper, task, checkpoint=checkpoint, runs=[run], progress=progress)[0]
+
+
+def solve_residual(model: torch.nn.Module, tokens: torch.Tensor, config: TrainConfig) -> float:
+    """The largest relative residual |f(s) - s| / |f(s)| over `tokens` after the fixed-point solve of
+    `config` (at most `config.b` evaluations, tolerance `config.solver_tol`): near 0 when the loop
+    has a fixed point the solver finds, large when it has none."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _, info = model.equilibrium(tokens, config.b, config.solver_tol)
+    finally:
+        model.train(was_training)
+    return float(info["residual"])
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

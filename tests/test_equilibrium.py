@@ -120,6 +120,10 @@ def test_training_with_the_fixed_point_solver_is_finite_and_deterministic(grad_w
     ]
     assert results[0].status == "finished" and results[0].loss == results[1].loss
     assert all(torch.isfinite(torch.tensor(results[0].loss)))
+    # every validation records how well the solve converged, so "finished" never hides a solve that did not
+    residuals = [entry["solve_residual"] for entry in results[0].evals]
+    assert len(residuals) == len(results[0].evals) and all(r >= 0 for r in residuals)
+    assert residuals == [entry["solve_residual"] for entry in results[1].evals]
 
 
 def test_unrolled_pretraining_trains_the_plain_loop_then_the_fixed_point():
