@@ -201,10 +201,19 @@ class Verdict:
     mean: float | None
     tail: tuple[float | None, ...]  # each finished seed's tail change
     status: str
+    threshold: float | None = None  # the gate it was judged against
 
     @property
     def trained(self) -> bool:
         return self.status == "trained"
+
+    def distance(self) -> str:
+        """How far from the gate, for a gate contrast: 'mean 0.117 against the gate 0.103, 1 of 3 seeds
+        under'."""
+        if self.mean is None or self.threshold is None:
+            return f"{self.passed} of {self.seeds} seeds under the gate"
+        gate = f"mean {fmt(self.mean)} against the gate {fmt(self.threshold)}"
+        return f"{gate}, {self.passed} of {self.seeds} seeds under"
 
     def describe(self) -> str:
         """'trained, 3 of 3 seeds under the gate'."""
@@ -228,7 +237,7 @@ def verdict(records: Iterable[dict], threshold: float, gate: Gate | None = None)
         status = "not trained (still improving)"
     else:
         status = "trained"
-    return Verdict(errors, len(records), passed, mean, tails, status)
+    return Verdict(errors, len(records), passed, mean, tails, status, threshold)
 
 
 def learned_table(
@@ -529,7 +538,8 @@ class Comparisons(Generic[K]):
     margin:   the equivalence margin on the ratio, fixed before the runs.
 
     `compared(a, b, value)` returns a placeholder for "verdict: numbers" of a against b, or the text
-    "not compared: <label> <why>; ..." naming each of the two that did not pass the gate (its status),
+    "not compared: <label> <why>; ..." naming each of the two that did not pass the gate (its status
+    and how far from the gate it is: a gate contrast is a finding of its own),
     then each that passed but is excluded. Holm's correction needs the whole family, so the
     placeholders are filled in by `resolve(text)` once every comparison is drawn; after that no
     comparison may be added. `count()` is the sentence on how many were drawn and called.
@@ -568,7 +578,8 @@ class Comparisons(Generic[K]):
         when either did not pass the gate or is excluded."""
         require(not self.resolved, "a comparison was drawn after resolve(): Holm's correction needs the whole family")
         family = "primary" if self._is_primary(a, b) and value is final_error else "exploratory"
-        why = [f"{self.label(k)} {self.status[k].status}" for k in (a, b) if not self.status[k].trained]
+        why = [f"{self.label(k)} {self.status[k].status} ({self.status[k].distance()})"
+               for k in (a, b) if not self.status[k].trained]  # fmt: skip
         why += [f"{self.label(k)} {self.excluded[k]}" for k in (a, b) if k in self.excluded and self.status[k].trained]
         if why:
             return "not compared: " + "; ".join(why)
@@ -672,7 +683,9 @@ class Comparisons(Generic[K]):
         primaries = "; ".join(f"{self.label(a)} against {self.label(b)}" for a, b in self.primary) or "none named"
         drawn_primary = {pair for (a, b, value) in self.tokens if value is final_error for pair in ((a, b), (b, a))}
         why = lambda a, b: "; ".join(
-            f"{self.label(k)} {self.status[k].status}" for k in (a, b) if not self.status[k].trained
+            f"{self.label(k)} {self.status[k].status} ({self.status[k].distance()})"
+            for k in (a, b)
+            if not self.status[k].trained
         ) or "; ".join(f"{self.label(k)} {self.excluded[k]}" for k in (a, b) if k in self.excluded) or "not drawn here"
         not_drawn = [f"{self.label(a)} against {self.label(b)} ({why(a, b)})" for a, b in self.primary
                      if (a, b) not in drawn_primary]  # fmt: skip

@@ -120,9 +120,9 @@ def test_comparisons_draw_verdicts_only_between_trained_configurations():
     compared = Comparisons(status, lambda key: groups[key], label=lambda key: f"{key[0]} at b={key[1]}",
                            excluded={("screened", 5): "screened with one seed"},
                            primary=[(("a", 5), ("b", 5)), (("stuck", 5), ("b", 5))])
-    assert compared(("stuck", 5), ("a", 5)) == "not compared: stuck at b=5 did not learn at this budget"
-    assert compared(("screened", 5), ("stuck", 5)) == (
-        "not compared: stuck at b=5 did not learn at this budget; screened at b=5 screened with one seed")
+    stuck = "stuck at b=5 did not learn at this budget (mean 0.6 against the gate 0.1, 0 of 3 seeds under)"
+    assert compared(("stuck", 5), ("a", 5)) == f"not compared: {stuck}"  # a gate contrast says how far
+    assert compared(("screened", 5), ("stuck", 5)) == f"not compared: {stuck}; screened at b=5 screened with one seed"
     assert compared(("stuck", 5), ("b", 5)).startswith("not compared")  # a primary that cannot be drawn
     assert compared.drawn == []  # nothing drawn when either side is not compared
     text = "\n".join([
@@ -141,7 +141,8 @@ def test_comparisons_draw_verdicts_only_between_trained_configurations():
         compared(("a", 5), ("c", 5))
     assert compared.count() == (
         "Primary comparisons, fixed before the runs: a at b=5 against b at b=5; stuck at b=5 against b at b=5. "
-        "Primary comparisons not drawn: stuck at b=5 against b at b=5 (stuck at b=5 did not learn at this budget). "
+        "Primary comparisons not drawn: stuck at b=5 against b at b=5 (stuck at b=5 did not learn at this budget "
+        "(mean 0.6 against the gate 0.1, 0 of 3 seeds under)). "
         "3 paired comparisons were drawn: 1 primary "
         "(called lower or higher: 1; equal within x0.8 to x1.25: 0; not resolved: 0); 2 exploratory (called lower or "
         "higher: 0; equal within x0.8 to x1.25: 2; not resolved: 0). The rule: a paired t-test on the per-seed log "
@@ -151,7 +152,7 @@ def test_comparisons_draw_verdicts_only_between_trained_configurations():
         "Every other comparison involves a model that did not pass its class's gate.")
     assert compared.reference(("a", 5), "a at b=5 (the recipe's)") == (
         "- **Reference configuration** a at b=5 (the recipe's): trained, 3 of 3 seeds under the gate.")
-    assert Comparisons(status, groups.get)(("a", 5), ("stuck", 5)) == (
+    assert Comparisons(status, groups.get)(("a", 5), ("stuck", 5)).startswith(
         "not compared: ('stuck', 5) did not learn at this budget")  # the default label is str(key)
     with pytest.raises(ValueError, match="at most 3"):
         Comparisons(status, groups.get, primary=[(("a", 5), ("b", 5))] * 4)
