@@ -42,18 +42,23 @@ GRID = textwrap.dedent(
         for index in range(4)
     ]
     if __name__ == "__main__":
-        run_grid(specs, sys.argv[1], backend="pool", workers=2, progress=False)
+        tracking = None
+        if len(sys.argv) > 3:  # a folder for offline wandb runs
+            from tracking import Tracking
+
+            tracking = Tracking(project="looped-tests", group="interrupt", mode="offline", dir=sys.argv[3])
+        run_grid(specs, sys.argv[1], backend="pool", workers=2, progress=False, tracking=tracking)
         print("grid finished")
     """
 )
 
 
-def start_grid(tmp_path, steps):
+def start_grid(tmp_path, steps, wandb_dir=None):
     script = tmp_path / "grid.py"
     script.write_text(GRID)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "out"), str(steps)],
+        [sys.executable, str(script), str(tmp_path / "out"), str(steps), *([str(wandb_dir)] if wandb_dir else [])],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -114,3 +119,19 @@ def test_a_killed_parent_leaves_no_worker_behind(tmp_path):
     process.kill()  # SIGKILL: the parent cannot clean up
     process.communicate(timeout=30)
     assert gone(workers), "a worker outlived its killed parent"
+
+
+def test_an_interrupted_pool_run_keeps_its_tracked_steps(tmp_path):
+    """A worker stopped by the interrupt finishes its wandb run first: the offline run holds the
+    training steps logged before the interrupt."""
+    from test_tracking import read_offline_run
+
+    process, workers, checkpoints = start_grid(tmp_path, steps=100000, wandb_dir=tmp_path / "tracked")
+    time.sleep(3.0)  # some steps logged
+    os.kill(process.pid, signal.SIGINT)
+    process.communicate(timeout=300)
+    assert gone(workers)
+    runs = [read_offline_run(path) for path in sorted((tmp_path / "tracked").glob("wandb/offline-run-*/run-*.wandb"))]
+    assert sorted(run.get("name") for run in runs) == ["run_0", "run_1"]
+    for run in runs:
+        assert [row for row in run["history"] if "train/loss" in row], f"{run['name']} lost its logged steps"
