@@ -309,9 +309,9 @@ class Paired:
         return f"a/b per seed {ratios} (a lower on {self.lower} of {len(self.seeds)} seeds)"
 
     def verdict(self) -> str:
-        """'lower' / 'higher' only when every shared seed (at least 3) agrees; else 'too close
-        to tell'. With 3 seeds a sign test cannot do better than 1 in 8 by chance, so a
-        unanimous split is the weakest claim made, and it is stated with its seed count."""
+        """The earlier rule, kept for the reports not yet re-rendered: 'lower' / 'higher' when every
+        shared seed (at least 3) agrees, else 'too close to tell'. With no difference, 3 seeds agree by
+        chance one time in four (two-sided), so this is no test: new verdicts use `Comparisons`."""
         n = len(self.seeds)
         if self.unanimous:
             return f"{'lower' if self.lower else 'higher'} on all {n} seeds"
