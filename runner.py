@@ -233,6 +233,11 @@ class RunSpec:
             "values or lists of them; no tuples or numpy numbers), since the cache compares them",
         )
         require_choice("RunSpec.role", self.role, ROLES)
+        require(
+            not self.evaluation.positional_table or self.model.pe == "learned",
+            f"RunSpec {self.name!r}: EvalConfig.positional_table=True needs ModelConfig.pe='learned' "
+            f"(pe={self.model.pe!r} has no table to record)",
+        )
         check_effective(self.model, self.train)
 
     def to_dict(self) -> dict:
@@ -412,8 +417,7 @@ def finish_run(
                 "own": label_sensitivity(model, probe, spec.train.b).tolist(),
                 "later": label_sensitivity(model, probe, spec.train.b, lag=1).tolist(),
             }
-        if evaluation.positional_table:
-            require(spec.model.pe == "learned", f"run {spec.name!r}: positional_table needs pe='learned'")
+        if evaluation.positional_table:  # pe="learned", checked by RunSpec before any training
             record["positional_table"] = model.positional.table.weight.detach().cpu().tolist()
         if evaluation.ood_kinds:
             record["ood"] = {

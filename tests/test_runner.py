@@ -576,3 +576,8 @@ def test_the_results_root_is_absolute_or_the_repository(monkeypatch, tmp_path):
     monkeypatch.setenv("LOOPED_RESULTS_ROOT", "retrain")
     with pytest.raises(ValueError, match=r"LOOPED_RESULTS_ROOT='retrain' must be an absolute path"):
         results_dir(1, "cpu")
+
+
+def test_an_evaluation_without_effect_is_refused_before_any_training(tmp_path):
+    with pytest.raises(ValueError, match=r"positional_table=True needs ModelConfig.pe='learned' \(pe='none'"):
+        dataclasses.replace(spec(1), evaluation=EvalConfig(positional_table=True))
