@@ -190,9 +190,8 @@ def test_label_sensitivity_and_positional_table_are_recorded(tmp_path):
         evaluation=replace(evaluation, positional_table=False),
     )
     assert run_grid([causal], tmp_path, backend="inline", progress=False)[0]["label_sensitivity"]["own"] == [0.0] * 4
-    no_table = replace(learned, name="no_table", model=MODEL)
-    with pytest.raises(RuntimeError, match="positional_table needs pe='learned'"):
-        run_grid([no_table], tmp_path, backend="inline", progress=False)
+    with pytest.raises(ValueError, match="positional_table=True needs ModelConfig.pe='learned'"):
+        replace(learned, name="no_table", model=MODEL)  # refused when made: nothing trains
 
 
 def test_eval_config_validation_and_the_deprecated_names():
@@ -576,8 +575,3 @@ def test_the_results_root_is_absolute_or_the_repository(monkeypatch, tmp_path):
     monkeypatch.setenv("LOOPED_RESULTS_ROOT", "retrain")
     with pytest.raises(ValueError, match=r"LOOPED_RESULTS_ROOT='retrain' must be an absolute path"):
         results_dir(1, "cpu")
-
-
-def test_an_evaluation_without_effect_is_refused_before_any_training(tmp_path):
-    with pytest.raises(ValueError, match=r"positional_table=True needs ModelConfig.pe='learned' \(pe='none'"):
-        dataclasses.replace(spec(1), evaluation=EvalConfig(positional_table=True))
