@@ -20,7 +20,8 @@ PENDING = {
     9: "tuned on seed 42, which is also a reported seed; to be re-tuned at protocol.SCREEN_SEED",
     4: "re-screened by the protocol (its screen runs have landed); its report, rendered from the old screen, "
     "awaits the reported seeds at the new rates",
-    5: "screened on the reported held-out prompts, the screen run reported as seed 42; re-screen under way",
+    5: "re-screened by the protocol (its screen runs have landed); its report, rendered from the old screen, "
+    "awaits the reported seeds at the new rates",
     6: "screened on the reported held-out prompts, the screen run reported as seed 42; re-screen under way",
     7: "re-screened by the protocol (its screen runs have landed); its report, rendered from the old screen, "
     "awaits the reported seeds at the new rates",
