@@ -578,9 +578,7 @@ class Comparisons(Generic[K]):
         when either did not pass the gate or is excluded."""
         require(not self.resolved, "a comparison was drawn after resolve(): Holm's correction needs the whole family")
         family = "primary" if self._is_primary(a, b) and value is final_error else "exploratory"
-        why = [f"{self.label(k)} {self.status[k].status} ({self.status[k].distance()})"
-               for k in (a, b) if not self.status[k].trained]  # fmt: skip
-        why += [f"{self.label(k)} {self.excluded[k]}" for k in (a, b) if k in self.excluded and self.status[k].trained]
+        why = self._not_compared(a, b)
         if why:
             return "not compared: " + "; ".join(why)
         budgets = [sorted({r["spec"]["train"]["steps"] for r in self.runs(k)}) for k in (a, b)]
@@ -598,6 +596,14 @@ class Comparisons(Generic[K]):
         self.tokens[a, b, value] = self._token(family, len(self.tests[family]) - 1)
         return self.tokens[a, b, value]
 
+    def _not_compared(self, a: K, b: K) -> list[str]:
+        """Why a against b cannot be drawn: each side that did not pass the gate (its status and how far
+        from the gate it is), then each that passed but is excluded; empty when it can be drawn."""
+        why = [f"{self.label(k)} {self.status[k].status} ({self.status[k].distance()})"
+               for k in (a, b) if not self.status[k].trained]  # fmt: skip
+        excluded = [k for k in (a, b) if k in self.excluded and self.status[k].trained]
+        return why + [f"{self.label(k)} {self.excluded[k]}" for k in excluded]
+
     def _is_primary(self, a: K, b: K) -> bool:
         """A named primary comparison, in either orientation (b against a is the same test, ratios inverted)."""
         return (a, b) in self.primary or (b, a) in self.primary
@@ -607,22 +613,26 @@ class Comparisons(Generic[K]):
         which cite verdicts already in their families), or "not compared" when it could not be drawn."""
         require(self.resolved, "Comparisons.result: resolve() the families first (Holm needs every comparison)")
         if (a, b, value) not in self.tokens:
-            comparable = all(self.status[k].trained and k not in self.excluded for k in (a, b))
             require(
-                not comparable,
+                bool(self._not_compared(a, b)),
                 f"Comparisons.result: {self.label(a)} against {self.label(b)} was never drawn; draw it before resolve",
             )
             return "not compared"
         return self.texts()[self.tokens[a, b, value]]
 
+    def _adjusted(self, family: str) -> list[tuple[str, PairedTest, float | None]]:
+        """Each comparison of `family`, in the order drawn: (prefix, test, its Holm-adjusted p)."""
+        entries = self.tests[family]
+        adjusted = holm([test.p_value for _, test in entries])
+        return [(prefix, test, p) for (prefix, test), p in zip(entries, adjusted, strict=True)]
+
     def texts(self) -> dict[str, str]:
         """Every placeholder drawn so far and its verdict, Holm-corrected within its family."""
-        out = {}
-        for family, entries in self.tests.items():
-            adjusted = holm([test.p_value for _, test in entries])
-            for index, ((prefix, test), p) in enumerate(zip(entries, adjusted, strict=True)):
-                out[self._token(family, index)] = prefix + describe_test(test, p, family, len(entries), self.margin)
-        return out
+        return {
+            self._token(family, index): prefix + describe_test(test, p, family, len(self.tests[family]), self.margin)
+            for family in self.tests
+            for index, (prefix, test, p) in enumerate(self._adjusted(family))
+        }
 
     def resolve(self, text: str) -> str:
         """`text` with every placeholder of this report's comparisons replaced by its verdict; the
@@ -634,11 +644,9 @@ class Comparisons(Generic[K]):
 
     def words(self) -> dict[str, list[str]]:
         """Per family, the rule's word for each comparison drawn ("lower", "higher", "equal", "not resolved")."""
-        out = {}
-        for family, entries in self.tests.items():
-            adjusted = holm([test.p_value for _, test in entries])
-            out[family] = [called(test, p, self.margin) for (_, test), p in zip(entries, adjusted, strict=True)]
-        return out
+        return {
+            family: [called(test, p, self.margin) for _, test, p in self._adjusted(family)] for family in self.tests
+        }
 
     def strength(self) -> str:
         """The strength of the answer the primary comparisons give (`STRENGTHS`, the rule the README
@@ -682,13 +690,9 @@ class Comparisons(Generic[K]):
                 )
         primaries = "; ".join(f"{self.label(a)} against {self.label(b)}" for a, b in self.primary) or "none named"
         drawn_primary = {pair for (a, b, value) in self.tokens if value is final_error for pair in ((a, b), (b, a))}
-        why = lambda a, b: "; ".join(
-            f"{self.label(k)} {self.status[k].status} ({self.status[k].distance()})"
-            for k in (a, b)
-            if not self.status[k].trained
-        ) or "; ".join(f"{self.label(k)} {self.excluded[k]}" for k in (a, b) if k in self.excluded) or "not drawn here"
-        not_drawn = [f"{self.label(a)} against {self.label(b)} ({why(a, b)})" for a, b in self.primary
-                     if (a, b) not in drawn_primary]  # fmt: skip
+        why = lambda a, b: "; ".join(self._not_compared(a, b)) or "not drawn here"
+        not_drawn = [f"{self.label(a)} against {self.label(b)} ({why(a, b)})"
+                     for a, b in self.primary if (a, b) not in drawn_primary]  # fmt: skip
         missing = f" Primary comparisons not drawn: {'; '.join(not_drawn)}." if not_drawn else ""
         drawn = "; ".join(parts) if parts else "none"
         return (
