@@ -32,7 +32,7 @@ import re
 import string
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ import numpy as np
 import plots
 from baselines import baseline_position_errors
 from checks import require
-from protocol import SCREEN_SEED, choose_rates, longer_twin, screen_twin
+from protocol import SCREEN_RULE, SCREEN_SEED, choose_rates, longer_twin, screen_twin
 from runner import ROOT, RunSpec, choose_preset, hardware, results_dir, run_grid_timed
 from tasks import task_from_dict
 from tracking import tracking_from_env
@@ -324,27 +324,31 @@ class Experiment:
         rates, table = choose_rates(self.out, candidates, threshold)
         return RateScreen(shared, screen, untrained, rates, table, shared_sitting, screen_sitting, label, threshold)
 
-    def budget_check(self, specs: Sequence[RunSpec], factor: int = 2) -> str:
+    def budget_check(self, specs: Sequence[RunSpec], longer: Sequence[RunSpec] | int = 2) -> BudgetCheck:
         """What the budget does to a configuration's numbers: `specs` (one configuration's seeds, as
-        the grid ran them; read from the cache) and each again from scratch with `factor` times the
-        steps (`protocol.longer_twin`, sitting "budget-check"). Returns the report's sentence: the
-        held-out last-loop error per seed at both budgets and the paired ratio longer / preset with its
-        interval (`verdicts.PairedTest`), so a reader sees how far from converged the numbers are."""
-        base = Results(self.run(list(specs), sitting="grid"))
-        longer = Results(self.run([longer_twin(spec, factor) for spec in specs], sitting="budget-check"))
-        both = paired(longer, base)
-        test = PairedTest(both.seeds, both.ratios)
-        steps = specs[0].train.steps
-        errors = lambda results: ", ".join(plots.fmt(e) for e in results.values(lambda r: r["loop_errors"][-1]))
-        ratio = (
-            f"x{plots.fmt(test.geometric_mean)} (95% CI {plots.fmt(test.interval()[0])} to "
-            f"{plots.fmt(test.interval()[1])}; per seed {', '.join(plots.fmt(r, 2) for r in test.ratios)})"
-            if test.testable else "not measurable (fewer than 2 finished seeds)"
-        )
-        return (
-            f"held-out last-loop error after {steps} steps {errors(base)}, after {steps * factor} steps "
-            f"{errors(longer)}: {factor}x the steps multiply it by {ratio}"
-        )
+        the grid ran them; read from the cache) and each again from scratch with more steps, in sitting
+        "budget-check": `longer` gives those runs (the notebook's own specs, so that a longer run it
+        also makes for another stage is the same run), or an integer factor (`protocol.longer_twin`).
+        Returns a `BudgetCheck`: the held-out last-loop error per seed at both budgets and the paired
+        ratio longer / preset with its interval (`verdicts.PairedTest`), so a reader sees how far from
+        converged the numbers are."""
+        specs = list(specs)
+        longer = [longer_twin(spec, longer) for spec in specs] if isinstance(longer, int) else list(longer)
+        require(len(specs) > 0 and len(longer) == len(specs),
+                f"budget_check: {len(specs)} specs and {len(longer)} longer runs; give one longer run per spec")
+        factor = longer[0].train.steps // specs[0].train.steps
+        for spec, twin in zip(specs, longer, strict=True):
+            same = (twin.model == spec.model and twin.task == spec.task
+                    and replace(twin.train, steps=spec.train.steps) == spec.train)
+            require(same and twin.train.steps == factor * spec.train.steps and factor > 1,
+                    f"budget_check: {twin.name!r} is not {spec.name!r} with {factor}x the steps "
+                    "(only steps may differ)")
+        base = Results(self.run(specs, sitting="grid"))
+        longer_runs = Results(self.run(longer, sitting="budget-check"))
+        both = paired(longer_runs, base)
+        last_loop = lambda results: results.values(lambda r: r["loop_errors"][-1])
+        return BudgetCheck(specs[0].train.steps, factor, last_loop(base), last_loop(longer_runs),
+                           PairedTest(both.seeds, both.ratios))
 
     def step_times(self, runs: Mapping[str, RunSpec], steps: int = 20, warmup: int = 3) -> dict:
         """What one CPU training step of each of `runs` ({label: spec}) costs (`utils.step_times`:
@@ -521,8 +525,9 @@ class Experiment:
         """Fill the report template and the named optional parts (appended in order) with
         `values` and write `<out>/README.md`. Every placeholder must have a value and every
         value a placeholder (`fill_template`); `SHARED_TEXTS` fill the placeholders a template uses of
-        them (`{verdict_rule}`: how a verdict is computed). With `learned`, the "did the models learn?"
-        subsection (`learned_section`) opens the template's "## Results" section and, when some
+        them (`{verdict_rule}`: how a verdict is computed; `{screen_rule}`: how a rate screen chose).
+        With `learned`, the "did the models learn?" subsection (`learned_section`) opens the
+        template's "## Results" section and, when some
         configuration did not pass the gate, its verdict is repeated under every heading that
         draws conclusions ("## ... against these numbers", "## Conclusions ..."); `gate` as in
         `learned_section`. `answer`: the report's one-line answer, its strength and budget, placed
@@ -577,8 +582,43 @@ class Experiment:
         return text
 
 
+@dataclass(frozen=True)
+class BudgetCheck:
+    """A configuration's held-out last-loop error per seed after `steps` and after `factor` times
+    them (each a fresh run with its own schedule), and the paired test of longer / preset."""
+
+    steps: int
+    factor: int
+    errors: list[float]
+    longer_errors: list[float]
+    test: PairedTest
+
+    def ratio(self) -> str:
+        """'x0.52 (95% CI 0.41 to 0.66; per seed 0.48, 0.52, 0.57)', or why it is not measurable."""
+        if not self.test.testable:
+            return "not measurable (fewer than 2 finished seeds)"
+        low, high = self.test.interval()
+        per_seed = ", ".join(plots.fmt(r, 2) for r in self.test.ratios)
+        return (f"x{plots.fmt(self.test.geometric_mean)} (95% CI {plots.fmt(low)} to {plots.fmt(high)}; "
+                f"per seed {per_seed})")
+
+    def short(self) -> str:
+        """For a one-line answer: '2x the steps: x0.52 (95% CI 0.41 to 0.66)'."""
+        if not self.test.testable:
+            return f"{self.factor}x the steps: {self.ratio()}"
+        low, high = self.test.interval()
+        return (f"{self.factor}x the steps: x{plots.fmt(self.test.geometric_mean)} "
+                f"(95% CI {plots.fmt(low)} to {plots.fmt(high)})")
+
+    def __str__(self) -> str:
+        errors = lambda values: ", ".join(plots.fmt(e) for e in values)
+        return (f"held-out last-loop error after {self.steps} steps {errors(self.errors)}, after "
+                f"{self.steps * self.factor} steps {errors(self.longer_errors)}: {self.factor}x the steps multiply "
+                f"it by {self.ratio()}")
+
+
 # Texts every report may cite by placeholder, written once here.
-SHARED_TEXTS = {"verdict_rule": VERDICT_RULE}
+SHARED_TEXTS = {"verdict_rule": VERDICT_RULE, "screen_rule": SCREEN_RULE}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ Owns:
   from converged a preset's numbers are).
 - `screen_twin`: the screen run of a configuration (its spec at `SCREEN_SEED`, validated on the
   tuning stream, evaluated cheaply, named `screen_<name>`, role "screen").
+- `SCREEN_RULE`: the rate screen in one paragraph, which every screened report cites (`{screen_rule}`).
 - `choose_rates`: `verdicts.tune_rates` over tuning or screen runs, with the choice written to
   `data/rate choices.json` (the rule, the threshold, and per configuration the rate and the runs
   it was chosen from), which `rate_choice_problems` checks against the runs' own records.
@@ -36,6 +37,14 @@ SCREEN_SEED = 7
 RECIPE = dict(lr_schedule="cosine", warmup=0.05, clip_grad_norm=1.0, eval_every=0.05)
 RATE_CHOICES = "rate choices.json"
 CHOOSING_ROLES = ("tuning", "screen")
+SCREEN_RULE = (
+    f"How each configuration's peak rate was chosen (`protocol.py`, the same for every screened report): the screen "
+    f"seed ({SCREEN_SEED}, a seed no report uses) trained at the shared peak rate and was validated on the tuning "
+    f"stream ({TUNING_STREAM}), never on this report's held-out prompts; a configuration it left above the tuning "
+    "stream's gate trained that seed again at the lower rate, and the rate was chosen between the two (the fewer steps "
+    "to the gate; where neither reached it, the lower final error). The screen runs are not reported seeds: the "
+    "reported seeds then trained at the chosen rates, and the results table names each configuration's rate."
+)
 
 
 def run_name(stem: str, seed: int, lr: float, shared_lr: float, steps_factor: int = 1) -> str:

@@ -12,7 +12,9 @@ Owns:
   ensembles ("ensemble": the runs of one shape that differ only in seed and b train as one
   vmapped model, for GPUs; `ensemble.py`); "auto" picks the ensemble on CUDA and the pool on
   CPU. Every run writes its own JSON atomically, finished runs are skipped on re-run, and a
-  crashed run does not lose the others; `run_grid_timed` also records the grid's wall time.
+  crashed run does not lose the others; `run_grid_timed` also records the grid's wall time;
+- `training_allowed` (the `TRAINING` environment variable: "off" re-renders a report from the
+  committed runs and refuses, before any work, a grid that would have to compute a run).
 """
 
 from __future__ import annotations
@@ -76,6 +78,18 @@ def choose_preset(presets: dict[str, Any], default: str = "cpu") -> tuple[str, A
     if name not in presets:
         raise ValueError(f"PRESET={name!r} is not allowed; choose one of {tuple(presets)}")
     return name, presets[name]
+
+
+TRAINING_CHOICES = ("on", "off")
+
+
+def training_allowed() -> bool:
+    """`TRAINING` from the environment: "on" (default) computes the runs a grid lacks; "off" only
+    reads finished runs (re-rendering a report from the committed runs), so that a grid which would
+    have to train or evaluate anything fails at once, naming the runs, instead of training for hours."""
+    value = os.environ.get("TRAINING", "on").strip() or "on"
+    require_choice("TRAINING", value, TRAINING_CHOICES)
+    return value == "on"
 
 
 def results_root() -> Path:
@@ -599,6 +613,7 @@ def run_grid(
     """
     backend = resolve_backend(backend, specs)
     tracked.check(tracking)  # wandb missing: one clear error before any run
+    may_train = training_allowed()  # a TRAINING value not allowed: one clear error before any run
     names = [spec.name for spec in specs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -612,6 +627,12 @@ def run_grid(
             records[spec.name] = record
         else:
             missing.append(spec)
+    if missing and not may_train:
+        shown = ", ".join(spec.name for spec in missing[:5]) + (f" and {len(missing) - 5} more" * (len(missing) > 5))
+        raise RuntimeError(
+            f"TRAINING=off: {len(missing)} of {len(specs)} runs have no finished result in {out_dir / 'data'} "
+            f"({shown}); unset TRAINING (or set TRAINING=on) to compute them"
+        )
     if missing:  # a folder of finished results is only read: it may be read-only
         _check_writable(out_dir / "data")
     pending, elsewhere = [], []  # elsewhere: runs another sitting on this folder is computing

@@ -489,9 +489,20 @@ def test_a_budget_check_trains_the_seeds_again_with_more_steps_and_gives_the_rat
     twin = longer_twin(specs[0], 2)
     assert twin.name == "tiny_x2steps_1" and twin.train.steps == 8 and twin.labels["budget"] == "x2"
     assert twin.train.lr_schedule == specs[0].train.lr_schedule and twin.model == specs[0].model
-    sentence = exp.budget_check(specs, 2)
+    check = exp.budget_check(specs, 2)
+    sentence = str(check)
+    assert check.short().startswith("2x the steps: x") and "95% CI" in check.short()
+    assert len(check.errors) == len(check.longer_errors) == 2
     assert sentence.startswith("held-out last-loop error after 4 steps ") and ", after 8 steps " in sentence
     assert ": 2x the steps multiply it by x" in sentence and "95% CI" in sentence
     assert (exp.out / "data" / "tiny_x2steps_2.json").exists() and (exp.out / "data" / "budget-check.json").exists()
     with pytest.raises(ValueError, match="factor=1 must be an integer above 1"):
         longer_twin(specs[0], 1)
+    # the notebook's own longer runs: the same runs when they are the same configuration
+    assert str(exp.budget_check(specs, [longer_twin(spec, 2) for spec in specs])) == sentence
+    other_rate = [dataclasses.replace(twin, train=dataclasses.replace(twin.train, lr=0.5))
+                  for twin in (longer_twin(spec, 2) for spec in specs)]
+    with pytest.raises(ValueError, match="is not 'tiny_1' with 2x the steps"):
+        exp.budget_check(specs, other_rate)
+    with pytest.raises(ValueError, match="give one longer run per spec"):
+        exp.budget_check(specs, other_rate[:1])

@@ -558,6 +558,18 @@ def test_a_folder_of_finished_results_is_read_even_when_read_only(tmp_path, monk
     assert not (tmp_path / "locks" / "tiny_2_2.lock").exists()  # refused before any lock
 
 
+def test_training_off_reads_finished_runs_and_refuses_to_compute_one(tmp_path, monkeypatch):
+    run_grid([spec(1)], tmp_path, backend="inline", progress=False)
+    monkeypatch.setenv("TRAINING", "off")
+    assert run_grid([spec(1)], tmp_path, backend="inline", progress=False)[0]["train"]["status"] == "finished"
+    with pytest.raises(RuntimeError, match=r"TRAINING=off: 1 of 2 runs have no finished result .*\(tiny_2_2\)"):
+        run_grid([spec(1), spec(2)], tmp_path, backend="inline", progress=False)
+    assert not (tmp_path / "data" / "tiny_2_2.json").exists() and not (tmp_path / "locks" / "tiny_2_2.lock").exists()
+    monkeypatch.setenv("TRAINING", "no")
+    with pytest.raises(ValueError, match=r"TRAINING='no' is not allowed; choose one of \('on', 'off'\)"):
+        run_grid([spec(1)], tmp_path, backend="inline", progress=False)
+
+
 def test_a_sitting_never_takes_a_runs_file(tmp_path):
     with pytest.raises(ValueError, match=r"sitting='tiny_2_1' is also a run's name"):
         runner.run_grid_timed([spec(1)], tmp_path, backend="inline", sitting="tiny_2_1")
