@@ -48,7 +48,16 @@ from protocol import SCREEN_SEED, TUNING_STREAM, choose_rates, longer_twin, scre
 from runner import ROOT, RunSpec, choose_preset, hardware, results_dir, run_grid_timed
 from tasks import task_from_dict
 from tracking import tracking_from_env
-from utils import TrainConfig, atomic_write_bytes, heldout_prompts, read_json, save_svg, step_times, write_json
+from utils import (
+    TrainConfig,
+    atomic_write_bytes,
+    error_scale,
+    heldout_prompts,
+    read_json,
+    save_svg,
+    step_times,
+    write_json,
+)
 from verdicts import (
     STRENGTHS,
     TUNE_RULES,
@@ -573,9 +582,11 @@ class Experiment:
 
     def heldout_baselines(self, task, train: TrainConfig, names: Sequence[str] | None = None) -> tuple:
         """The held-out prompts of `train` (tokens, ys) and the classical estimators' error at
-        every position on them ({name: [P]}; `names` picks estimators)."""
+        every position on them ({name: [P]}; `names` picks estimators), divided by the task's error
+        scale as the runs' errors are (d for linear regression, the sparsity for sparse regression)."""
         heldout = heldout_prompts(task, train.eval_prompts, train.n_points, train.eval_seed)
-        return heldout, baseline_position_errors(*heldout, **({} if names is None else {"names": tuple(names)}))
+        chosen = {} if names is None else {"names": tuple(names)}
+        return heldout, baseline_position_errors(*heldout, scale=error_scale(task), **chosen)
 
     def error_vs_examples(
         self,

@@ -562,3 +562,15 @@ def test_budget_ladder_climbs_each_config_until_it_passes_and_trains_the_grid_at
         exp.budget_ladder(["a"], spec_for, "method", lr, factors=(1, 4, 2))
     with pytest.raises(ValueError, match=r"must give a peak rate > 0 for every config; missing or bad: \['c'\]"):
         exp.budget_ladder(["a", "c"], spec_for, "method", lr)
+
+
+def test_heldout_baselines_are_divided_by_the_tasks_error_scale(tmp_path, monkeypatch):
+    from tasks import SparseLinearRegression
+    from utils import TrainConfig
+
+    monkeypatch.setenv("PRESET", "smoke")
+    exp = Experiment(9, {"smoke": {}})
+    task = SparseLinearRegression(4, sparsity=2)
+    (tokens, ys), errors = exp.heldout_baselines(task, TrainConfig(steps=1, n_points=6, eval_prompts=64), ["averaging"])
+    # position 0 predicts 0: the error of predicting 0, divided by the sparsity (as the runs' errors are), not by d
+    assert errors["averaging"][0] == pytest.approx(float(ys[:, 0].double().square().mean() / 2))

@@ -109,5 +109,6 @@ def test_the_naming_rule_keeps_the_committed_names():
     assert run_name("add_linear", 42, 3e-3, 1e-2) == "add_linear_lr0.003_42"
     assert run_name("AtoB", 451, 3e-3, 1e-2, steps_factor=8) == "AtoB_lr0.003_x8steps_451"
     assert run_name("noiseless_method5", 1984, 3e-3, 1e-2, steps_factor=3) == "noiseless_method5_lr0.003_x3steps_1984"
+    assert run_name("sparse_d8_looped", 7, 1e-2, None) == "sparse_d8_looped_lr0.01_7"  # no shared rate: always named
     for name in ("add_linear_lr0.003_42", "AtoB_lr0.003_x8steps_451", "add_42"):
         assert list((ROOT / "results").glob(f"*/data/{name}.json")), f"{name} is a committed run's name"
