@@ -17,7 +17,9 @@ CHOOSE_RATES = (1, 2, 4, 5, 6, 7, 8, 9, 10, 11)
 PENDING = {
     1: "tuned on seed 42, which is also a reported seed; to be re-tuned at protocol.SCREEN_SEED",
     2: "tuned on seed 42, which is also a reported seed; to be re-tuned at protocol.SCREEN_SEED",
-    9: "tuned on seed 42, which is also a reported seed; to be re-tuned at protocol.SCREEN_SEED",
+    9: "the first design was tuned on seed 42, which is also a reported seed; the redesign (issue 37) sweeps its rates "
+    "at protocol.SCREEN_SEED on the tuning stream, but its runs are pending (the first design's records and choices "
+    "stay until they land)",
     4: "re-screened by the protocol (its screen runs have landed); its report, rendered from the old screen, "
     "awaits the reported seeds at the new rates",
     5: "re-screened by the protocol (its screen runs have landed); its report, rendered from the old screen, "
