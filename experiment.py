@@ -7,7 +7,10 @@ Owns what every notebook did by hand:
   which saves an SVG atomically, closes the figure and shows it; `step_times`, what a training step
   of each variant costs, measured once and kept beside the runs; `screen_rates`, the protocol's
   rate screen (`protocol.py`: a screen seed no report uses, scored on the tuning stream) of a lower
-  peak rate for the configurations the shared rate leaves above the gate (`RateScreen`); `per_run`,
+  peak rate for the configurations the shared rate leaves above the gate (`RateScreen`); `sweep_rates`,
+  the protocol's full sweep (every configuration at every candidate rate, `RateSweep`); `budget_ladder`,
+  the budget chosen the same way (each configuration's screen run at 1x, 2x, ... the steps until it passes
+  the gate, `BudgetLadder`); `per_run`,
   a value computed from each run's saved model, kept beside the runs the same way; `budget_check`,
   a configuration's seeds again with a multiple of the steps (how far from converged its numbers
   are); and `write_report`, which fills the notebook's markdown report templates in
@@ -40,21 +43,33 @@ import numpy as np
 
 import plots
 from baselines import baseline_position_errors
-from checks import require
-from protocol import SCREEN_RULE, SCREEN_SEED, choose_rates, longer_twin, screen_twin
+from checks import is_int, is_real, require
+from protocol import SCREEN_RULE, SCREEN_SEED, TUNING_STREAM, choose_rates, longer_twin, screen_twin
 from runner import ROOT, RunSpec, choose_preset, hardware, results_dir, run_grid_timed
 from tasks import task_from_dict
 from tracking import tracking_from_env
-from utils import TrainConfig, atomic_write_bytes, heldout_prompts, read_json, save_svg, step_times, write_json
+from utils import (
+    TrainConfig,
+    atomic_write_bytes,
+    error_scale,
+    heldout_prompts,
+    read_json,
+    save_svg,
+    step_times,
+    write_json,
+)
 from verdicts import (
     STRENGTHS,
+    TUNE_RULES,
     VERDICT_RULE,
     Gate,
     PairedTest,
+    final_error,
     learned_table,
     paired,
     reference_errors,
     reference_names,
+    steps_to_gate,
     trained_groups,
     verdict,
 )
@@ -234,6 +249,70 @@ class RateScreen:
         )
 
 
+@dataclass
+class RateSweep:
+    """What `Experiment.sweep_rates` found: every configuration's screen run at every candidate rate
+    (`runs`), the rate chosen per configuration (`lr`), the table of every candidate (`table`), the gate
+    on the tuning stream every run was scored against (`threshold`) and the sitting (wall time,
+    hardware, backend)."""
+
+    runs: Results
+    lr: dict[str, float]
+    table: str
+    threshold: float
+    sitting: dict
+    candidates: tuple[float, ...]
+    label: str = "config"
+
+    def chosen(self, config: str) -> Results:
+        """`config`'s screen run at the rate chosen for it."""
+        runs = self.runs.where(**{self.label: config})
+        return Results(r for r in runs if r["spec"]["train"]["lr"] == self.lr[config])
+
+    def describe(self) -> str:
+        """The report's settings cell: the candidates, the seed and prompts, the sitting and the run-minutes."""
+        configs = len(self.lr)
+        return (
+            f"peak lr in {joined(f'{lr:g}' for lr in self.candidates)} for each of {configs} configurations, "
+            f"screen seed {SCREEN_SEED} on the tuning stream; {len(self.runs)} runs, sitting "
+            f"{self.sitting['wall_time_s'] / 60:.1f} min ({self.sitting['backend']} backend); "
+            f"{self.runs.run_minutes():.1f} run-minutes"
+        )
+
+
+@dataclass
+class BudgetLadder:
+    """What `Experiment.budget_ladder` found: every rung's screen run (`runs`, the "budget" label
+    "x<factor>" on rungs above the first), each configuration's first factor whose screen run passed
+    the gate on the tuning stream (`passed_at`, None: none did), the factor the grid trains at
+    (`factor`: the largest first passing factor, or the top one when some configuration passed at
+    none), the table of every rung, the gate and the summed sittings."""
+
+    runs: Results
+    factors: tuple[int, ...]
+    steps: int  # the steps of the first rung; rung f trains f x steps
+    passed_at: dict[str, int | None]
+    factor: int
+    table: str
+    threshold: float
+    sitting: dict
+    label: str = "config"
+
+    @property
+    def all_passed(self) -> bool:
+        """Every configuration passed the gate at some rung (so the grid's budget takes each past it)."""
+        return all(factor is not None for factor in self.passed_at.values())
+
+    def describe(self) -> str:
+        """The report's settings cell: the rungs, the seed and prompts, the sitting and the run-minutes."""
+        rungs = joined(f"{f * self.steps} ({f}x)" for f in self.factors)
+        return (
+            f"steps {rungs}, each configuration until its screen run passes the gate, screen seed {SCREEN_SEED} on "
+            f"the tuning stream; {len(self.runs)} runs, sittings {self.sitting['wall_time_s'] / 60:.1f} min; "
+            f"{self.runs.run_minutes():.1f} run-minutes"
+        )
+
+
 class Experiment:
     """One notebook's experiment: number, preset and where its runs and report go.
 
@@ -299,9 +378,7 @@ class Experiment:
         lower_rates = [screen_lr] if isinstance(screen_lr, (int, float)) else list(screen_lr)
         require(len(lower_rates) > 0, "screen_lr is empty; give one lower rate or a sequence of them")
         twin = lambda config, rate: screen_twin(spec_for(config, SCREEN_SEED, rate))
-        first = twin(configs[0], lr)
-        references = reference_errors(task_from_dict(first.task), first.train, reference_names(gate))
-        threshold = gate.threshold(references)
+        threshold = tuning_threshold(twin(configs[0], lr), gate)
         shared = self.run([twin(config, lr) for config in configs], sitting="shared-rate")
         shared_sitting = dict(self.grid)
         above = lambda results, config: not verdict(results.where(**{label: config}), threshold, gate).trained
@@ -323,6 +400,112 @@ class Experiment:
         candidates = {c: [*shared.where(**{label: c}), *screen.where(**{label: c})] for c in configs}
         rates, table = choose_rates(self.out, candidates, threshold)
         return RateScreen(shared, screen, untrained, rates, table, shared_sitting, screen_sitting, label, threshold)
+
+    def sweep_rates(
+        self,
+        configs: Sequence[str],
+        spec_for: Callable[[str, int, float], RunSpec],
+        label: str,
+        candidates: Sequence[float],
+        gate: Gate | None = None,
+        rule: str = "fastest",
+        sitting: str = "rate-sweep",
+    ) -> RateSweep:
+        """The protocol's full rate sweep: every config at every candidate peak rate, each run
+        `protocol.screen_twin(spec_for(config, SCREEN_SEED, rate))` (a seed no report uses, validated on
+        the tuning stream), in one sitting; `protocol.choose_rates` then picks each config's rate by
+        `rule` (`verdicts.TUNE_RULES`) against the gate on the tuning stream and writes
+        `data/rate choices.json`. Unlike `screen_rates`, which tries lower rates only where a shared
+        one fails, every config runs every candidate, so each one's rate is the best of the same
+        candidates. Every config must be the same task on the same prompts (one gate scores them all),
+        and `spec_for` must label each run with its config under `label` and name runs apart by rate
+        (`protocol.run_name`); all of it is checked before any training."""
+        gate = gate or Gate()
+        configs = list(configs)
+        require(len(configs) > 0 and all(isinstance(c, str) for c in configs) and len(set(configs)) == len(configs),
+                f"sweep_rates: configs={configs!r} must be distinct names, at least one")
+        candidates = tuple(candidates)
+        require(
+            len(candidates) >= 2 and all(is_real(lr) and lr > 0 for lr in candidates)
+            and len(set(candidates)) == len(candidates),
+            f"sweep_rates: candidates={candidates!r} must be at least 2 distinct peak rates > 0",
+        )
+        require(rule in TUNE_RULES, f"sweep_rates: rule={rule!r} is not allowed; choose one of {TUNE_RULES}")
+        specs = [screen_twin(spec_for(config, SCREEN_SEED, lr)) for config in configs for lr in candidates]
+        self._check_screen_specs(specs, configs, candidates, label)
+        threshold = tuning_threshold(specs[0], gate)
+        runs = self.run(specs, sitting=sitting)
+        lr, table = choose_rates(self.out, {c: runs.where(**{label: c}) for c in configs}, threshold, rule)
+        return RateSweep(runs, lr, table, threshold, dict(self.grid), candidates, label)
+
+    def budget_ladder(
+        self,
+        configs: Sequence[str],
+        spec_for: Callable[[str, int, float], RunSpec],
+        label: str,
+        lr: Mapping[str, float],
+        factors: Sequence[int] = (1, 2, 4, 8),
+        gate: Gate | None = None,
+        sitting: str = "budget-ladder",
+    ) -> BudgetLadder:
+        """The budget chosen by the protocol, on the screen seed and the tuning stream: each config's
+        screen run at its rate `lr[config]` (the rate sweep's run, read from the cache) and, while it is
+        above the gate, again from scratch with each larger factor of the steps in turn
+        (`protocol.longer_twin`, sittings "<sitting>-x<factor>"). The grid's budget is the largest
+        factor some config needed to pass, so every config passes at it; when a config passed at no
+        rung, the top factor, and the steps each config needs to reach the gate are then the answer a
+        report can give. `factors` start at 1 and rise; checked, with `lr`, before any training."""
+        gate = gate or Gate()
+        configs = list(configs)
+        factors = tuple(factors)
+        require(
+            len(factors) > 0 and factors[0] == 1 and all(is_int(f) for f in factors)
+            and all(a < b for a, b in zip(factors, factors[1:], strict=False)),
+            f"budget_ladder: factors={factors!r} must be rising integers starting at 1 (the base budget)",
+        )
+        missing = [c for c in configs if c not in lr or not (is_real(lr[c]) and lr[c] > 0)]
+        require(len(configs) > 0 and not missing,
+                f"budget_ladder: lr={dict(lr)!r} must give a peak rate > 0 for every config; missing or bad: {missing}")
+        base = {c: spec_for(c, SCREEN_SEED, lr[c]) for c in configs}
+        rung = lambda c, f: screen_twin(base[c] if f == 1 else longer_twin(base[c], f))
+        self._check_screen_specs([rung(c, f) for c in configs for f in factors], configs, (), label)
+        threshold = tuning_threshold(rung(configs[0], 1), gate)
+        passed_at: dict[str, int | None] = {c: None for c in configs}
+        runs: list[dict] = []
+        wall, sittings = 0.0, {}
+        for factor in factors:
+            climbing = [c for c in configs if passed_at[c] is None]
+            if not climbing:
+                break
+            results = self.run([rung(c, factor) for c in climbing], sitting=f"{sitting}-x{factor}")
+            runs += list(results)
+            wall += self.grid["wall_time_s"]
+            sittings = self.grid
+            for c in climbing:
+                if verdict(results.where(**{label: c}), threshold, gate).trained:
+                    passed_at[c] = factor
+        chosen = factors[-1] if None in passed_at.values() else max(passed_at.values())
+        steps = base[configs[0]].train.steps
+        ladder = Results(runs)
+        table = ladder_table(ladder, configs, factors, steps, threshold, label)
+        return BudgetLadder(ladder, factors, steps, passed_at, chosen, table, threshold,
+                            {**sittings, "wall_time_s": wall}, label)
+
+    def _check_screen_specs(
+        self, specs: Sequence[RunSpec], configs: Sequence[str], candidates: Sequence[float], label: str
+    ) -> None:
+        """What `sweep_rates` and `budget_ladder` need of `spec_for`, checked before any training: each run
+        labelled with its config under `label`, distinct names, and one task on one prompt set."""
+        names = [spec.name for spec in specs]
+        require(len(set(names)) == len(names),
+                f"spec_for gives two runs one name ({sorted({n for n in names if names.count(n) > 1})}); name them "
+                f"apart by rate and budget (protocol.run_name)")
+        unlabelled = [spec.name for spec in specs if spec.labels.get(label) not in configs]
+        require(not unlabelled, f"spec_for must label each run with its config under {label!r}; {unlabelled} do not")
+        prompts = {json.dumps([spec.task, spec.train.n_points, spec.train.eval_prompts], sort_keys=True)
+                   for spec in specs}
+        require(len(prompts) == 1, f"one gate scores every run, so every config must be one task on one prompt set; "
+                f"got {len(prompts)}")
 
     def budget_check(self, specs: Sequence[RunSpec], longer: Sequence[RunSpec] | int = 2) -> BudgetCheck:
         """What the budget does to a configuration's numbers: `specs` (one configuration's seeds, as
@@ -403,9 +586,11 @@ class Experiment:
 
     def heldout_baselines(self, task, train: TrainConfig, names: Sequence[str] | None = None) -> tuple:
         """The held-out prompts of `train` (tokens, ys) and the classical estimators' error at
-        every position on them ({name: [P]}; `names` picks estimators)."""
+        every position on them ({name: [P]}; `names` picks estimators), divided by the task's error
+        scale as the runs' errors are (d for linear regression, the sparsity for sparse regression)."""
         heldout = heldout_prompts(task, train.eval_prompts, train.n_points, train.eval_seed)
-        return heldout, baseline_position_errors(*heldout, **({} if names is None else {"names": tuple(names)}))
+        chosen = {} if names is None else {"names": tuple(names)}
+        return heldout, baseline_position_errors(*heldout, scale=error_scale(task), **chosen)
 
     def error_vs_examples(
         self,
@@ -756,6 +941,35 @@ def exclusive(lock: Path, timeout_s: float = 60.0):
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def tuning_threshold(spec: RunSpec, gate: Gate) -> float:
+    """The gate a screen or tuning run is scored against: `gate` over the reference errors on the
+    prompts `spec` validates on (the tuning stream)."""
+    require(spec.train.eval_seed == TUNING_STREAM,
+            f"run {spec.name!r} is validated on seed {spec.train.eval_seed}, not the tuning stream {TUNING_STREAM}")
+    return gate.threshold(reference_errors(task_from_dict(spec.task), spec.train, reference_names(gate)))
+
+
+def ladder_table(
+    runs: Results, configs: Sequence[str], factors: Sequence[int], steps: int, threshold: float, label: str
+) -> str:
+    """The budget ladder's table: per config, at each rung the final error on the tuning stream and the
+    first validated step under the gate ("-": the rung was not needed)."""
+    rows = []
+    for config in configs:
+        cells = []
+        for factor in factors:
+            rung = [r for r in runs.where(**{label: config}) if r["spec"]["train"]["steps"] == factor * steps]
+            if not rung:
+                cells.append("-")
+                continue
+            error = final_error(rung[0])
+            reached = steps_to_gate(rung[0], threshold) if error is not None else None
+            cells.append("diverged" if error is None else f"{plots.fmt(error)} ({reached or 'not reached'})")
+        rows.append([config, *cells])
+    header = ["config", *(f"{f * steps} steps ({f}x): final error (step under the gate)" for f in factors)]
+    return plots.markdown_table(header, rows)
 
 
 def gate_for(gate: Gate | Mapping[str, Gate] | None, task_name: str) -> Gate:

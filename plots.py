@@ -116,7 +116,7 @@ def error_vs_examples(ax, curves: dict[str, Sequence[Sequence[float]]], baseline
             range(len(errors)),
             np.maximum(errors, 1e-3),
             color="black",
-            linestyle=["--", ":", "-."][j % 3],
+            linestyle=["--", ":", "-.", (0, (1, 4))][j % 4],
             label=name + (" (floored at 1e-3)" if name == "least squares" else ""),
         )
     ax.set_xlabel("in-context examples")

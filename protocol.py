@@ -47,10 +47,11 @@ SCREEN_RULE = (
 )
 
 
-def run_name(stem: str, seed: int, lr: float, shared_lr: float, steps_factor: int = 1) -> str:
+def run_name(stem: str, seed: int, lr: float, shared_lr: float | None, steps_factor: int = 1) -> str:
     """The one naming rule of a grid's runs: `<stem>[_lr<rate>][_x<factor>steps]_<seed>`, the rate
-    only when it is not the grid's shared rate and the factor only for a longer budget (a budget
-    probe or a longer stage), so every run keeps the name it was committed under."""
+    only when it is not the grid's shared rate (`shared_lr` None: the grid has none, each
+    configuration its own, so every name carries its rate) and the factor only for a longer budget
+    (a budget probe or a longer stage), so every run keeps the name it was committed under."""
     rate = "" if lr == shared_lr else f"_lr{lr:g}"
     longer = "" if steps_factor == 1 else f"_x{steps_factor}steps"
     return f"{stem}{rate}{longer}_{seed}"

@@ -16,7 +16,8 @@ Owns the rule "trained before compared":
 - `reference_names`: the estimators a gate needs beside least squares and averaging;
   `tune_rates`: the one rule that picks a peak learning rate from tuning runs.
 - `paired`: two configurations compared on the seeds they share (the same seed draws the same
-  training data, so a per-seed difference removes the data stream's share of the spread).
+  training data, so a per-seed difference removes the data stream's share of the spread); `Reading`,
+  a named per-run value to compare on (an error at k examples, at an eval loop count).
 - `Comparisons`: a report's paired verdicts, drawn only between trained configurations, with its
   reference configuration's line and the count of verdicts drawn.
 """
@@ -33,7 +34,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from baselines import BASELINES, baseline_position_errors
-from checks import require, require_choice, require_real
+from checks import is_real, require, require_choice, require_real
 from configs import TrainConfig
 from evaluation import error_scale, heldout_prompts
 from plots import fmt, markdown_table
@@ -318,18 +319,54 @@ class Paired:
         return f"too close to tell ({self.lower} of {n} seeds lower)"
 
 
-def paired(a: Iterable[dict], b: Iterable[dict], value=final_error) -> Paired:
-    """Configuration a against b on the training seeds both finished: `value(record)` per run
-    (default `final_error`), matched by `TrainConfig.seed`."""
+@dataclass(frozen=True)
+class Reading:
+    """A named per-run value to compare on, e.g. Reading("error at k = 4", lambda r: ...): called like the
+    function it wraps, and named where a report lists its primary comparisons. Hashable, so that a
+    comparison keyed by its value is found again (`Comparisons.result`)."""
 
-    def by_seed(records: Iterable[dict]) -> dict[int, float]:
+    name: str
+    get: Callable[[dict], float | None]
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.name, str) and self.name.strip() != "", f"Reading.name={self.name!r} must be non-empty")
+        require(callable(self.get), f"Reading.get={self.get!r} must be a function of one run record")
+
+    def __call__(self, record: dict) -> float | None:
+        return self.get(record)
+
+
+# What a comparison reads per run: one function for both sides, or (a's, b's) when the two sides are read
+# differently (one configuration at two loop counts; a model against an estimator on the same prompts).
+Value = Callable[[dict], float | None] | tuple[Callable[[dict], float | None], Callable[[dict], float | None]]
+
+
+def _sides(value: Value, field: str = "value") -> tuple[Callable[[dict], float | None], Callable[[dict], float | None]]:
+    """(a's reading, b's reading) of a `Value`; ValueError naming `field` for anything else."""
+    if isinstance(value, tuple):
+        require(
+            len(value) == 2 and all(callable(v) for v in value),
+            f"{field}={value!r} must be a function of one run record or a pair of them (a's, b's)",
+        )
+        return value
+    require(callable(value), f"{field}={value!r} must be a function of one run record or a pair of them (a's, b's)")
+    return value, value
+
+
+def paired(a: Iterable[dict], b: Iterable[dict], value: Value = final_error) -> Paired:
+    """Configuration a against b on the training seeds both finished: `value(record)` per run
+    (default `final_error`; a pair (read_a, read_b) reads each side its own way), matched by
+    `TrainConfig.seed`."""
+    read_a, read_b = _sides(value)
+
+    def by_seed(records: Iterable[dict], read: Callable[[dict], float | None]) -> dict[int, float]:
         return {
-            r["spec"]["train"]["seed"]: value(r)
+            r["spec"]["train"]["seed"]: read(r)
             for r in records
-            if r["train"]["status"] == "finished" and value(r) is not None
+            if r["train"]["status"] == "finished" and read(r) is not None
         }
 
-    left, right = by_seed(a), by_seed(b)
+    left, right = by_seed(a, read_a), by_seed(b, read_b)
     seeds = tuple(sorted(set(left) & set(right)))
     return Paired(
         seeds,
@@ -530,12 +567,15 @@ class Comparisons(Generic[K]):
     label:    how a key is named when it is not compared (default `str`).
     excluded: {key: reason} for configurations that pass the gate but are still not compared,
               e.g. "screened with one seed".
-    primary:  at most three (a, b) pairs, fixed in the notebook before its runs: the comparisons that
-              answer the study's question, on the default value (`final_error`). They form the
-              primary family; every other comparison drawn is exploratory, a family of its own.
-              A primary comparison needs arms trained for the same steps (else ValueError); an
-              exploratory one between unequal budgets states both in its verdict.
-    margin:   the equivalence margin on the ratio, fixed before the runs.
+    primary:  at most three comparisons, fixed in the notebook before its runs: the comparisons that
+              answer the study's question, each (a, b) on the default value (`final_error`) or
+              (a, b, value) on its own `Value` (a `Reading` names it in the report; a pair
+              (read_a, read_b) reads the two sides differently, and a may then be b: one configuration
+              at two loop counts). They form the primary family; every other comparison drawn is
+              exploratory, a family of its own. A primary comparison needs arms trained for the same
+              steps (else ValueError); an exploratory one between unequal budgets states both in its
+              verdict.
+    margin:   the equivalence margin (low, high) on the ratio, 0 < low < 1 < high, fixed before the runs.
 
     `compared(a, b, value)` returns a placeholder for "verdict: numbers" of a against b, or the text
     "not compared: <label> <why>; ..." naming each of the two that did not pass the gate (its status
@@ -551,17 +591,29 @@ class Comparisons(Generic[K]):
         runs: Callable[[K], Iterable[dict]],
         label: Callable[[K], str] = str,
         excluded: Mapping[K, str] | None = None,
-        primary: Sequence[tuple[K, K]] = (),
+        primary: Sequence[tuple[K, K] | tuple[K, K, Value]] = (),
         margin: tuple[float, float] = EQUIVALENCE_MARGIN,
     ) -> None:
         require(len(primary) <= 3, f"Comparisons.primary names {len(primary)} comparisons; a report fixes at most 3")
-        unknown = [key for pair in primary for key in pair if key not in status]
+        for entry in primary:
+            require(
+                isinstance(entry, tuple) and len(entry) in (2, 3),
+                f"Comparisons.primary entry {entry!r} must be (a, b) or (a, b, value)",
+            )
+        self.primary = [(entry[0], entry[1], entry[2] if len(entry) == 3 else final_error) for entry in primary]
+        for _, _, value in self.primary:
+            _sides(value, "Comparisons.primary value")
+        unknown = [key for a, b, _ in self.primary for key in (a, b) if key not in status]
         require(not unknown, f"Comparisons.primary names configurations with no status: {unknown}")
+        require(
+            isinstance(margin, tuple) and len(margin) == 2 and all(is_real(m) for m in margin)
+            and 0 < margin[0] < 1 < margin[1],
+            f"Comparisons.margin={margin!r} must be (low, high) with 0 < low < 1 < high",
+        )
         self.status = status
         self.runs = runs
         self.label = label
         self.excluded = dict(excluded or {})
-        self.primary = [tuple(pair) for pair in primary]
         self.margin = margin
         self.drawn: list[Paired] = []
         self.tests: dict[str, list[tuple[str, PairedTest]]] = {"primary": [], "exploratory": []}
@@ -572,12 +624,14 @@ class Comparisons(Generic[K]):
     def _token(self, family: str, index: int) -> str:
         return f"\u27e6verdict {self._id}:{family}:{index}\u27e7"
 
-    def __call__(self, a: K, b: K, value: Callable[[dict], float | None] = final_error, prefix: str = "") -> str:
-        """a against b on `value` per run (default `final_error`): a placeholder for prefix + the
-        rule's verdict with its numbers (`resolve` fills it in), or "not compared: ..." (no prefix)
-        when either did not pass the gate or is excluded."""
+    def __call__(self, a: K, b: K, value: Value = final_error, prefix: str = "") -> str:
+        """a against b on `value` per run (default `final_error`; a pair reads each side its own way):
+        a placeholder for prefix + the rule's verdict with its numbers (`resolve` fills it in), or
+        "not compared: ..." (no prefix) when either did not pass the gate or is excluded. Primary when
+        (a, b, value) is a named primary comparison, in either orientation."""
         require(not self.resolved, "a comparison was drawn after resolve(): Holm's correction needs the whole family")
-        family = "primary" if self._is_primary(a, b) and value is final_error else "exploratory"
+        _sides(value)
+        family = "primary" if self._is_primary(a, b, value) else "exploratory"
         why = self._not_compared(a, b)
         if why:
             return "not compared: " + "; ".join(why)
@@ -585,7 +639,7 @@ class Comparisons(Generic[K]):
         if budgets[0] != budgets[1]:  # arms trained for different budgets: never primary, and said in the verdict
             require(
                 family == "exploratory",
-                f"primary comparison {self.label(a)} against {self.label(b)} has arms trained for different steps "
+                f"primary comparison {self.describe(a, b, value)} has arms trained for different steps "
                 f"({budgets[0]} against {budgets[1]}); a primary comparison needs equal budgets",
             )
             steps = lambda k, values: f"{self.label(k)} at {' / '.join(map(str, values))} steps"
@@ -599,23 +653,34 @@ class Comparisons(Generic[K]):
     def _not_compared(self, a: K, b: K) -> list[str]:
         """Why a against b cannot be drawn: each side that did not pass the gate (its status and how far
         from the gate it is), then each that passed but is excluded; empty when it can be drawn."""
+        sides = list(dict.fromkeys((a, b)))  # one configuration read two ways is named once
         why = [f"{self.label(k)} {self.status[k].status} ({self.status[k].distance()})"
-               for k in (a, b) if not self.status[k].trained]  # fmt: skip
-        excluded = [k for k in (a, b) if k in self.excluded and self.status[k].trained]
+               for k in sides if not self.status[k].trained]  # fmt: skip
+        excluded = [k for k in sides if k in self.excluded and self.status[k].trained]
         return why + [f"{self.label(k)} {self.excluded[k]}" for k in excluded]
 
-    def _is_primary(self, a: K, b: K) -> bool:
+    def _is_primary(self, a: K, b: K, value: Value) -> bool:
         """A named primary comparison, in either orientation (b against a is the same test, ratios inverted)."""
-        return (a, b) in self.primary or (b, a) in self.primary
+        return (a, b, value) in self.primary or (b, a, _swapped(value)) in self.primary
 
-    def result(self, a: K, b: K, value: Callable[[dict], float | None] = final_error) -> str:
+    def describe(self, a: K, b: K, value: Value = final_error) -> str:
+        """How a report names the comparison: "<a> against <b>", each side followed by its `Reading`'s name
+        where the value names one ("looped on sparse, error at k = 4 against standard on sparse, error at
+        k = 4"; for a pair, each side its own)."""
+        read_a, read_b = _sides(value)
+        name = lambda read: f", {read.name}" if isinstance(read, Reading) else ""
+        if read_a is read_b:
+            return f"{self.label(a)} against {self.label(b)}{name(read_a)}"
+        return f"{self.label(a)}{name(read_a)} against {self.label(b)}{name(read_b)}"
+
+    def result(self, a: K, b: K, value: Value = final_error) -> str:
         """The resolved verdict of a comparison drawn before `resolve` (for a report's conclusions,
         which cite verdicts already in their families), or "not compared" when it could not be drawn."""
         require(self.resolved, "Comparisons.result: resolve() the families first (Holm needs every comparison)")
         if (a, b, value) not in self.tokens:
             require(
                 bool(self._not_compared(a, b)),
-                f"Comparisons.result: {self.label(a)} against {self.label(b)} was never drawn; draw it before resolve",
+                f"Comparisons.result: {self.describe(a, b, value)} was never drawn; draw it before resolve",
             )
             return "not compared"
         return self.texts()[self.tokens[a, b, value]]
@@ -688,19 +753,24 @@ class Comparisons(Generic[K]):
                     f"equal within x{self.margin[0]:g} to x{self.margin[1]:g}: {w.count('equal')}; "
                     f"not resolved: {w.count('not resolved')})"
                 )
-        primaries = "; ".join(f"{self.label(a)} against {self.label(b)}" for a, b in self.primary) or "none named"
-        drawn_primary = {pair for (a, b, value) in self.tokens if value is final_error for pair in ((a, b), (b, a))}
+        primaries = "; ".join(self.describe(*entry) for entry in self.primary) or "none named"
+        drawn = {key for (a, b, value) in self.tokens for key in ((a, b, value), (b, a, _swapped(value)))}
         why = lambda a, b: "; ".join(self._not_compared(a, b)) or "not drawn here"
-        not_drawn = [f"{self.label(a)} against {self.label(b)} ({why(a, b)})"
-                     for a, b in self.primary if (a, b) not in drawn_primary]  # fmt: skip
+        not_drawn = [f"{self.describe(a, b, value)} ({why(a, b)})"
+                     for a, b, value in self.primary if (a, b, value) not in drawn]  # fmt: skip
         missing = f" Primary comparisons not drawn: {'; '.join(not_drawn)}." if not_drawn else ""
-        drawn = "; ".join(parts) if parts else "none"
+        families = "; ".join(parts) if parts else "none"
         return (
             f"Primary comparisons, fixed before the runs: {primaries}.{missing} {len(self.drawn)} paired comparisons "
-            f"were drawn: {drawn}. The rule: a paired t-test on the per-seed log ratios, Holm-corrected within "
+            f"were drawn: {families}. The rule: a paired t-test on the per-seed log ratios, Holm-corrected within "
             f"each family at {ALPHA:g}; \"equal\" only when the ratio's 90% interval lies inside the margin. Every "
             f"other comparison involves {others}."
         )
+
+
+def _swapped(value: Value) -> Value:
+    """The value of b against a for a's against b: a pair swaps its sides, one function stays."""
+    return (value[1], value[0]) if isinstance(value, tuple) else value
 
 
 def _ratio(value: float | None, reference: float | None) -> str:

@@ -506,3 +506,82 @@ def test_a_budget_check_trains_the_seeds_again_with_more_steps_and_gives_the_rat
         exp.budget_check(specs, other_rate)
     with pytest.raises(ValueError, match="give one longer run per spec"):
         exp.budget_check(specs, other_rate[:1])
+
+
+def test_sweep_rates_runs_every_candidate_for_every_config_and_records_the_choice(tmp_path, monkeypatch):
+    from protocol import TUNING_STREAM, rate_choice_problems
+    from verdicts import final_error
+
+    exp, spec_for = _screen_experiment(tmp_path, monkeypatch)
+    _gate_at(monkeypatch, 0.0)  # no candidate reaches the gate: each config takes its lowest final error
+    sweep = exp.sweep_rates(["a", "b"], spec_for, "method", (1e-2, 3e-3, 1e-3))
+    assert sweep.runs.names == [f"screen_{c}_lr{lr:g}_7" for c in ("a", "b") for lr in (1e-2, 3e-3, 1e-3)]
+    for record in sweep.runs:  # the protocol: the screen seed, the tuning stream, the role
+        assert record["spec"]["role"] == "screen" and record["spec"]["train"]["eval_seed"] == TUNING_STREAM
+    for config in ("a", "b"):
+        best = min(sweep.runs.where(method=config), key=final_error)
+        assert sweep.lr[config] == best["spec"]["train"]["lr"] and sweep.chosen(config).names == [best["spec"]["name"]]
+    assert sweep.table.count("| a |") == 3 and sweep.threshold == 0.0
+    assert (exp.out / "data" / "rate-sweep.json").exists() and rate_choice_problems(exp.out / "data") == []
+    assert "peak lr in 0.01, 0.003, 0.001 for each of 2 configurations, screen seed 7" in sweep.describe()
+
+
+def test_sweep_rates_names_bad_input_before_any_training(tmp_path, monkeypatch):
+    exp, spec_for = _screen_experiment(tmp_path, monkeypatch)
+    with pytest.raises(ValueError, match=r"candidates=\(0.01,\) must be at least 2 distinct peak rates > 0"):
+        exp.sweep_rates(["a"], spec_for, "method", [1e-2])
+    with pytest.raises(ValueError, match=r"candidates=\(0.01, -0.001\) must be at least 2 distinct"):
+        exp.sweep_rates(["a"], spec_for, "method", (1e-2, -1e-3))
+    with pytest.raises(ValueError, match=r"rule='best' is not allowed; choose one of \('fastest', 'lowest'\)"):
+        exp.sweep_rates(["a"], spec_for, "method", (1e-2, 1e-3), rule="best")
+    with pytest.raises(ValueError, match=r"configs=\['a', 'a'\] must be distinct names"):
+        exp.sweep_rates(["a", "a"], spec_for, "method", (1e-2, 1e-3))
+    with pytest.raises(ValueError, match="spec_for must label each run with its config under 'model'"):
+        exp.sweep_rates(["a"], spec_for, "model", (1e-2, 1e-3))
+    unnamed = lambda config, seed, lr: dataclasses.replace(spec_for(config, seed, lr), name=f"{config}_{seed}")
+    with pytest.raises(ValueError, match="spec_for gives two runs one name"):
+        exp.sweep_rates(["a"], unnamed, "method", (1e-2, 1e-3))
+    assert not (exp.out / "data").exists()  # nothing trained
+
+
+def test_budget_ladder_climbs_each_config_until_it_passes_and_trains_the_grid_at_the_largest_need(
+    tmp_path, monkeypatch
+):
+    exp, spec_for = _screen_experiment(tmp_path, monkeypatch)
+    lr = {"a": 1e-2, "b": 3e-3}
+
+    # "a" passes at the first rung, "b" first at 4x (as the gate would say): b climbs alone
+    passes = lambda results: types.SimpleNamespace(trained=any(
+        r["spec"]["labels"]["method"] == "a" or r["spec"]["train"]["steps"] >= 16 for r in results))
+    monkeypatch.setattr(experiment, "verdict", lambda results, threshold, gate: passes(results))
+    _gate_at(monkeypatch, 0.5)
+    ladder = exp.budget_ladder(["a", "b"], spec_for, "method", lr, factors=(1, 2, 4, 8))
+    assert ladder.runs.names == ["screen_a_lr0.01_7", "screen_b_lr0.003_7", "screen_b_lr0.003_x2steps_7",
+                                 "screen_b_lr0.003_x4steps_7"]  # fmt: skip
+    assert ladder.passed_at == {"a": 1, "b": 4} and ladder.factor == 4 and ladder.all_passed
+    assert ladder.table.splitlines()[2].endswith("| - | - | - |")  # a needed no longer rung
+    assert "16 steps (4x): final error (step under the gate)" in ladder.table
+    assert "steps 4 (1x), 8 (2x), 16 (4x), 32 (8x)" in ladder.describe()
+
+    monkeypatch.setattr(experiment, "verdict", lambda results, threshold, gate: types.SimpleNamespace(trained=False))
+    never = exp.budget_ladder(["a"], spec_for, "method", lr, factors=(1, 2))
+    assert never.passed_at == {"a": None} and never.factor == 2 and not never.all_passed  # the top rung
+
+    with pytest.raises(ValueError, match=r"factors=\(2, 4\) must be rising integers starting at 1"):
+        exp.budget_ladder(["a"], spec_for, "method", lr, factors=(2, 4))
+    with pytest.raises(ValueError, match=r"factors=\(1, 4, 2\) must be rising integers starting at 1"):
+        exp.budget_ladder(["a"], spec_for, "method", lr, factors=(1, 4, 2))
+    with pytest.raises(ValueError, match=r"must give a peak rate > 0 for every config; missing or bad: \['c'\]"):
+        exp.budget_ladder(["a", "c"], spec_for, "method", lr)
+
+
+def test_heldout_baselines_are_divided_by_the_tasks_error_scale(tmp_path, monkeypatch):
+    from tasks import SparseLinearRegression
+    from utils import TrainConfig
+
+    monkeypatch.setenv("PRESET", "smoke")
+    exp = Experiment(9, {"smoke": {}})
+    task = SparseLinearRegression(4, sparsity=2)
+    (tokens, ys), errors = exp.heldout_baselines(task, TrainConfig(steps=1, n_points=6, eval_prompts=64), ["averaging"])
+    # position 0 predicts 0: the error of predicting 0, divided by the sparsity (as the runs' errors are), not by d
+    assert errors["averaging"][0] == pytest.approx(float(ys[:, 0].double().square().mean() / 2))

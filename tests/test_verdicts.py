@@ -323,3 +323,64 @@ def test_a_reports_strength_follows_its_primary_comparisons():
     assert compared.result("stuck", "base") == "not compared"
     with pytest.raises(ValueError, match="near against base was never drawn"):
         compared.result("near", "base")
+
+
+def test_a_primary_comparison_may_name_its_own_reading_and_read_the_two_sides_differently():
+    from verdicts import Reading
+
+    trained = lambda errors: [run(s, [1.0, e, e]) for s, e in zip((1, 2, 3), errors, strict=True)]
+    groups = {"looped": trained((0.02, 0.04, 0.06)), "standard": trained((0.04, 0.08, 0.12)),
+              "stuck": trained((0.5, 0.6, 0.7))}  # fmt: skip
+    status = {key: verdict(records, 0.1) for key, records in groups.items()}
+    at_k = Reading("error at k = 4", lambda r: 2 * final(r))  # a reading of its own, not final_error
+    drift = {1: 1.05, 2: 1.2, 3: 0.95}  # per seed: no difference the seeds can call, inside x0.67 to x1.5
+    far = Reading("at b = 300", lambda r: drift[r["spec"]["train"]["seed"]] * final(r))
+    near = Reading("at b = 12", final)
+    compared = Comparisons(status, groups.get, primary=[("looped", "standard", at_k), ("looped", "looped", (far, near)),
+                                                        ("stuck", "standard", at_k)], margin=(0.67, 1.5))
+    text = "\n".join([
+        compared("standard", "looped", at_k),  # the named primary, the other way round
+        compared("looped", "looped", (far, near)),  # one configuration at two loop counts
+        compared("looped", "standard"),  # final_error: not the named reading, so exploratory
+        compared("stuck", "standard", at_k),
+    ])
+    lines = compared.resolve(text).split("\n")
+    assert lines[0].startswith("higher: x2 (95% CI 2 to 2") and "in the primary family of 2)" in lines[0]
+    assert lines[1].startswith("equal within x0.67 to x1.5: x1.06 (90% CI")  # the margin fixed before the runs
+    assert "in the exploratory family of 1" in lines[2]
+    assert lines[3] == ("not compared: stuck did not learn at this budget (mean 0.6 against the gate 0.1, 0 of 3 "
+                        "seeds under)")
+    assert compared.words()["primary"] == ["higher", "equal"]
+    assert compared.result("looped", "looped", (far, near)).startswith("equal within x0.67 to x1.5")
+    count = compared.count()
+    assert count.startswith(
+        "Primary comparisons, fixed before the runs: looped against standard, error at k = 4; looped, at b = 300 "
+        "against looped, at b = 12; stuck against standard, error at k = 4. Primary comparisons not drawn: stuck "
+        "against standard, error at k = 4 (stuck did not learn at this budget")
+    assert "2 primary (called lower or higher: 1; equal within x0.67 to x1.5: 1; not resolved: 0)" in count
+    unequal = {"long": [run(s, [1.0, e, e], steps=300) for s, e in ((1, 0.01), (2, 0.02), (3, 0.03))], **groups}
+    status["long"] = verdict(unequal["long"], 0.1)
+    with pytest.raises(ValueError, match="primary comparison long against looped, error at k = 4 has arms trained"):
+        Comparisons(status, unequal.get, primary=[("long", "looped", at_k)])("long", "looped", at_k)
+
+
+def final(record):
+    return record["train"]["evals"][-1]["last_loop"]
+
+
+def test_bad_primary_entries_readings_and_margins_are_named_before_any_comparison():
+    from verdicts import Reading
+
+    status = {"a": verdict([run(1, [1.0, 0.01])], 0.1), "b": verdict([run(1, [1.0, 0.01])], 0.1)}
+    with pytest.raises(ValueError, match=r"Comparisons.primary entry \('a',\) must be \(a, b\) or \(a, b, value\)"):
+        Comparisons(status, lambda key: [], primary=[("a",)])
+    with pytest.raises(ValueError, match="Comparisons.primary value=0.5 must be a function of one run record"):
+        Comparisons(status, lambda key: [], primary=[("a", "b", 0.5)])
+    with pytest.raises(ValueError, match="must be a function of one run record or a pair of them"):
+        Comparisons(status, lambda key: [], primary=[("a", "b", (final, final, final))])
+    with pytest.raises(ValueError, match=r"Comparisons.margin=\(1.5, 0.67\) must be \(low, high\) with 0 < low < 1"):
+        Comparisons(status, lambda key: [], margin=(1.5, 0.67))
+    with pytest.raises(ValueError, match="Reading.name='' must be non-empty"):
+        Reading("", final)
+    with pytest.raises(ValueError, match="Reading.get=3 must be a function of one run record"):
+        Reading("error", 3)
