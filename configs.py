@@ -56,6 +56,13 @@ class TrainConfig:
                       trains with the phantom gradient instead: the solve runs without gradient and
                       k more loops from its output carry it (k = 1: Jacobian-free backpropagation);
                       their last is supervised. Validation still runs b plain loops.
+    jacobian_penalty, jacobian_samples: lambda, the weight of a penalty on the loop map's Jacobian (Bai et
+                      al. 2021's Jacobian regularisation; 0: none): every training step adds lambda times a
+                      Hutchinson estimate of ||J||_F^2 / n, J the Jacobian of one loop s -> step(s, e) at the
+                      step's final state (the last loop's output, or the fixed point of a solve) and n the
+                      state's size, from `jacobian_samples` Gaussian vectors drawn from (seed, step) alone
+                      (`seeding.step_generator`), so the training data stream is the one the run without the
+                      penalty draws. Needs a model with one map at every loop (`check_fixed_point`).
     solver_pretrain:  with solver "fixed_point": the first round(solver_pretrain * steps) steps train
                       the plain loop instead (b loops, gradient as grad_window says, the last one
                       supervised), the weight-tied unrolled pretraining of Bai et al. 2019: the
@@ -93,6 +100,8 @@ class TrainConfig:
     solver: str = "unroll"
     solver_tol: float = 1e-3
     solver_pretrain: float = 0.0
+    jacobian_penalty: float = 0.0
+    jacobian_samples: int = 1
     points_curriculum: tuple[int, int, int] | None = None
     dims_curriculum: tuple[int, int, int] | None = None
 
@@ -159,6 +168,13 @@ class TrainConfig:
                     getattr(self, name) == getattr(TrainConfig, name),
                     f"TrainConfig.{name}={getattr(self, name)!r} has no effect with solver='unroll'",
                 )
+        require_real("TrainConfig.jacobian_penalty", self.jacobian_penalty, minimum=0)
+        require_int("TrainConfig.jacobian_samples", self.jacobian_samples)
+        require(
+            self.jacobian_penalty > 0 or self.jacobian_samples == TrainConfig.jacobian_samples,
+            f"TrainConfig.jacobian_samples={self.jacobian_samples!r} has no effect with jacobian_penalty=0; "
+            "it is the number of Hutchinson vectors of the Jacobian penalty",
+        )
         self._check_schedule(
             "points_curriculum",
             (3,),
