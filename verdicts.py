@@ -531,8 +531,11 @@ class Comparisons(Generic[K]):
     excluded: {key: reason} for configurations that pass the gate but are still not compared,
               e.g. "screened with one seed".
     primary:  at most three (a, b) pairs, fixed in the notebook before its runs: the comparisons that
-              answer the study's question, on the default value (`final_error`). They form the
-              primary family; every other comparison drawn is exploratory, a family of its own.
+              answer the study's question, on `primary_value`. They form the primary family; every
+              other comparison drawn is exploratory, a family of its own.
+    primary_value: the per-run value the primary comparisons are drawn on, fixed before the runs:
+              `final_error` (the held-out error at the validation b) unless a study's question is
+              another number (Experiment 12's: the error far past the trained loop count).
               A primary comparison needs arms trained for the same steps (else ValueError); an
               exploratory one between unequal budgets states both in its verdict.
     margin:   the equivalence margin on the ratio, fixed before the runs.
@@ -553,6 +556,7 @@ class Comparisons(Generic[K]):
         excluded: Mapping[K, str] | None = None,
         primary: Sequence[tuple[K, K]] = (),
         margin: tuple[float, float] = EQUIVALENCE_MARGIN,
+        primary_value: Callable[[dict], float | None] = final_error,
     ) -> None:
         require(len(primary) <= 3, f"Comparisons.primary names {len(primary)} comparisons; a report fixes at most 3")
         unknown = [key for pair in primary for key in pair if key not in status]
@@ -563,6 +567,7 @@ class Comparisons(Generic[K]):
         self.excluded = dict(excluded or {})
         self.primary = [tuple(pair) for pair in primary]
         self.margin = margin
+        self.primary_value = primary_value
         self.drawn: list[Paired] = []
         self.tests: dict[str, list[tuple[str, PairedTest]]] = {"primary": [], "exploratory": []}
         self.tokens: dict[tuple, str] = {}  # (a, b, value): its placeholder
@@ -577,7 +582,7 @@ class Comparisons(Generic[K]):
         rule's verdict with its numbers (`resolve` fills it in), or "not compared: ..." (no prefix)
         when either did not pass the gate or is excluded."""
         require(not self.resolved, "a comparison was drawn after resolve(): Holm's correction needs the whole family")
-        family = "primary" if self._is_primary(a, b) and value is final_error else "exploratory"
+        family = "primary" if self._is_primary(a, b) and value is self.primary_value else "exploratory"
         why = self._not_compared(a, b)
         if why:
             return "not compared: " + "; ".join(why)
@@ -689,7 +694,9 @@ class Comparisons(Generic[K]):
                     f"not resolved: {w.count('not resolved')})"
                 )
         primaries = "; ".join(f"{self.label(a)} against {self.label(b)}" for a, b in self.primary) or "none named"
-        drawn_primary = {pair for (a, b, value) in self.tokens if value is final_error for pair in ((a, b), (b, a))}
+        drawn_primary = {
+            pair for (a, b, value) in self.tokens if value is self.primary_value for pair in ((a, b), (b, a))
+        }
         why = lambda a, b: "; ".join(self._not_compared(a, b)) or "not drawn here"
         not_drawn = [f"{self.label(a)} against {self.label(b)} ({why(a, b)})"
                      for a, b in self.primary if (a, b) not in drawn_primary]  # fmt: skip

@@ -12,6 +12,7 @@ from verdicts import (
     PairedTest,
     called,
     describe_test,
+    final_error,
     holm,
     learned_table,
     paired,
@@ -323,3 +324,23 @@ def test_a_reports_strength_follows_its_primary_comparisons():
     assert compared.result("stuck", "base") == "not compared"
     with pytest.raises(ValueError, match="near against base was never drawn"):
         compared.result("near", "base")
+
+
+def test_the_primary_comparisons_may_be_drawn_on_another_value_fixed_before_the_runs():
+    """A study whose question is another number than the error at the validation b (Experiment 12: the error far
+    past the trained loop count) names that value: drawn on it, a named pair is primary; on the default value
+    the same pair is exploratory."""
+    trained = lambda errors: [run(s, [1.0, e, e]) for s, e in zip((1, 2, 3), errors, strict=True)]
+    groups = {"base": trained((0.04, 0.05, 0.06)), "half": trained((0.02, 0.026, 0.029))}
+    status = {key: verdict(records, 0.1) for key, records in groups.items()}
+    far = lambda record: 10 * final_error(record)  # a stand-in for a value read elsewhere per run
+    compared = Comparisons(status, groups.get, primary=[("half", "base")], primary_value=far)
+    on_far, on_default = compared("half", "base", far), compared("half", "base")
+    text = compared.resolve(on_far + "\n" + on_default)
+    assert "in the primary family of 1" in text.split("\n")[0]
+    assert "in the exploratory family of 1" in text.split("\n")[1]
+    assert compared.strength() == "strong" and "Primary comparisons not drawn" not in compared.count()
+    undrawn = Comparisons(status, groups.get, primary=[("half", "base")], primary_value=far)
+    undrawn("half", "base")  # the default value only: the primary comparison itself was not drawn
+    undrawn.resolve("")
+    assert undrawn.strength() == "untested" and "Primary comparisons not drawn: half against base" in undrawn.count()
