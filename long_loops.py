@@ -224,13 +224,20 @@ def loop_at(factor: float, mean_b: float) -> int:
     return max(1, round(factor * mean_b))
 
 
+# A bootstrap over 2 seeds has one distinct spread (every resample is the pair or one value twice): no interval.
+MIN_BOOTSTRAP_SEEDS = 3
+
+
 def bootstrap_sd(values: Sequence[float], resamples: int = 10000, seed: int = 0, level: float = 0.95):
     """The standard deviation (ddof 1) of `values` and its percentile bootstrap interval at `level`
     (values resampled with replacement `resamples` times, a fixed seed so that the interval repeats);
-    (sd, (low, high)), or (None, None) with fewer than 2 values or a value that is not finite."""
+    (sd, (low, high)); (sd, None) with fewer than `MIN_BOOTSTRAP_SEEDS` values, and (None, None) with fewer
+    than 2 or a value that is not finite."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2 or not np.isfinite(values).all():
         return None, None
+    if len(values) < MIN_BOOTSTRAP_SEEDS:
+        return float(values.std(ddof=1)), None
     picks = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))  # [R, n]
     spreads = values[picks].std(1, ddof=1)  # [R]
     low, high = np.quantile(spreads, [(1 - level) / 2, (1 + level) / 2])
@@ -329,16 +336,23 @@ def spread_ratio(
 ) -> SpreadRatio:
     """The across-seed spread (sd, ddof 1, of the log error) of `a` against `b`, each {seed: error}, on the
     seeds both have; its interval resamples those seeds with replacement, the same picks for both sides,
-    so that the pairing by seed is kept. None with fewer than 2 shared seeds or an error that is not finite."""
+    so that the pairing by seed is kept. The ratio is None with fewer than 2 shared seeds or an error that is
+    not finite (or None: beyond the trace), the interval None with fewer than `MIN_BOOTSTRAP_SEEDS`."""
     shared = tuple(sorted(set(a) & set(b)))
-    logs = np.log(np.array([[a[s], b[s]] for s in shared], dtype=float).reshape(-1, 2))  # [seeds, 2]
+    pairs = [[a[s], b[s]] for s in shared]
+    if any(value is None for pair in pairs for value in pair):
+        return SpreadRatio(shared, None, None)
+    logs = np.log(np.array(pairs, dtype=float).reshape(-1, 2))  # [seeds, 2]
     if len(shared) < 2 or not np.isfinite(logs).all() or logs[:, 1].std(ddof=1) == 0:
         return SpreadRatio(shared, None, None)
+    ratio = float(logs[:, 0].std(ddof=1) / logs[:, 1].std(ddof=1))
+    if len(shared) < MIN_BOOTSTRAP_SEEDS:
+        return SpreadRatio(shared, ratio, None)
     picks = np.random.default_rng(seed).integers(0, len(shared), size=(resamples, len(shared)))  # [R, n]
     with np.errstate(divide="ignore", invalid="ignore"):
         resampled = logs[picks][:, :, 0].std(1, ddof=1) / logs[picks][:, :, 1].std(1, ddof=1)  # [R]
     low, high = np.quantile(resampled[~np.isnan(resampled)], [(1 - level) / 2, (1 + level) / 2])
-    return SpreadRatio(shared, float(logs[:, 0].std(ddof=1) / logs[:, 1].std(ddof=1)), (float(low), float(high)))
+    return SpreadRatio(shared, ratio, (float(low), float(high)))
 
 
 # Experiment 12's pass marks, fixed before its runs (issue 40): keeps improving to 1.5 b-bar (the interval
@@ -372,12 +386,18 @@ def _ratio_text(test: PairedTest) -> str:
 
 
 def pass_marks(
-    configuration: str, numbers: FieldNumbers, spread: SpreadRatio | None = None, against: str = "fixed b"
+    configuration: str,
+    numbers: FieldNumbers,
+    spread: SpreadRatio | None = None,
+    against: str = "fixed b",
+    gate: Verdict | None = None,
 ) -> list[Mark]:
     """The pass marks of one configuration: keeps improving to `PASS_MARKS["improve"]` b-bar (the interval of
     the ratio below 1), within `hold_10` of the lowest error at 10 b-bar and `hold_100` at 100 b-bar, and,
     where `spread` (its spread against the same state at fixed b, `against`) is given, at most `spread`
-    times that spread (with whether the bootstrap interval resolves it)."""
+    times that spread (with whether the bootstrap interval resolves it). With `gate`, the configuration's
+    verdict: one that did not pass meets no mark (a model left at predicting 0 is flat, not holding), and
+    each mark says so before the value measured."""
     improving = numbers.improvement
     marks = [
         Mark(
@@ -403,17 +423,21 @@ def pass_marks(
             marks.append(Mark(configuration, f"at most {PASS_MARKS['spread']:g} x the spread of {against}", None,
                               f"not measurable on {len(spread.seeds)} shared seeds"))  # fmt: skip
         else:
-            low, high = spread.interval
             resolved = "resolved" if spread.resolved else f"not resolved with {len(spread.seeds)} seeds"
+            interval = (f"95% bootstrap interval {fmt(spread.interval[0])} to {fmt(spread.interval[1])}; "
+                        if spread.interval is not None else "no bootstrap interval; ")  # fmt: skip
             marks.append(
                 Mark(
                     configuration,
                     f"at most {PASS_MARKS['spread']:g} x the spread of {against} (sd of log error at "
                     f"{fmt(numbers.spread_at)} b-bar)",
                     bool(spread.ratio <= PASS_MARKS["spread"]),
-                    f"x{fmt(spread.ratio)} (95% bootstrap interval {fmt(low)} to {fmt(high)}; {resolved})",
+                    f"x{fmt(spread.ratio)} ({interval}{resolved})",
                 )
             )
+    if gate is not None and not gate.trained:
+        why = f"{gate.status} ({gate.distance()}); "
+        marks = [Mark(m.configuration, m.mark, False, why + m.measured) for m in marks]
     return marks
 
 
@@ -445,8 +469,12 @@ def field_table(numbers: Mapping[str, FieldNumbers]) -> str:
     holds = list(first.hold)
     rows = []
     for configuration, n in numbers.items():
-        low, high = n.spread_interval or (None, None)
-        spread = "-" if n.spread is None else f"{fmt(n.spread)} ({fmt(low)} to {fmt(high)})"
+        if n.spread is None:
+            spread = "-"
+        elif n.spread_interval is None:
+            spread = f"{fmt(n.spread)} (no interval with {len(n.seeds)} seeds)"
+        else:
+            spread = f"{fmt(n.spread)} ({fmt(n.spread_interval[0])} to {fmt(n.spread_interval[1])})"
         rows.append([
             configuration,
             fmt(n.mean_b, 3),

@@ -85,8 +85,9 @@ def test_a_loop_that_is_not_finite_counts_as_the_worst_error_and_a_trace_too_sho
 def test_the_spread_across_seeds_and_its_paired_bootstrap():
     sd, (low, high) = bootstrap_sd([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
     assert sd == pytest.approx(np.std([0, 1, 2, 3, 4, 5], ddof=1)) and low < sd < high
-    assert bootstrap_sd([1.0, 2.0]) == bootstrap_sd([1.0, 2.0])  # a fixed seed: the interval repeats
-    assert bootstrap_sd([1.0]) == (None, None) and bootstrap_sd([1.0, math.inf]) == (None, None)
+    assert bootstrap_sd([1.0, 2.0, 4.0]) == bootstrap_sd([1.0, 2.0, 4.0])  # a fixed seed: the interval repeats
+    assert bootstrap_sd([1.0, 2.0]) == (pytest.approx(math.sqrt(0.5)), None)  # two seeds: one spread, no interval
+    assert bootstrap_sd([1.0]) == (None, None) and bootstrap_sd([1.0, 2.0, math.inf]) == (None, None)
     rng = np.random.default_rng(3)
     fixed = {seed: float(np.exp(rng.normal(0, 0.4))) for seed in SEEDS}
     # half the spread of fixed b on the same seeds, seed by seed: the paired bootstrap keeps the pairing, so its
@@ -98,6 +99,11 @@ def test_the_spread_across_seeds_and_its_paired_bootstrap():
     unresolved = spread_ratio(noisy, fixed)
     assert unresolved.interval[0] < 1 < unresolved.interval[1] and not unresolved.resolved
     assert spread_ratio({1: 1.0}, {1: 2.0}).ratio is None  # one shared seed: no spread
+    two = spread_ratio({1: 1.0, 2: 2.0}, {1: 1.0, 2: 4.0})
+    assert two.ratio == pytest.approx(0.5) and two.interval is None and not two.resolved
+    assert "no bootstrap interval; not resolved with 2 seeds" in pass_marks("two", field_numbers(
+        synthetic(FALLING)[:2], SEEDS[:2], MEAN_B), two)[-1].measured  # fmt: skip
+    assert spread_ratio({1: 1.0, 2: None, 3: 2.0}, {1: 1.0, 2: 4.0, 3: 3.0}).ratio is None  # beyond the trace
     numbers = field_numbers(synthetic(FALLING), SEEDS, MEAN_B)
     marks = pass_marks("half", numbers, ratio, "the same state at fixed b")
     assert marks[-1].met is True and "resolved" in marks[-1].measured
@@ -133,6 +139,11 @@ def test_the_deep_equilibrium_mark():
                           "spec": {"train": {"steps": 10, "lr_schedule": "cosine", "warmup": 0.0}}}], threshold, gate)
     refused = deq_mark("DEQ", [0.01], untrained)
     assert refused.met is False and "did not learn" in refused.measured
+    # a configuration that did not pass the gate meets no mark, however flat its curve
+    flat = pass_marks("flat, untrained", field_numbers(synthetic(FLAT), SEEDS, MEAN_B), gate=untrained)
+    assert [mark.met for mark in flat] == [False] * 3 and all("did not learn" in mark.measured for mark in flat)
+    assert [m.met for m in pass_marks("trained", field_numbers(synthetic(FALLING), SEEDS, MEAN_B), gate=trained)] == [
+        True] * 3  # fmt: skip
 
 
 SMALL = dict(n_dims=3, n_layers=1, n_heads=2, hidden_dim=8, mlp_hidden=16, context=9, final_norm=True)
