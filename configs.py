@@ -42,7 +42,10 @@ class TrainConfig:
                       from b_min..b, or ("poisson_lognormal", mean, sigma): 1 + Poisson(exp(tau))
                       with tau ~ N(log(mean) - sigma^2 / 2, sigma) (the Poisson part has mean
                       `mean`), capped at b: the recurrent-depth models of Geiping et al. 2025, who
-                      pair it with a short grad_window (truncated backpropagation).
+                      pair it with a short grad_window (truncated backpropagation: a step runs its
+                      first count - grad_window loops without gradient, all of them when the count is
+                      below the window). The 1 + keeps every count >= 1, as their sampler adds one;
+                      the cap b is also the loop count validation runs, and `mean_loops` is b-bar.
                       The draw is a function of (seed, step) alone, so a resumed run draws the same
                       counts. Validation always runs b loops. Not with loops_curriculum.
     solver, solver_tol: "unroll" (every training step runs its b loops and backpropagates through
@@ -53,6 +56,13 @@ class TrainConfig:
                       trains with the phantom gradient instead: the solve runs without gradient and
                       k more loops from its output carry it (k = 1: Jacobian-free backpropagation);
                       their last is supervised. Validation still runs b plain loops.
+    jacobian_penalty, jacobian_samples: lambda, the weight of a penalty on the loop map's Jacobian (Bai et
+                      al. 2021's Jacobian regularisation; 0: none): every training step adds lambda times a
+                      Hutchinson estimate of ||J||_F^2 / n, J the Jacobian of one loop s -> step(s, e) at the
+                      step's final state (the last loop's output, or the fixed point of a solve) and n the
+                      state's size, from `jacobian_samples` Gaussian vectors drawn from (seed, step) alone
+                      (`seeding.step_generator`), so the training data stream is the one the run without the
+                      penalty draws. Needs a model with one map at every loop (`check_fixed_point`).
     solver_pretrain:  with solver "fixed_point": the first round(solver_pretrain * steps) steps train
                       the plain loop instead (b loops, gradient as grad_window says, the last one
                       supervised), the weight-tied unrolled pretraining of Bai et al. 2019: the
@@ -90,6 +100,8 @@ class TrainConfig:
     solver: str = "unroll"
     solver_tol: float = 1e-3
     solver_pretrain: float = 0.0
+    jacobian_penalty: float = 0.0
+    jacobian_samples: int = 1
     points_curriculum: tuple[int, int, int] | None = None
     dims_curriculum: tuple[int, int, int] | None = None
 
@@ -156,6 +168,13 @@ class TrainConfig:
                     getattr(self, name) == getattr(TrainConfig, name),
                     f"TrainConfig.{name}={getattr(self, name)!r} has no effect with solver='unroll'",
                 )
+        require_real("TrainConfig.jacobian_penalty", self.jacobian_penalty, minimum=0)
+        require_int("TrainConfig.jacobian_samples", self.jacobian_samples)
+        require(
+            self.jacobian_penalty > 0 or self.jacobian_samples == TrainConfig.jacobian_samples,
+            f"TrainConfig.jacobian_samples={self.jacobian_samples!r} has no effect with jacobian_penalty=0; "
+            "it is the number of Hutchinson vectors of the Jacobian penalty",
+        )
         self._check_schedule(
             "points_curriculum",
             (3,),
@@ -221,6 +240,29 @@ class TrainConfig:
             return self.b
         start, every, *increment = self.loops_curriculum
         return min(self.b, start + (increment[0] if increment else 1) * (step // every))
+
+    def mean_loops(self) -> float:
+        """The mean training loop count, b-bar: what the field reports extrapolation against. b for a
+        fixed count (and for the fixed-point solve, whose b caps its evaluations), the mean over the
+        steps of a loop curriculum, and the expectation of a random count rather than its draws, so
+        that every seed of a configuration has the same b-bar: (b_min + b) / 2 for "uniform", and for
+        "poisson_lognormal" E[min(b, 1 + Poisson(exp(tau)))] over tau ~ N(log(mean) - sigma^2 / 2,
+        sigma), by Gauss-Hermite quadrature over tau (the cap at b makes it a little below 1 + mean)."""
+        if self.loops_random is None:
+            if self.loops_curriculum is None:
+                return float(self.b)
+            return float(np.mean([self.loops_at(step) for step in range(self.steps)]))
+        if self.loops_random[0] == "uniform":
+            return (self.loops_random[1] + self.b) / 2
+        _, mean, sigma = self.loops_random
+        nodes, weights = np.polynomial.hermite.hermgauss(80)
+        rates = np.exp(math.log(mean) - sigma**2 / 2 + math.sqrt(2) * sigma * nodes)  # [80]: exp(tau) at each node
+        counts = np.arange(self.b - 1)  # [b - 1]: k = 0..b-2
+        # E[min(b - 1, N)] = sum over k < b - 1 of P(N > k), P(N > k) = 1 - the Poisson cdf at k
+        log_factorials = np.array([math.lgamma(k + 1) for k in counts])  # [b - 1]
+        log_pmf = counts[None] * np.log(rates[:, None]) - rates[:, None] - log_factorials  # [80, b - 1]
+        survival = 1 - np.cumsum(np.exp(log_pmf), axis=1)  # [80, b - 1]
+        return float(1 + weights @ np.clip(survival, 0, 1).sum(1) / math.sqrt(math.pi))
 
     def solves_at(self, step: int) -> bool:
         """Whether training step `step` (0-based) solves for the fixed point (solver "fixed_point",

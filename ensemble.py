@@ -128,6 +128,11 @@ def check_ensemble(model_config: ModelConfig, configs: list[TrainConfig]) -> Non
         raise ValueError(
             f"TrainConfig.solver={configs[0].solver!r} is not supported by the ensemble; use another backend"
         )
+    if configs[0].jacobian_penalty:
+        raise ValueError(
+            f"TrainConfig.jacobian_penalty={configs[0].jacobian_penalty!r} differentiates each member's loop map "
+            "(a vector-Jacobian product with its own graph), which the vmapped step does not run; use another backend"
+        )
     if configs[0].loops_random is not None:
         raise ValueError(
             f"TrainConfig.loops_random={configs[0].loops_random!r} draws a loop count per member and step, which one "

@@ -363,6 +363,7 @@ class Experiment:
         lr: float,
         screen_lr: float | Sequence[float],
         gate: Gate | None = None,
+        sittings: str = "",
     ) -> RateScreen:
         """The rate screen of a grid whose variants may need a lower peak rate than the reference,
         run by the protocol (`protocol.py`): each config's screen run (`protocol.screen_twin` of
@@ -373,13 +374,15 @@ class Experiment:
         the gate (sittings "rate-screen", "rate-screen-2", ...). `protocol.choose_rates` then picks
         each config's rate among the rates it ran and writes `data/rate choices.json`; a config the
         shared rate trained keeps it. `label` is the RunSpec label that holds the config's name. The
-        reported seeds at the chosen rates are the notebook's own `run`."""
+        reported seeds at the chosen rates are the notebook's own `run`. `sittings`: a prefix of the
+        sittings' names, so that one notebook may screen two groups of configurations from different
+        shared rates (each group's wall times kept apart; the choices share one record)."""
         gate = gate or Gate()
         lower_rates = [screen_lr] if isinstance(screen_lr, (int, float)) else list(screen_lr)
         require(len(lower_rates) > 0, "screen_lr is empty; give one lower rate or a sequence of them")
         twin = lambda config, rate: screen_twin(spec_for(config, SCREEN_SEED, rate))
         threshold = tuning_threshold(twin(configs[0], lr), gate)
-        shared = self.run([twin(config, lr) for config in configs], sitting="shared-rate")
+        shared = self.run([twin(config, lr) for config in configs], sitting=f"{sittings}shared-rate")
         shared_sitting = dict(self.grid)
         above = lambda results, config: not verdict(results.where(**{label: config}), threshold, gate).trained
         untrained = [c for c in configs if above(shared, c)]
@@ -388,7 +391,7 @@ class Experiment:
         for stage, rate in enumerate(lower_rates, start=1):
             if stage > 1 and not still_above:
                 break
-            sitting = "rate-screen" if stage == 1 else f"rate-screen-{stage}"
+            sitting = f"{sittings}rate-screen" if stage == 1 else f"{sittings}rate-screen-{stage}"
             stage_runs = self.run([twin(config, rate) for config in still_above], sitting=sitting)
             screened += list(stage_runs)
             screen_sitting = dict(self.grid) if screen_sitting is None else {

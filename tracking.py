@@ -159,6 +159,11 @@ def log_curves(run, result) -> None:
     evals = {entry["step"]: entry for entry in result.evals}
     for step in sorted(set(range(1, len(result.loss) + 1)) | set(evals)):
         values = {"train/loss": result.loss[step - 1]} if 1 <= step <= len(result.loss) else {}
+        values |= {  # the other per-step series (the solve's residual, the Jacobian estimate) where measured
+            f"train/{key}": series[step - 1]
+            for key, series in getattr(result, "diagnostics", {}).items()
+            if 1 <= step <= len(series) and series[step - 1] is not None
+        }
         if step in evals:
             values |= {"eval/reference": evals[step]["reference"], "eval/last_loop": evals[step]["last_loop"]}
         run.log(values, step=step)

@@ -15,6 +15,9 @@ so a member of an ensemble trains on exactly the loss a single run trains on. A 
 - `stopped`: the members whose loss was not finite (their weights are kept as they were);
 - `step(done)`: training step `done` (0-based) of every member; each member's loss, None for
   a member already stopped;
+- `diagnostics`: optional; after `step`, one dict per member of that step's other measurements
+  (`train_step`'s "solve_residual" and "jacobian"), which `train_loop` keeps in
+  `TrainResult.diagnostics` and logs beside the loss;
 - `model(member)`: a model holding that member's current weights, for evaluation;
 - `state_dict()` / `load_state_dict(state)`: what a checkpoint holds, to resume bit-identically
   on CPU.
@@ -38,7 +41,7 @@ import torch.nn.functional as F
 
 from configs import TrainConfig
 from evaluation import error_scale, evaluate, heldout_prompts
-from seeding import build_model, make_generator
+from seeding import build_model, make_generator, step_generator
 from storage import atomic_write_bytes, set_aside, torch_bytes
 from transformer import ModelConfig, check_fixed_point
 
@@ -47,16 +50,39 @@ CHECKPOINT_FORMAT = 3  # a checkpoint written by an older version is not resumed
 
 @dataclass
 class TrainResult:
-    """What a run produced. status is "finished" or "diverged" (then `message` says why)."""
+    """What a run produced. status is "finished" or "diverged" (then `message` says why).
+
+    diagnostics: per-step series other than the loss, each aligned with `loss` (None where a step did not
+    measure it): "solve_residual", the largest relative residual over the batch at the end of a fixed-point
+    step's forward solve (where the solve fails shows step by step), and "jacobian", the estimate of
+    ||J||_F^2 / n that a step with `jacobian_penalty` adds to its loss. Empty for every other run, and then
+    left out of `to_dict`, so that a record of such a run reads as it always did.
+    """
 
     loss: list[float] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
     status: str = "running"
     message: str = ""
     wall_time_s: float = 0.0
+    diagnostics: dict[str, list[float | None]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if not self.diagnostics:
+            del values["diagnostics"]
+        return values
+
+    def add_diagnostics(self, values: dict[str, float]) -> None:
+        """The diagnostics of the step whose loss was appended last: each series padded with None up to it."""
+        for key, value in values.items():
+            series = self.diagnostics.setdefault(key, [])
+            series.extend([None] * (len(self.loss) - 1 - len(series)))
+            series.append(value)
+
+    def pad_diagnostics(self) -> None:
+        """Every diagnostics series as long as `loss` (None for the steps after its last value)."""
+        for series in self.diagnostics.values():
+            series.extend([None] * (len(self.loss) - len(series)))
 
 
 @dataclass(frozen=True)
@@ -210,6 +236,9 @@ def check_training(model_config: ModelConfig, task, config: TrainConfig) -> None
     check_effective(model_config, config)
     if config.solver == "fixed_point":
         check_fixed_point(model_config)
+    if config.jacobian_penalty:
+        purpose = f"TrainConfig.jacobian_penalty={config.jacobian_penalty!r} (the loop map's Jacobian)"
+        check_fixed_point(model_config, purpose)
     # The implicit gradient of a fixed-point solve stores no loop (unless unrolled pretraining runs b loops first).
     implicit = config.solver == "fixed_point" and config.grad_window is None and not config.solver_pretrain
     loops_with_gradient = 0 if implicit else config.b if config.grad_window is None else config.grad_window
@@ -247,28 +276,45 @@ def train_step(
     n_points: int | None = None,
     active_dims: int | None = None,
     solve: bool | None = None,
+    step: int = 0,
+    diagnostics: dict[str, float] | None = None,
 ) -> float:
     """One step: sample a batch of `n_points`-point prompts with `active_dims` non-zero x
     coordinates, run b loops (`config.b`, `config.n_points` and every dimension unless
     given) or, where `solve` (default: the config's solver is "fixed_point"), the fixed-point
-    solve, the loss, and (if it is finite) an optimizer step.
-    Returns the loss; a non-finite loss leaves the weights untouched.
+    solve, the loss (plus `jacobian_penalty` times the Jacobian estimate at the final state, whose
+    vectors are drawn for training step `step`), and (if it is finite) an optimizer step.
+    Returns the loss without the penalty, the number every run's curve shows; a non-finite loss or
+    penalty leaves the weights untouched. diagnostics: None, or a dict that receives the step's
+    "solve_residual" (a solving step) and "jacobian" (a penalised step) (`TrainResult.diagnostics`).
     """
     solve = config.solver == "fixed_point" if solve is None else solve
     plan = StepPlan(config.b if b is None else b, config.n_points if n_points is None else n_points, active_dims, solve)
     tokens, ys = sample_batch(task, config, plan, generator)
+    measured: dict[str, float] = {}
     if plan.solve:
-        # [1, B, P]: the fixed point, or grad_window loops after it (the phantom gradient)
-        preds, _ = model.equilibrium(tokens, plan.b, config.solver_tol, config.grad_window)
+        # [1, B, P]: the fixed point, or grad_window loops after it (the phantom gradient); state [B, S, h]
+        preds, solved, state = model.fixed_point(tokens, plan.b, config.solver_tol, config.grad_window)
         loss = step_loss(model, preds, tokens, ys, config, 1)
+        measured["solve_residual"] = solved["residual"]
     else:
-        preds = model(tokens, plan.b, config.grad_window)  # [b, B, P]
+        preds, state = model.loops(tokens, plan.b, config.grad_window)  # [b, B, P], [B, S, h]
         loss = step_loss(model, preds, tokens, ys, config, plan.b)
     value = loss.item()
+    total = loss
+    if config.jacobian_penalty:
+        generator_of_step = step_generator(config.seed, "jacobian", step)
+        jacobian = model.loop_jacobian(tokens, state, config.jacobian_samples, generator_of_step)  # a scalar
+        measured["jacobian"] = jacobian.item()
+        total = loss + config.jacobian_penalty * jacobian
+    if diagnostics is not None:
+        diagnostics.update(measured)
     if not math.isfinite(value):
         return value
+    if not math.isfinite(total.item()):
+        return float("nan")  # the penalty is not finite: the step is refused as a non-finite loss would be
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total.backward()
     if config.clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
     optimizer.step()
@@ -343,8 +389,10 @@ class SingleStepper:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         self.generator = make_generator(config.seed, "train", self.device)
         self.stopped: set[int] = set()
+        self.diagnostics: list[dict[str, float]] = [{}]
 
     def step(self, done: int) -> list[float | None]:
+        self.diagnostics = [{}]
         if self.stopped:
             return [None]
         config = self.configs[0]
@@ -352,7 +400,7 @@ class SingleStepper:
         set_lr(self.optimizer, config, done)
         value = train_step(
             self._model, self.optimizer, self.task, self.generator, config, plan.b, plan.n_points, plan.active_dims,
-            plan.solve,
+            plan.solve, done, self.diagnostics[0],
         )
         if not math.isfinite(value):
             self.stopped.add(0)  # train_step left the weights as they were
@@ -444,8 +492,12 @@ def train_loop(
                 continue
             if math.isfinite(value):
                 results[member].loss.append(value)
+                measured = getattr(stepper, "diagnostics", None)
+                measured = measured[member] if measured else {}
+                results[member].add_diagnostics(measured)
                 if runs[member] is not None:
-                    runs[member].log({"train/loss": value}, step=done + 1)
+                    logged = {"train/loss": value, **{f"train/{key}": v for key, v in measured.items()}}
+                    runs[member].log(logged, step=done + 1)
                 continue
             results[member].status = "diverged"
             results[member].message = (
@@ -470,6 +522,7 @@ def train_loop(
         bar.close()
     seconds = time.perf_counter() - started
     for result in results:
+        result.pad_diagnostics()
         if result.status != "diverged":
             result.status = "finished"
         result.wall_time_s = seconds

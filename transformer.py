@@ -37,6 +37,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import components
@@ -57,7 +58,7 @@ from components import (
     attention_allowed,
     on_tokens,
 )
-from equilibrium import implicit_fixed_point, phantom_fixed_point
+from equilibrium import implicit_fixed_point, jacobian_norm_estimate, phantom_fixed_point
 
 __all__ = [
     # the config and its choices
@@ -363,9 +364,10 @@ class ModelConfig:
         return cls(**current_names(values))
 
 
-def check_fixed_point(config: ModelConfig) -> None:
+def check_fixed_point(config: ModelConfig, purpose: str = "a fixed-point solve") -> None:
     """Raise `ValueError` unless every loop of `config` applies the same map, so that it has a fixed
-    point to solve for (`BaseLoopedTransformer.equilibrium`)."""
+    point to solve for (`BaseLoopedTransformer.equilibrium`) and one Jacobian to penalise
+    (`BaseLoopedTransformer.loop_jacobian`); `purpose` names what needs it in the message."""
     different = {
         "loop_stacks": (config.loop_stacks, 1),
         "context_keep": (config.context_keep, "all"),
@@ -373,7 +375,7 @@ def check_fixed_point(config: ModelConfig) -> None:
         "loop_embedding": (config.loop_embedding, "none"),
     }
     wrong = [f"{field}={value!r} (needs {needed!r})" for field, (value, needed) in different.items() if value != needed]
-    require(not wrong, "a fixed-point solve needs the same map at every loop; ModelConfig has " + ", ".join(wrong))
+    require(not wrong, f"{purpose} needs the same map at every loop; ModelConfig has " + ", ".join(wrong))
 
 
 def check_loops(b: int, name: str = "b") -> None:
@@ -486,6 +488,14 @@ class BaseLoopedTransformer(nn.Module):
     def equilibrium(
         self, tokens: torch.Tensor, max_iter: int, tol: float, unroll: int | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Predictions [1, B, P] at the loop's fixed point and the solve's {"iterations", "residual"}:
+        `fixed_point` without the state."""
+        preds, info, _ = self.fixed_point(tokens, max_iter, tol, unroll)
+        return preds, info
+
+    def fixed_point(
+        self, tokens: torch.Tensor, max_iter: int, tol: float, unroll: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         """Predictions [1, B, P] at the loop's fixed point s* = step(s*, e), solved by Anderson
         acceleration in at most `max_iter` evaluations. Needs one map to iterate: one stack, the
         whole context and state, no loop-index signal (`check_fixed_point`).
@@ -495,18 +505,39 @@ class BaseLoopedTransformer(nn.Module):
         gradient and k more plain loops from its output carry it (the phantom gradient of Geng et
         al. 2021; k = 1 is the Jacobian-free backpropagation of Fung et al. 2022), which needs no
         backward solve and stays finite where the forward solve has not converged. The
-        predictions are then those of the k-th loop after the solve."""
+        predictions are then those of the k-th loop after the solve. Returns (predictions [1, B, P], the
+        solve's {"iterations", "residual"}, the state they are read from [B, S, h])."""
         check_fixed_point(self.config)
         e = self.embed_prompt(tokens)  # [B, S, h]
-        positions = self.loop_positions(e)  # None or [B, S, h]
-        step = self._loop_step(self.stack)
-        f = lambda s: step(s, e, positions)  # [B, S, h] -> [B, S, h]: one loop
+        f = self.loop_map(e)  # [B, S, h] -> [B, S, h]: one loop
         s0 = self.injection.initial_state(e)  # [B, S, h]
         if unroll is None:
             state, info = implicit_fixed_point(f, s0, max_iter, tol)  # [B, S, h]
         else:
             state, info = phantom_fixed_point(f, s0, max_iter, tol, unroll)  # [B, S, h]
-        return self.read_out(state)[None], info  # [1, B, P]
+        return self.read_out(state)[None], info, state  # [1, B, P], info, [B, S, h]
+
+    def loop_map(self, e: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """One loop of the prompt embedded as e [B, S, h], s -> step(s, e) [B, S, h] -> [B, S, h]: the map a
+        fixed-point solve iterates and whose Jacobian the penalty estimates. The same map at every loop only
+        when `check_fixed_point` allows the model (the callers check it)."""
+        positions = self.loop_positions(e)  # None or [B, S, h]
+        step = self._loop_step(self.stack)
+        return lambda s: step(s, e, positions)  # [B, S, h] -> [B, S, h]
+
+    def loop_jacobian(
+        self, tokens: torch.Tensor, state: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """A Hutchinson estimate of ||J||_F^2 / n of one loop at `state` [B, S, h] (J = d loop / d state, n the
+        state's size; `equilibrium.jacobian_norm_estimate` from `samples` Gaussian vectors of `generator`): the
+        quantity `TrainConfig.jacobian_penalty` penalises, differentiable in the parameters where gradient is
+        enabled. Needs one map at every loop (`check_fixed_point`). Attention runs its composite ("math")
+        kernel here: the penalty's gradient differentiates a vector-Jacobian product, and the fused CPU kernel
+        has no second derivative; the training loss's own forward keeps the fused kernel."""
+        check_fixed_point(self.config, "the loop map's Jacobian (TrainConfig.jacobian_penalty)")
+        with sdpa_kernel(SDPBackend.MATH):
+            e = self.embed_prompt(tokens)  # [B, S, h]
+            return jacobian_norm_estimate(self.loop_map(e), state, samples, generator)  # a scalar
 
     def _loop_step(self, stack: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """One loop on (state, e, added) of the tokens that run: the injection's step, with `added`
@@ -538,8 +569,17 @@ class BaseLoopedTransformer(nn.Module):
         return torch.stack([everything if mask is None else mask for mask in kept])  # [b, B, P]
 
     def forward(self, tokens: torch.Tensor, b: int, grad_window: int | None = None) -> torch.Tensor:
-        preds = [self.read_out(state) for state in self.states(tokens, b, grad_window)]  # b x [B, P]
-        return torch.stack(preds)  # [b, B, P]
+        return self.loops(tokens, b, grad_window)[0]  # [b, B, P]
+
+    def loops(
+        self, tokens: torch.Tensor, b: int, grad_window: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predictions of every loop [b, B, P] and the state after the last [B, S, h] (where the
+        Jacobian penalty is taken); `forward` is the predictions alone."""
+        preds, state = [], None
+        for state in self.states(tokens, b, grad_window):  # [B, S, h]
+            preds.append(self.read_out(state))  # [B, P]
+        return torch.stack(preds), state  # [b, B, P], [B, S, h]
 
 
 def gpt2_init(model: BaseLoopedTransformer) -> None:

@@ -1,6 +1,7 @@
 """The deep-equilibrium option: Anderson's fixed point, its implicit gradient against the
 gradient of a converged unrolled loop, the model's `equilibrium` and training with it."""
 
+import math
 import re
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from equilibrium import anderson, implicit_fixed_point
 from tasks import LinearRegression
+from tracking import log_curves
 from transformer import ModelConfig
 from utils import TrainConfig, build_model, make_generator, train
 
@@ -178,3 +180,39 @@ def test_phantom_gradient_needs_at_least_one_loop():
     tokens, _ = LinearRegression(4).sample(2, 12, make_generator(0, "train"))
     with pytest.raises(ValueError, match=re.escape("unroll=0")):
         model.equilibrium(tokens.double(), 10, 1e-3, unroll=0)
+
+
+class Logged:
+    """A stand-in for a wandb run: every logged dict, by step."""
+
+    def __init__(self):
+        self.logged = {}
+
+    def log(self, values, step):
+        self.logged.setdefault(step, {}).update(values)
+
+
+def test_every_solving_step_logs_its_solve_residual_and_the_penalty_its_estimate():
+    """Where the solve fails shows step by step: each training step that solves records the largest relative
+    residual of its forward solve (None for the unrolled pretraining steps), and with the Jacobian penalty its
+    estimate; both are logged beside the loss and kept in the record."""
+    common = dict(steps=6, batch_size=8, lr=1e-3, b=12, n_points=12, supervise="last", eval_prompts=16,
+                  solver="fixed_point", solver_tol=1e-3, solver_pretrain=1 / 3)
+    model_config, task = ModelConfig(**SMALL, final_norm=True), LinearRegression(4)
+    run = Logged()
+    result = train(build_model(model_config, 3), task, TrainConfig(**common), run=run, progress=False)
+    residuals = result.diagnostics["solve_residual"]
+    assert len(residuals) == len(result.loss) == 6 and residuals[:2] == [None, None]
+    assert all(0 <= r < float("inf") for r in residuals[2:])
+    assert [run.logged[step].get("train/solve_residual") for step in range(1, 7)] == residuals
+    replayed = Logged()  # a run whose training is reused logs its stored curves: the same residuals
+    log_curves(replayed, result)
+    assert [replayed.logged[step].get("train/solve_residual") for step in range(1, 7)] == residuals
+    assert result.to_dict()["diagnostics"] == {"solve_residual": residuals}
+    penalised = train(build_model(model_config, 3), task, TrainConfig(**common, jacobian_penalty=0.1), progress=False)
+    assert penalised.loss[0] == result.loss[0] and len(penalised.diagnostics["jacobian"]) == 6
+    assert penalised.diagnostics["solve_residual"][:2] == [None, None]
+    assert all(math.isfinite(x) for x in penalised.loss)
+    plain_config = TrainConfig(steps=2, batch_size=8, b=3, n_points=12, eval_prompts=16)
+    plain = train(build_model(model_config, 3), task, plain_config, progress=False)
+    assert plain.diagnostics == {} and "diagnostics" not in plain.to_dict()  # an unrolled run's record is as it was

@@ -422,6 +422,20 @@ def test_screen_rates_tries_each_lower_rate_only_for_the_configs_every_earlier_r
         exp.screen_rates(["a"], spec_for, "method", 1e-2, ())
 
 
+def test_two_groups_screened_from_different_shared_rates_keep_their_sittings_and_share_the_choices(
+    tmp_path, monkeypatch
+):
+    exp, spec_for = _screen_experiment(tmp_path, monkeypatch)
+    _gate_at(monkeypatch, 0.0)
+    exp.screen_rates(["a"], spec_for, "method", 1e-2, 3e-3)
+    second = exp.screen_rates(["b"], spec_for, "method", 1e-3, 3e-4, sittings="slow-")
+    data = exp.out / "data"
+    assert (data / "shared-rate.json").exists() and (data / "slow-shared-rate.json").exists()
+    assert (data / "slow-rate-screen.json").exists() and second.shared.names == ["screen_b_lr0.001_7"]
+    choices = json.loads((data / "rate choices.json").read_text())["choices"]
+    assert set(choices) == {"a", "b"} and choices["b"]["runs"] == ["screen_b_lr0.001_7", "screen_b_lr0.0003_7"]
+
+
 def test_a_screen_is_built_at_the_screen_seed_only(tmp_path, monkeypatch):
     from protocol import SCREEN_SEED, screen_twin
 
