@@ -1,4 +1,4 @@
-"""Every committed `cpu` report re-renders from the committed runs, byte for byte, without training:
+"""Every committed `cpu` report and figure re-renders from the committed runs, byte for byte, without training:
 each notebook runs at `PRESET=cpu` with `TRAINING=off` on a copy of its results folder, so a
 conclusion that drifted from its numbers, or a template edited without its report, fails here
 (the smoke preset renders no conclusions). Experiments whose re-screened runs have not all landed
@@ -57,3 +57,5 @@ def test_a_committed_report_re_renders_from_the_committed_runs(number, tmp_path,
     changed = [p.name for p in sorted((committed / "data").glob("*.json"))
                if (out / "data" / p.name).read_bytes() != p.read_bytes()]
     assert changed == [], f"re-rendering rewrote committed data files: {changed}"
+    figures = [p.name for p in sorted(committed.glob("*.svg")) if (out / p.name).read_bytes() != p.read_bytes()]
+    assert figures == [], f"results/experiment {number}: these figures differ from a re-rendering: {figures}"
