@@ -7,10 +7,11 @@ working and a newcomer has one place to start:
 - `configs`:    `TrainConfig` and its schedule (loops, points and dimensions at a step);
 - `evaluation`: level-1 and level-2 validation, extrapolation, label sensitivity, state updates,
                 per-prompt errors and bootstrap bands;
+- `storage`:    atomic JSON, weights and SVG writing, saved runs;
 - `training`:   the training loop (`train_loop`, `train`, `train_step`, the loss, `TrainResult`,
-                `step_times`);
-- `storage`:    atomic JSON, weights and SVG writing, saved runs.
-Imports run one way: checks <- seeding <- configs <- evaluation <- storage <- training <- utils.
+                `step_times`).
+Imports run one way: each module above imports only the ones listed before it (and `transformer`,
+`tasks`, the model and the prompts), never `utils` (`tests/test_repository.py` checks it).
 """
 
 from __future__ import annotations

@@ -116,3 +116,16 @@ def test_cited_docs_exist():
     assert cited, "nothing cites docs/"
     missing = sorted(name for name in cited if not (ROOT / name).exists())
     assert not missing, f"cited but not in the repository: {missing}"
+
+
+def test_utils_docstring_states_the_real_import_order():
+    """utils.py lists the modules it gathers in an order where each imports only those before it."""
+    import re
+
+    order = re.findall(r"^- `(\w+)`:", (ROOT / "utils.py").read_text().split('"""')[1], re.MULTILINE)
+    assert sorted(order) == ["checks", "configs", "evaluation", "seeding", "storage", "training"]
+    for position, module in enumerate(order):
+        source = (ROOT / f"{module}.py").read_text()
+        imported = {m for pair in re.findall(r"^from (\w+) import|^import (\w+)", source, re.MULTILINE) for m in pair}
+        library = imported & (set(order) | {"utils"})
+        assert library <= set(order[:position]), f"{module}.py imports {sorted(library - set(order[:position]))}"
