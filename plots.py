@@ -81,6 +81,18 @@ def subplots(n_rows: int, n_cols: int, width: float = 4.2, height: float = 3.4, 
     return plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False, **kwargs)
 
 
+def shared_legend(axes, ax=None, **kwargs) -> None:
+    """One legend naming every series drawn on any of `axes` (each label once, in the order first
+    drawn), on `ax` (default: the last panel): a panel that lacks a series (a model without b = 10)
+    no longer leaves that series unnamed."""
+    entries: dict[str, object] = {}
+    for panel in np.ravel(axes):
+        for handle, label in zip(*panel.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    target = ax if ax is not None else np.ravel(axes)[-1]
+    target.legend(list(entries.values()), list(entries), **kwargs)
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

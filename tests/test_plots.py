@@ -23,3 +23,16 @@ def test_plots_skip_groups_without_finished_runs():
     labels = [text.get_text() for text in axes[0, 0].get_legend().get_texts()]
     assert labels == ["diverged model (no finished run)", "trained model"]
     plots.plt.close(fig)
+
+
+def test_a_shared_legend_names_a_series_the_last_panel_lacks():
+    from plots import shared_legend, subplots
+
+    fig, axes = subplots(1, 2)
+    axes[0, 0].plot([0, 1], [1, 2], label="b_train=10")
+    axes[0, 0].plot([0, 1], [2, 3], label="b_train=5")
+    axes[0, 1].plot([0, 1], [2, 1], label="b_train=5")
+    shared_legend(axes)
+    names = [text.get_text() for text in axes[0, 1].get_legend().get_texts()]
+    assert names == ["b_train=10", "b_train=5"]
+    assert axes[0, 0].get_legend() is None
