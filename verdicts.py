@@ -969,7 +969,8 @@ class Comparisons(Generic[K]):
     ) -> BudgetRobustness:
         """The budget check of a against b (`BudgetRobustness`): its test as drawn at the preset's budget against
         the same comparison on `longer(key)`, each side's runs at a multiple of the steps (`Experiment.budget_checks`),
-        drawn only when both sides pass `gate` there (the same threshold as at the preset's budget)."""
+        drawn only when both sides pass `gate` there (the same threshold as at the preset's budget; `why` names a side
+        that does not; why a side was not compared at the preset's budget is the comparison's own text)."""
         gate = Gate() if gate is None else gate
         drawn = self._drawn(a, b, value)
         if drawn is None:
@@ -990,7 +991,6 @@ class Comparisons(Generic[K]):
             f"more) of its steps, the same for both sides; got {[steps[k] for k in sides]} against "
             f"{[base[k] for k in sides]}",
         )
-        why = [] if drawn else [f"not compared at the preset's budget: {'; '.join(self._not_compared(a, b))}"]
         at_longer = {k: verdict(runs[k], self.status[k].threshold, gate) for k in sides}
         failed = [f"{self.label(k)} at {int(factor)}x the steps {at_longer[k].status} ({at_longer[k].distance()})"
                   for k in sides if not at_longer[k].trained]  # fmt: skip
@@ -998,7 +998,7 @@ class Comparisons(Generic[K]):
         if not failed:
             result = paired(runs[a], runs[b], value)
             longer_test = PairedTest(result.seeds, result.ratios)
-        return BudgetRobustness(drawn[0] if drawn else None, longer_test, int(factor), "; ".join(why + failed))
+        return BudgetRobustness(drawn[0] if drawn else None, longer_test, int(factor), "; ".join(failed))
 
     def primary_section(
         self,
@@ -1067,7 +1067,11 @@ class Comparisons(Generic[K]):
         steps = self._steps(a)
         drawn = self._drawn(a, b, value)
         if drawn is None:
-            core = f"{first} against {second} is not compared at {steps} steps ({'; '.join(self._not_compared(a, b))})"
+            sides = list(dict.fromkeys((a, b)))
+            why = [f"{self.label(k)} {self.status[k].status}" for k in sides if not self.status[k].trained]
+            why += [f"{self.label(k)} {self.excluded[k]}" for k in sides
+                    if k in self.excluded and self.status[k].trained]  # fmt: skip
+            core = f"{first} against {second} is not compared at {steps} steps ({'; '.join(why)})"
         elif not drawn[0].testable:
             core = f"{first} against {second} is not resolved with {drawn[0].n} seed{'s' if drawn[0].n != 1 else ''}"
         else:
@@ -1094,7 +1098,7 @@ class Comparisons(Generic[K]):
         elif check.longer is not None and check.longer.testable and drawn is None:
             tail = f"; at {at} {check.longer.estimate()} ({check.kind}: no ranking at {steps} steps to check)"
         else:
-            tail = f"; at {at}: {check.kind}" + (f" ({check.why})" if check.why else "")
+            tail = f"; at {at}: {check.kind}" + (" (a side did not pass the gate there)" if check.why else "")
         return core + tail + "."
 
     def reference(self, key: K, note: str) -> str:

@@ -514,6 +514,8 @@ def test_the_primary_section_gives_both_budgets_the_budget_class_the_new_seeds_a
     assert items[11] == ("   - At 100 steps: not compared: stuck did not learn at this budget (mean 0.5 against the "
                          "gate 0.1, 0 of 6 seeds under).")
     assert items[12].startswith("   - At 200 steps (2x): not resolved at 2x: no ratio at the preset's budget to check")
+    assert items[13].startswith("   - **Answer.** stuck against b is not compared at 100 steps (stuck did not learn at "
+                                "this budget); at 200 steps x5.13")
     assert "at 200 steps x5.13" in items[13] and items[13].endswith("(not resolved at 2x: no ranking at 100 steps to "
                                                                       "check).")
     assert compared.budget("a", "b", longer.get).kind == "budget-robust"
