@@ -13,7 +13,8 @@ Owns what every notebook did by hand:
   the gate, `BudgetLadder`); `per_run`,
   a value computed from each run's saved model, kept beside the runs the same way; `budget_check`,
   a configuration's seeds again with a multiple of the steps (how far from converged its numbers
-  are); and `write_report`, which fills the notebook's markdown report templates in
+  are; `budget_checks`: several configurations in one sitting, the runs a report's primary comparisons
+  are checked on at twice the steps); and `write_report`, which fills the notebook's markdown report templates in
   `experiments/reports/`.
 - `Results`: the records of a grid with named look-ups (`where(model="small", b=5)`,
   `extrapolation(at=20)`, `level2_median()`, `finished`/`diverged`), so a notebook never indexes
@@ -35,7 +36,7 @@ import re
 import string
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -517,24 +518,62 @@ class Experiment:
         also makes for another stage is the same run), or an integer factor (`protocol.longer_twin`).
         Returns a `BudgetCheck`: the held-out last-loop error per seed at both budgets and the paired
         ratio longer / preset with its interval (`verdicts.PairedTest`), so a reader sees how far from
-        converged the numbers are."""
+        converged the numbers are. `results` and `grid` stay the grid's (`budget_checks`)."""
         specs = list(specs)
         longer = [longer_twin(spec, longer) for spec in specs] if isinstance(longer, int) else list(longer)
-        require(len(specs) > 0 and len(longer) == len(specs),
-                f"budget_check: {len(specs)} specs and {len(longer)} longer runs; give one longer run per spec")
-        factor = longer[0].train.steps // specs[0].train.steps
-        for spec, twin in zip(specs, longer, strict=True):
-            same = (twin.model == spec.model and twin.task == spec.task
-                    and replace(twin.train, steps=spec.train.steps) == spec.train)
-            require(same and twin.train.steps == factor * spec.train.steps and factor > 1,
-                    f"budget_check: {twin.name!r} is not {spec.name!r} with {factor}x the steps "
-                    "(only steps may differ)")
-        base = Results(self.run(specs, sitting="grid"))
-        longer_runs = Results(self.run(longer, sitting="budget-check"))
-        both = paired(longer_runs, base)
+        return self._budget_checks({None: (specs, longer)})[None]
+
+    def budget_checks(
+        self, groups: Mapping[Any, Sequence[RunSpec]], factor: int = 2, sitting: str = "budget-check"
+    ) -> dict[Any, BudgetCheck]:
+        """`budget_check` of several configurations in one sitting: `groups` maps a key (a configuration) to
+        its seeds as the grid ran them (read from the cache), and each spec trains again from scratch with
+        `factor` x the steps (`protocol.longer_twin`: named `<stem>_x<factor>steps_<seed>`, labelled "budget":
+        "x<factor>"). Returns {key: `BudgetCheck`}, whose `longer_runs` are what `verdicts.Comparisons.budget`
+        compares (the budget check of a report's primary comparisons, issue 38). `results` and `grid` stay the
+        grid's (the sitting before this call), so the report's tables and wall time are the grid's; the longer
+        runs are in the checks and in `computed`."""
+        require(is_int(factor) and factor >= 2, f"budget_checks: factor={factor!r} must be an integer >= 2")
+        groups = {key: list(specs) for key, specs in groups.items()}
+        empty = [key for key, specs in groups.items() if not specs]
+        require(len(groups) > 0 and not empty,
+                f"budget_checks: groups must map each configuration to its seeds' specs, at least one; empty: {empty}")
+        pairs = {key: (specs, [longer_twin(spec, factor) for spec in specs]) for key, specs in groups.items()}
+        return self._budget_checks(pairs, sitting)
+
+    def _budget_checks(
+        self, pairs: Mapping[Any, tuple[list[RunSpec], list[RunSpec]]], sitting: str = "budget-check"
+    ) -> dict[Any, BudgetCheck]:
+        """The budget checks of `pairs` ({key: (the grid's specs, their longer runs)}): each longer run checked to
+        be its spec with only more steps, then the grid's specs (cache) and every longer run in one sitting."""
+        factors = {}
+        for key, (specs, longer) in pairs.items():
+            require(len(specs) > 0 and len(longer) == len(specs),
+                    f"budget_check: {len(specs)} specs and {len(longer)} longer runs; give one longer run per spec")
+            factor = longer[0].train.steps // specs[0].train.steps
+            for spec, twin in zip(specs, longer, strict=True):
+                same = (twin.model == spec.model and twin.task == spec.task
+                        and replace(twin.train, steps=spec.train.steps) == spec.train)
+                require(same and twin.train.steps == factor * spec.train.steps and factor > 1,
+                        f"budget_check: {twin.name!r} is not {spec.name!r} with {factor}x the steps "
+                        "(only steps may differ)")
+            factors[key] = factor
+        results, grid = self.results, self.grid
+        base = self.run([spec for specs, _ in pairs.values() for spec in specs], sitting="grid")
+        base_grid = dict(self.grid)
+        longer_runs = self.run([twin for _, longer in pairs.values() for twin in longer], sitting=sitting)
+        # The grid's tables and wall time stay the report's (the base's, when no grid ran before); the longer runs
+        # are returned in the checks.
+        self.results, self.grid = (results, grid) if grid else (base, base_grid)
         last_loop = lambda results: results.values(lambda r: r["loop_errors"][-1])
-        return BudgetCheck(specs[0].train.steps, factor, last_loop(base), last_loop(longer_runs),
-                           PairedTest(both.seeds, both.ratios))
+        pick = lambda results, specs: Results(r for r in results if r["spec"]["name"] in {s.name for s in specs})
+        checks = {}
+        for key, (specs, longer) in pairs.items():
+            mine, theirs = pick(base, specs), pick(longer_runs, longer)
+            both = paired(theirs, mine)
+            checks[key] = BudgetCheck(specs[0].train.steps, factors[key], last_loop(mine), last_loop(theirs),
+                                      PairedTest(both.seeds, both.ratios), theirs)
+        return checks
 
     def step_times(self, runs: Mapping[str, RunSpec], steps: int = 20, warmup: int = 3) -> dict:
         """What one CPU training step of each of `runs` ({label: spec}) costs (`utils.step_times`:
@@ -773,22 +812,21 @@ class Experiment:
 @dataclass(frozen=True)
 class BudgetCheck:
     """A configuration's held-out last-loop error per seed after `steps` and after `factor` times
-    them (each a fresh run with its own schedule), and the paired test of longer / preset."""
+    them (each a fresh run with its own schedule), the paired test of longer / preset, and the longer
+    runs themselves (`longer_runs`, for `verdicts.Comparisons.budget`)."""
 
     steps: int
     factor: int
     errors: list[float]
     longer_errors: list[float]
     test: PairedTest
+    longer_runs: Results = field(default_factory=lambda: Results([]), compare=False, repr=False)  # the longer runs
 
     def ratio(self) -> str:
         """'x0.52 (95% CI 0.41 to 0.66; per seed 0.48, 0.52, 0.57)', or why it is not measurable."""
         if not self.test.testable:
             return "not measurable (fewer than 2 finished seeds)"
-        low, high = self.test.interval()
-        per_seed = ", ".join(plots.fmt(r, 2) for r in self.test.ratios)
-        return (f"x{plots.fmt(self.test.geometric_mean)} (95% CI {plots.fmt(low)} to {plots.fmt(high)}; "
-                f"per seed {per_seed})")
+        return self.test.estimate()
 
     def short(self) -> str:
         """For a one-line answer: '2x the steps: x0.52 (95% CI 0.41 to 0.66)'."""

@@ -19,7 +19,11 @@ Owns the rule "trained before compared":
   training data, so a per-seed difference removes the data stream's share of the spread); `Reading`,
   a named per-run value to compare on (an error at k examples, at an eval loop count).
 - `Comparisons`: a report's paired verdicts, drawn only between trained configurations, with its
-  reference configuration's line and the count of verdicts drawn.
+  reference configuration's line and the count of verdicts drawn; for its primary comparisons, the test on
+  the seeds added after they were fixed (`on_seeds`, descriptive), the budget check (`budget`) and the
+  report's "Primary comparisons" section (`primary_section`).
+- `BudgetRobustness` (`budget_rule`, `budget_classes`, `ratio_of_ratios`): whether a ranking survives twice
+  the steps, by the rule fixed before the runs: budget-robust, budget-sensitive or not resolved at 2x.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from baselines import BASELINES, baseline_position_errors
-from checks import is_real, require, require_choice, require_real
+from checks import is_int, is_real, require, require_choice, require_int, require_real
 from configs import TrainConfig
 from evaluation import error_scale, heldout_prompts
 from plots import fmt, markdown_table
@@ -491,6 +495,33 @@ class PairedTest:
         """The two-sided paired t-test of "the ratio is 1" on the per-seed log ratios."""
         return t_two_sided_p(self._t(), self.n - 1) if self.testable else None
 
+    def estimate(self, note: str = "") -> str:
+        """'x0.52 (95% CI 0.41 to 0.66; per seed 0.48, 0.52, 0.57<note>)': the geometric mean, its 95% interval
+        and every seed's ratio, as each report writes a ratio; 'not measurable with n seeds (per seed ...)' when
+        not testable."""
+        per_seed = ", ".join(fmt(r, 2) for r in self.ratios)
+        if not self.testable:
+            return f"not measurable with {self.n} seed{'s' if self.n != 1 else ''} (per seed {per_seed or '-'})"
+        low, high = self.interval(0.95)
+        return f"x{fmt(self.geometric_mean)} (95% CI {fmt(low)} to {fmt(high)}; per seed {per_seed}{note})"
+
+    def on_seeds(self, seeds: Iterable[int]) -> PairedTest:
+        """The same comparison on `seeds` alone (each one of this test's seeds, in this test's order), e.g. the
+        seeds added after the comparison was fixed. A view for a report to describe, never a second verdict:
+        `Comparisons.on_seeds` says why."""
+        seeds = tuple(seeds)
+        require(
+            len(seeds) > 0 and len(set(seeds)) == len(seeds) and all(s in self.seeds for s in seeds),
+            f"PairedTest.on_seeds: seeds={seeds!r} must be distinct seeds of this test, at least one; "
+            f"allowed: {self.seeds}",
+        )
+        kept = [i for i, s in enumerate(self.seeds) if s in seeds]
+        return PairedTest(tuple(self.seeds[i] for i in kept), tuple(self.ratios[i] for i in kept))
+
+    def inverted(self) -> PairedTest:
+        """b against a: every ratio inverted (the same test, the other way round)."""
+        return PairedTest(self.seeds, tuple(1 / r if r else math.inf for r in self.ratios))
+
     def equivalence_p(self, margin: tuple[float, float] = EQUIVALENCE_MARGIN) -> float | None:
         """Two one-sided t-tests that the ratio lies inside `margin` (the larger of the two p-values:
         below 0.05 exactly when the ratio's 90% interval lies inside the margin)."""
@@ -538,9 +569,7 @@ def describe_test(test: PairedTest, adjusted_p: float | None, family: str, size:
     if not test.testable:
         return f"not resolved with {test.n} seed{'s' if test.n != 1 else ''} (a/b per seed {per_seed or '-'})"
     word = called(test, adjusted_p, margin)
-    low, high = test.interval(0.95)
-    numbers = (f"x{fmt(test.geometric_mean)} (95% CI {fmt(low)} to {fmt(high)}; per seed {per_seed}; "
-               f"p = {fmt(test.p_value)}, Holm {fmt(adjusted_p)} in the {family} family of {size})")
+    numbers = test.estimate(f"; p = {fmt(test.p_value)}, Holm {fmt(adjusted_p)} in the {family} family of {size}")
     if word == "equal":
         low90, high90 = test.interval(0.90)
         return (f"equal within x{margin[0]:g} to x{margin[1]:g}: x{fmt(test.geometric_mean)} (90% CI "
@@ -549,6 +578,143 @@ def describe_test(test: PairedTest, adjusted_p: float | None, family: str, size:
     if word == "not resolved":
         return f"not resolved with {test.n} seeds: {numbers}"
     return f"{word}: {numbers}"
+
+
+# The budget check of a primary comparison (issue 38), fixed before the runs. Three seeds at twice the steps
+# cannot re-prove a difference that six seeds at the preset's budget called, so the check asks less of them: that
+# they do not contradict it. The level is the verdict rule's.
+BUDGET_LEVEL = 0.95
+
+
+def budget_classes(factor: int = 2) -> tuple[str, str, str]:
+    """The three answers of the budget check at `factor` x the steps: ("budget-robust", "budget-sensitive",
+    "not resolved at <factor>x")."""
+    require_int("budget_classes factor", factor, 2)
+    return ("budget-robust", "budget-sensitive", f"not resolved at {factor}x")
+
+
+def budget_rule(factor: int = 2) -> str:
+    """The budget check in one paragraph, for a report."""
+    robust, sensitive, unresolved = budget_classes(factor)
+    return (
+        f"The budget check, fixed before the runs: the first seeds trained again from scratch with {factor}x the "
+        "steps (each a fresh run with its own, longer schedule, at the same peak rate). Too few seeds to re-prove a "
+        f"difference, they are read for whether they contradict it: \"{robust}\" when the ratio at {factor}x is on "
+        f"the same side of 1 as the estimate on every seed at the preset's budget (their geometric mean) and its 95% "
+        f"interval holds that estimate; \"{sensitive}\" when the 95% t interval of the ratio of ratios ({factor}x "
+        f"/ 1x, seed by seed on the seeds both budgets share, a t-test on its logs) excludes 1; otherwise "
+        f"\"{unresolved}\". A side that does not pass the gate at {factor}x is not compared there."
+    )
+
+
+def ratio_of_ratios(one: PairedTest, longer: PairedTest) -> PairedTest:
+    """`longer`'s ratio over `one`'s, seed by seed, on the seeds both have (in `one`'s order): how much the
+    ratio moved with the budget, each seed its own control (the same seed draws the same data at both budgets)."""
+    require(isinstance(one, PairedTest) and isinstance(longer, PairedTest),
+            f"ratio_of_ratios: one={one!r} and longer={longer!r} must be PairedTests")  # fmt: skip
+    at_one = dict(zip(one.seeds, one.ratios, strict=True))
+    at_longer = dict(zip(longer.seeds, longer.ratios, strict=True))
+    seeds = tuple(s for s in one.seeds if s in at_longer)
+    return PairedTest(seeds, tuple(at_longer[s] / at_one[s] if at_one[s] else math.inf for s in seeds))
+
+
+@dataclass(frozen=True)
+class BudgetRobustness:
+    """Whether a primary comparison's ranking survives `factor` x the steps (issue 38), by the rule fixed before
+    the runs (`budget_rule`):
+
+    one:    the comparison's test at the preset's budget, on every seed (six), or None when it was not drawn;
+    longer: the same comparison at `factor` x the steps (three seeds), or None when it could not be drawn;
+    factor: the multiple of the steps, an integer >= 2;
+    why:    why a side is missing (a side that did not pass the gate, at either budget), "" otherwise.
+
+    `kind` is "budget-robust" when `longer`'s geometric mean lies on the same side of 1 as `one`'s and `longer`'s
+    95% interval holds `one`'s geometric mean; else "budget-sensitive" when the 95% interval of the ratio of
+    ratios (`ratio_of_ratios`) excludes 1; else "not resolved at <factor>x" (also whenever either test is missing
+    or has fewer than 2 seeds). Robust is judged first: a ranking that holds while its size moves (both
+    conditions) is robust, and `describe` says that the size moved. Where the ranking flips, `describe` says so:
+    that is the finding."""
+
+    one: PairedTest | None
+    longer: PairedTest | None
+    factor: int = 2
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("one", "longer"):
+            value = getattr(self, name)
+            require(value is None or isinstance(value, PairedTest),
+                    f"BudgetRobustness.{name}={value!r} must be a PairedTest or None")  # fmt: skip
+        require_int("BudgetRobustness.factor", self.factor, 2)
+        require(isinstance(self.why, str) and "\n" not in self.why,
+                f"BudgetRobustness.why={self.why!r} must be one line of text")  # fmt: skip
+
+    @property
+    def measurable(self) -> bool:
+        """Both tests are there and testable (at least 2 seeds, finite positive ratios)."""
+        return self.one is not None and self.one.testable and self.longer is not None and self.longer.testable
+
+    @property
+    def ratio_of_ratios(self) -> PairedTest | None:
+        """`longer` / `one` per shared seed (None when either is missing)."""
+        return None if self.one is None or self.longer is None else ratio_of_ratios(self.one, self.longer)
+
+    def _moved(self) -> bool:
+        """The ratio of ratios' 95% interval excludes 1."""
+        rr = self.ratio_of_ratios
+        if rr is None or not rr.testable:
+            return False
+        low, high = rr.interval(BUDGET_LEVEL)
+        return low > 1 or high < 1
+
+    def _same_side(self) -> bool:
+        return math.log(self.one.geometric_mean) * math.log(self.longer.geometric_mean) > 0
+
+    @property
+    def flips(self) -> bool:
+        """Both tests measurable and their geometric means on opposite sides of 1: the ranking flips."""
+        return self.measurable and not self._same_side()
+
+    @property
+    def kind(self) -> str:
+        """"budget-robust", "budget-sensitive" or "not resolved at <factor>x" (the rule in the class docstring)."""
+        robust, sensitive, unresolved = budget_classes(self.factor)
+        if not self.measurable:
+            return unresolved
+        low, high = self.longer.interval(BUDGET_LEVEL)
+        if self._same_side() and low <= self.one.geometric_mean <= high:
+            return robust
+        return sensitive if self._moved() else unresolved
+
+    def describe(self) -> str:
+        """The class with its numbers, one sentence for a report: 'budget-robust: the ratio at 2x the steps,
+        x0.2 (95% CI ...; per seed ...), is on the same side of 1 as x0.14 at the preset's budget, and its
+        interval holds it; the ratio of ratios (2x / 1x on seeds 42, 451, 1984): x1.4 (95% CI ...)'."""
+        kind, f = self.kind, self.factor
+        at_longer = f"the ratio at {f}x the steps, {self.longer.estimate() if self.longer else 'not drawn'}"
+        if not self.measurable:
+            if self.one is None:
+                missing = "no ratio at the preset's budget to check"
+            elif not self.one.testable:
+                missing = f"at the preset's budget {self.one.estimate()}"
+            else:
+                missing = f"at {f}x the steps " + (self.longer.estimate() if self.longer else "nothing was drawn")
+            reason = f" ({self.why})" if self.why else ""
+            drawn = f"; {at_longer}" if self.longer is not None and self.longer.testable else ""
+            return f"{kind}: {missing}{reason}{drawn}"
+        rr = self.ratio_of_ratios
+        seeds = ", ".join(map(str, rr.seeds))
+        moved = f"the ratio of ratios ({f}x / 1x, on seeds {seeds}): {rr.estimate()}"
+        one = f"x{fmt(self.one.geometric_mean)}"
+        if kind == budget_classes(f)[0]:
+            size = "; the ranking holds and its size moved" if self._moved() else ""
+            return f"{kind}: {at_longer}, is on the same side of 1 as {one} at the preset's budget and its interval " \
+                   f"holds it; {moved}{size}"
+        if kind == budget_classes(f)[1]:
+            flips = "; the ranking flips" if self.flips else ""
+            return f"{kind}: {moved}, excludes 1: {one} at the preset's budget, {at_longer}{flips}"
+        side = "is on the other side of 1 from" if not self._same_side() else "has an interval that leaves out"
+        return f"{kind}: {at_longer}, {side} {one} at the preset's budget, and {moved}, includes 1"
 
 
 K = TypeVar("K", bound=Hashable)
@@ -576,6 +742,11 @@ class Comparisons(Generic[K]):
               steps (else ValueError); an exploratory one between unequal budgets states both in its
               verdict.
     margin:   the equivalence margin (low, high) on the ratio, 0 < low < 1 < high, fixed before the runs.
+
+    For the primary comparisons: `on_seeds(a, b, seeds)` describes a drawn comparison on a subset of its seeds
+    (the seeds added after it was fixed; in no family), `budget(a, b, longer)` is its `BudgetRobustness` against
+    the same configurations at a multiple of the steps, and `primary_section(questions, longer, new_seeds)` the
+    report's section with all of it and a one-sentence answer each.
 
     `compared(a, b, value)` returns a placeholder for "verdict: numbers" of a against b, or the text
     "not compared: <label> <why>; ..." naming each of the two that did not pass the gate (its status
@@ -618,6 +789,7 @@ class Comparisons(Generic[K]):
         self.drawn: list[Paired] = []
         self.tests: dict[str, list[tuple[str, PairedTest]]] = {"primary": [], "exploratory": []}
         self.tokens: dict[tuple, str] = {}  # (a, b, value): its placeholder
+        self.places: dict[tuple, tuple[str, int]] = {}  # (a, b, value): its family and index there
         self.resolved = False
         self._id = next(_TOKENS)
 
@@ -647,7 +819,8 @@ class Comparisons(Generic[K]):
         result = paired(self.runs(a), self.runs(b), value)
         self.drawn.append(result)
         self.tests[family].append((prefix, PairedTest(result.seeds, result.ratios)))
-        self.tokens[a, b, value] = self._token(family, len(self.tests[family]) - 1)
+        self.places[a, b, value] = (family, len(self.tests[family]) - 1)
+        self.tokens[a, b, value] = self._token(*self.places[a, b, value])
         return self.tokens[a, b, value]
 
     def _not_compared(self, a: K, b: K) -> list[str]:
@@ -732,6 +905,201 @@ class Comparisons(Generic[K]):
         if any(word != "not resolved" for word in words):
             return "moderate"
         return "weak"
+
+    def _drawn(self, a: K, b: K, value: Value) -> tuple[PairedTest, float | None] | None:
+        """The test of a against b as drawn (in either orientation: b against a gives the inverted ratios) and
+        its p-value Holm-adjusted within its family as drawn so far; None when it was never drawn."""
+        for key, invert in (((a, b, value), False), ((b, a, _swapped(value)), True)):
+            if key in self.places:
+                family, index = self.places[key]
+                _, test, adjusted = self._adjusted(family)[index]
+                return (test.inverted() if invert else test), adjusted
+        return None
+
+    def _steps(self, key: K, runs: Callable[[K], Iterable[dict]] | None = None) -> str:
+        """The steps `key`'s runs trained for ("3000"; "3000 / 6000" if they differ)."""
+        steps = sorted({r["spec"]["train"]["steps"] for r in (runs or self.runs)(key)})
+        return " / ".join(map(str, steps)) or "no"
+
+    def on_seeds(self, a: K, b: K, seeds: Sequence[int], value: Value = final_error) -> str:
+        """a against b, already drawn, on `seeds` alone (the seeds added after the comparison was fixed), described
+        beside its verdict on every seed: "x0.13 (95% CI 0.08 to 0.2; per seed ...; p = 0.004 uncorrected,
+        descriptive: in no family), on the same side of 1 as every seed's x0.14". A seed of `seeds` with no finished
+        pair is named; "not compared" when the comparison could not be drawn.
+
+        Descriptive, never a verdict, and in no family, by design. The comparison was fixed after its first seeds
+        had been seen, so its test on every seed may be flattered by that choice (the seeds that suggested it are
+        in it); the seeds added afterwards are the only ones the choice could not have favoured, so a reader should
+        see them alone. But they are a subset of the same data testing the same question, not a new question:
+        adding their test to the primary family would make Holm's correction of the primaries stricter without
+        adding a hypothesis, and calling it in a family of its own would give one question two verdicts that can
+        disagree, with no rule for which stands. The primary verdict stays the one on every seed, corrected in its
+        family as fixed; this test shows whether the unseen seeds point the same way and how far, with its p-value
+        uncorrected and said to be so. Three seeds have little power (`tests/test_verdicts.py` prints the rule's
+        power), so a subset that is not resolved is no evidence against the verdict; one that points the other
+        way is stated."""
+        seeds = tuple(seeds)
+        require(
+            len(seeds) > 0 and all(is_int(s) for s in seeds) and len(set(seeds)) == len(seeds),
+            f"Comparisons.on_seeds: seeds={seeds!r} must be distinct integer training seeds, at least one",
+        )
+        drawn = self._drawn(a, b, value)
+        if drawn is None:
+            require(bool(self._not_compared(a, b)),
+                    f"Comparisons.on_seeds: {self.describe(a, b, value)} was never drawn; draw it first")  # fmt: skip
+            return "not compared"
+        test, _ = drawn
+        kept = [s for s in seeds if s in test.seeds]
+        missing = [s for s in seeds if s not in test.seeds]
+        subset = test.on_seeds(kept) if kept else PairedTest((), ())
+        if subset.testable:
+            text = subset.estimate(f"; p = {fmt(subset.p_value)} uncorrected, descriptive: in no family")
+            if test.testable and subset.geometric_mean != 1 and test.geometric_mean != 1:
+                same = math.log(subset.geometric_mean) * math.log(test.geometric_mean) > 0
+                side = "on the same side of 1 as" if same else "on the other side of 1 from"
+                text += f", {side} every seed's x{fmt(test.geometric_mean)}"
+        else:
+            text = subset.estimate()
+        if missing:
+            text += f"; no finished pair on seed{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}"
+        return text
+
+    def budget(
+        self, a: K, b: K, longer: Callable[[K], Iterable[dict]], value: Value = final_error, gate: Gate | None = None
+    ) -> BudgetRobustness:
+        """The budget check of a against b (`BudgetRobustness`): its test as drawn at the preset's budget against
+        the same comparison on `longer(key)`, each side's runs at a multiple of the steps (`Experiment.budget_checks`),
+        drawn only when both sides pass `gate` there (the same threshold as at the preset's budget; `why` names a side
+        that does not; why a side was not compared at the preset's budget is the comparison's own text)."""
+        gate = Gate() if gate is None else gate
+        drawn = self._drawn(a, b, value)
+        if drawn is None:
+            require(bool(self._not_compared(a, b)),
+                    f"Comparisons.budget: {self.describe(a, b, value)} was never drawn; draw it first")  # fmt: skip
+        sides = list(dict.fromkeys((a, b)))
+        runs = {k: list(longer(k)) for k in sides}
+        empty = [self.label(k) for k in sides if not runs[k]]
+        require(not empty, f"Comparisons.budget: no runs at the longer budget for {empty}")
+        steps = {k: sorted({r["spec"]["train"]["steps"] for r in runs[k]}) for k in sides}
+        base = {k: sorted({r["spec"]["train"]["steps"] for r in self.runs(k)}) for k in sides}
+        single = all(len(steps[k]) == 1 and len(base[k]) == 1 for k in sides)
+        ratios = {steps[k][0] / base[k][0] for k in sides} if single else set()
+        factor = ratios.pop() if len(ratios) == 1 else 0.0
+        require(
+            factor.is_integer() and factor >= 2 and len({steps[k][0] for k in sides}) == 1,
+            f"Comparisons.budget: {self.describe(a, b, value)} needs each side's longer runs at one multiple (2 or "
+            f"more) of its steps, the same for both sides; got {[steps[k] for k in sides]} against "
+            f"{[base[k] for k in sides]}",
+        )
+        at_longer = {k: verdict(runs[k], self.status[k].threshold, gate) for k in sides}
+        failed = [f"{self.label(k)} at {int(factor)}x the steps {at_longer[k].status} ({at_longer[k].distance()})"
+                  for k in sides if not at_longer[k].trained]  # fmt: skip
+        longer_test = None
+        if not failed:
+            result = paired(runs[a], runs[b], value)
+            longer_test = PairedTest(result.seeds, result.ratios)
+        return BudgetRobustness(drawn[0] if drawn else None, longer_test, int(factor), "; ".join(failed))
+
+    def primary_section(
+        self,
+        questions: Sequence[str],
+        longer: Callable[[K], Iterable[dict]] | None = None,
+        new_seeds: Sequence[int] = (),
+        gate: Gate | None = None,
+    ) -> str:
+        """The report's "Primary comparisons" section (after `resolve`: it cites corrected verdicts): for each
+        primary comparison, in the order fixed, its question (`questions`, one line each, fixed with them), its
+        verdict on every seed at the preset's budget (per-seed ratios, interval, Holm-corrected p), its test on
+        `new_seeds` alone (`on_seeds`: descriptive), its budget check on `longer` (`budget`) and a one-sentence
+        answer built from those; a first paragraph states how the section reads and the budget rule."""
+        require(self.resolved, "Comparisons.primary_section: resolve() the families first (it cites corrected p)")
+        questions = list(questions)
+        require(
+            len(questions) == len(self.primary)
+            and all(isinstance(q, str) and q.strip() and "\n" not in q for q in questions),
+            f"Comparisons.primary_section: questions={questions!r} must give one line of text per primary "
+            f"comparison ({len(self.primary)})",
+        )
+        if not self.primary:
+            return "None named: every comparison of this report is exploratory."
+        new_seeds = tuple(new_seeds)
+        lines, factors = [], []
+        for number, ((a, b, value), question) in enumerate(zip(self.primary, questions, strict=True), start=1):
+            steps = self._steps(a)
+            drawn = self._drawn(a, b, value)
+            lines.append(f"{number}. **{self.describe(a, b, value)}.** {question}")
+            if drawn is None:
+                why = "; ".join(self._not_compared(a, b)) or "not drawn"
+                lines.append(f"   - At {steps} steps: not compared: {why}.")
+            else:
+                test, adjusted = drawn
+                size = len(self.tests["primary"])
+                seeds = ", ".join(map(str, test.seeds))
+                lines.append(f"   - At {steps} steps, {test.n} seeds ({seeds}): "
+                             f"{describe_test(test, adjusted, 'primary', size, self.margin)}.")  # fmt: skip
+                if new_seeds:
+                    new = ", ".join(map(str, new_seeds))
+                    lines.append(f"   - On the new seeds alone ({new}): {self.on_seeds(a, b, new_seeds, value)}.")
+            check = None
+            if longer is not None:
+                check = self.budget(a, b, longer, value, gate)
+                factors.append(check.factor)
+                lines.append(f"   - At {self._steps(a, longer)} steps ({check.factor}x): {check.describe()}.")
+            lines.append(f"   - **Answer.** {self._answer(a, b, value, check, longer)}")
+        intro = (
+            "Fixed in the notebook before the runs; each is drawn on every seed at the preset's budget and "
+            "Holm-corrected within the primary family (the verdict rule, stated below with every comparison)."
+            + (" The first seeds had been seen when the comparisons were fixed, so each also gives its test on the "
+               "seeds added since, alone: descriptive and in no family, so it neither adds to nor relaxes the "
+               "primary family's correction; it shows whether the seeds the choice could not have favoured point "
+               "the same way." if new_seeds else "")
+            + "".join(f" {budget_rule(factor)}" for factor in dict.fromkeys(factors))
+        )
+        return intro + "\n\n" + "\n".join(lines)
+
+    def _answer(
+        self, a: K, b: K, value: Value, check: BudgetRobustness | None, longer: Callable[[K], Iterable[dict]] | None
+    ) -> str:
+        """One sentence: what the primary comparison says at the preset's budget and what the budget check adds."""
+        read_a, read_b = _sides(value)
+        name = lambda key, read: self.label(key) + (f" ({read.name})" if isinstance(read, Reading) else "")
+        first, second = name(a, read_a), name(b, read_b)
+        steps = self._steps(a)
+        drawn = self._drawn(a, b, value)
+        if drawn is None:
+            sides = list(dict.fromkeys((a, b)))
+            why = [f"{self.label(k)} {self.status[k].status}" for k in sides if not self.status[k].trained]
+            why += [f"{self.label(k)} {self.excluded[k]}" for k in sides
+                    if k in self.excluded and self.status[k].trained]  # fmt: skip
+            core = f"{first} against {second} is not compared at {steps} steps ({'; '.join(why)})"
+        elif not drawn[0].testable:
+            core = f"{first} against {second} is not resolved with {drawn[0].n} seed{'s' if drawn[0].n != 1 else ''}"
+        else:
+            test, adjusted = drawn
+            word = called(test, adjusted, self.margin)
+            ratio = f"x{fmt(test.geometric_mean)}"
+            core = {
+                "lower": f"{first} is lower than {second} at {steps} steps ({ratio}, Holm p = {fmt(adjusted)})",
+                "higher": f"{first} is higher than {second} at {steps} steps ({ratio}, Holm p = {fmt(adjusted)})",
+                "equal": f"{first} and {second} are equal within x{self.margin[0]:g} to x{self.margin[1]:g} at "
+                         f"{steps} steps ({ratio})",
+                "not resolved": f"{first} against {second} is not resolved with {test.n} seeds at {steps} steps "
+                                f"({ratio})",
+            }[word]
+        if check is None:
+            return core + "."
+        robust, sensitive, _ = budget_classes(check.factor)
+        at = f"{self._steps(a, longer)} steps"
+        if check.kind == robust:
+            tail = f"; {at} agree with it ({robust})"
+        elif check.kind == sensitive:
+            flips = ", the ranking flips" if check.flips else ""
+            tail = f"; at {at} the ratio moves to x{fmt(check.longer.geometric_mean)} ({sensitive}{flips})"
+        elif check.longer is not None and check.longer.testable and drawn is None:
+            tail = f"; at {at} {check.longer.estimate()} ({check.kind}: no ranking at {steps} steps to check)"
+        else:
+            tail = f"; at {at}: {check.kind}" + (" (a side did not pass the gate there)" if check.why else "")
+        return core + tail + "."
 
     def reference(self, key: K, note: str) -> str:
         """The report's line on its reference configuration, which must pass the gate for the recipe

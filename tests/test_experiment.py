@@ -522,6 +522,32 @@ def test_a_budget_check_trains_the_seeds_again_with_more_steps_and_gives_the_rat
         exp.budget_check(specs, other_rate[:1])
 
 
+def test_budget_checks_train_several_configurations_at_twice_the_steps_in_one_sitting(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("BACKEND", "inline")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(4, {"smoke": {}})
+    other = [dataclasses.replace(spec, name=f"wide_{spec.train.seed}", labels={**spec.labels, "model": "wide"},
+                                 model=dataclasses.replace(spec.model, hidden_dim=12))
+             for spec in tiny_specs((1, 2), steps=4)]  # fmt: skip
+    grid = exp.run(tiny_specs((1, 2, 3), steps=4) + other)
+    sitting = dict(exp.grid)
+    checks = exp.budget_checks({"tiny": tiny_specs((1, 2), steps=4), "wide": other}, 2)
+    assert list(checks) == ["tiny", "wide"]
+    assert checks["tiny"].longer_runs.names == ["tiny_x2steps_1", "tiny_x2steps_2"]
+    assert checks["wide"].longer_runs.names == ["wide_x2steps_1", "wide_x2steps_2"]
+    assert {r["spec"]["train"]["steps"] for r in checks["wide"].longer_runs} == {8}
+    assert checks["tiny"].steps == 4 and checks["tiny"].factor == 2 and checks["tiny"].test.seeds == (1, 2)
+    assert json.loads((exp.out / "data" / "budget-check.json").read_text())["runs"] == 4  # one sitting for all
+    # the grid's records and sitting stay the report's: its tables and wall time are the grid's
+    assert exp.results.names == grid.names and exp.grid == sitting
+    assert "tiny_x2steps_1" in exp.computed
+    with pytest.raises(ValueError, match="budget_checks: factor=1 must be an integer >= 2"):
+        exp.budget_checks({"tiny": tiny_specs((1,), steps=4)}, 1)
+    with pytest.raises(ValueError, match=r"budget_checks: groups must map each configuration .*; empty: \['tiny'\]"):
+        exp.budget_checks({"tiny": []})
+
+
 def test_sweep_rates_runs_every_candidate_for_every_config_and_records_the_choice(tmp_path, monkeypatch):
     from protocol import TUNING_STREAM, rate_choice_problems
     from verdicts import final_error

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from conftest import tiny_specs
 
+from plots import fmt
 from tasks import LinearRegression
 from utils import TrainConfig
 from verdicts import (
@@ -384,3 +385,152 @@ def test_bad_primary_entries_readings_and_margins_are_named_before_any_compariso
         Reading("", final)
     with pytest.raises(ValueError, match="Reading.get=3 must be a function of one run record"):
         Reading("error", 3)
+
+
+def test_a_paired_test_on_a_subset_of_its_seeds_and_its_estimate():
+    test = PairedTest((42, 451, 1984, 2024, 31415), (0.5, 0.6, 0.55, 0.4, 0.45))
+    new = test.on_seeds((31415, 2024))
+    assert new.seeds == (2024, 31415) and new.ratios == (0.4, 0.45)  # the test's own order
+    assert new.estimate() == f"x{fmt(new.geometric_mean)} (95% CI {fmt(new.interval()[0])} to " \
+                             f"{fmt(new.interval()[1])}; per seed 0.4, 0.45)"
+    assert test.inverted().ratios == pytest.approx((2.0, 1 / 0.6, 1 / 0.55, 2.5, 1 / 0.45))
+    assert PairedTest((1,), (0.5,)).estimate() == "not measurable with 1 seed (per seed 0.5)"
+    allowed = r"allowed: \(42, 451, 1984, 2024, 31415\)"
+    with pytest.raises(ValueError, match=r"PairedTest.on_seeds: seeds=\(7,\) must be distinct seeds .*" + allowed):
+        test.on_seeds((7,))
+    with pytest.raises(ValueError, match=r"seeds=\(\) must be distinct seeds"):
+        test.on_seeds(())
+    with pytest.raises(ValueError, match=r"seeds=\(42, 42\) must be distinct"):
+        test.on_seeds((42, 42))
+
+
+SIX = (1, 2, 3, 4, 5, 6)
+
+
+def test_the_budget_check_calls_robust_sensitive_or_not_resolved_by_the_rule_fixed_before_the_runs():
+    from verdicts import BudgetRobustness, budget_classes, budget_rule, ratio_of_ratios
+
+    one = PairedTest(SIX, (0.45, 0.5, 0.55, 0.5, 0.48, 0.52))  # x0.5 on six seeds
+    assert budget_classes() == ("budget-robust", "budget-sensitive", "not resolved at 2x")
+    assert budget_classes(4)[2] == "not resolved at 4x"
+    rr = ratio_of_ratios(one, PairedTest((3, 1, 2), (1.1, 0.9, 1.0)))
+    assert rr.seeds == (1, 2, 3) and rr.ratios == pytest.approx((2.0, 2.0, 2.0))  # seed by seed
+    # the 2x ratio on the same side, its interval holding x0.5: robust (the ratio of ratios includes 1)
+    robust = BudgetRobustness(one, PairedTest((1, 2, 3), (0.4, 0.55, 0.6)))
+    assert robust.kind == "budget-robust" and not robust.flips
+    assert robust.describe().startswith(
+        "budget-robust: the ratio at 2x the steps, x0.509 (95% CI 0.3 to 0.865; per seed 0.4, 0.55, 0.6), is on the "
+        "same side of 1 as x0.499 at the preset's budget and its interval holds it; the ratio of ratios (2x / 1x, on "
+        "seeds 1, 2, 3): x1.02")
+    # the ratio of ratios excludes 1 (x2 on every seed), and the 2x ratio lands above 1: sensitive, a flip
+    flip = BudgetRobustness(one, PairedTest((1, 2, 3), (0.9, 1.05, 1.1)))
+    assert flip.kind == "budget-sensitive" and flip.flips
+    assert flip.describe().startswith("budget-sensitive: the ratio of ratios (2x / 1x, on seeds 1, 2, 3): x2.03")
+    assert flip.describe().endswith("; the ranking flips")
+    # neither: on the other side of 1 with a wide interval, and the ratio of ratios includes 1
+    wide = BudgetRobustness(one, PairedTest((1, 2, 3), (0.6, 2.5, 1.3)))
+    assert wide.kind == "not resolved at 2x"
+    assert "is on the other side of 1 from x0.499 at the preset's budget" in wide.describe()
+    assert wide.describe().endswith(", includes 1")
+    # both conditions: the ranking holds (robust, judged first) while its size moved, and it says so
+    both = BudgetRobustness(PairedTest(SIX, (0.3, 0.5, 0.8, 0.5, 0.5, 0.5)), PairedTest((1, 2, 3), (0.21, 0.36, 0.55)))
+    assert both.kind == "budget-robust" and both.describe().endswith("; the ranking holds and its size moved")
+    # too few seeds, or a side missing: not resolved, saying why
+    assert BudgetRobustness(one, PairedTest((1,), (0.5,))).describe() == (
+        "not resolved at 2x: at 2x the steps not measurable with 1 seed (per seed 0.5)")
+    missing = BudgetRobustness(None, PairedTest((1, 2, 3), (0.4, 0.55, 0.6)), why="c did not learn at this budget")
+    assert missing.kind == "not resolved at 2x" and missing.describe().startswith(
+        "not resolved at 2x: no ratio at the preset's budget to check (c did not learn at this budget); the ratio at "
+        "2x the steps, x0.509")
+    assert BudgetRobustness(one, None, 4).describe() == "not resolved at 4x: at 4x the steps nothing was drawn"
+    rule = budget_rule(2)
+    assert "\"budget-robust\" when the ratio at 2x is on the same side of 1" in rule and "otherwise \"not resolved " \
+        "at 2x\"" in rule
+    with pytest.raises(ValueError, match=r"BudgetRobustness.factor=1 must be an integer >= 2"):
+        BudgetRobustness(one, None, 1)
+    with pytest.raises(ValueError, match=r"BudgetRobustness.one=0.5 must be a PairedTest or None"):
+        BudgetRobustness(0.5, None)
+    with pytest.raises(ValueError, match=r"BudgetRobustness.why='a\\nb' must be one line"):
+        BudgetRobustness(one, None, why="a\nb")
+    with pytest.raises(ValueError, match=r"budget_classes factor=2.5 must be an integer >= 2"):
+        budget_classes(2.5)
+
+
+def _primary_report():
+    """Six seeds at 100 steps and three at 200 of four configurations: a at half b's error, c about b's, one stuck."""
+    trained = lambda errors, seeds=SIX, steps=100: [run(s, [1.0, e, e], steps=steps)
+                                                    for s, e in zip(seeds, errors, strict=True)]  # fmt: skip
+    groups = {"a": trained((0.01, 0.012, 0.011, 0.02, 0.018, 0.015)),
+              "b": trained((0.02, 0.025, 0.02, 0.04, 0.04, 0.03)),
+              "c": trained((0.02, 0.02, 0.03, 0.04, 0.035, 0.03)), "stuck": trained((0.5,) * 6)}  # fmt: skip
+    longer = {"a": trained((0.005, 0.006, 0.007), (1, 2, 3), 200), "b": trained((0.01, 0.013, 0.012), (1, 2, 3), 200),
+              "c": trained((0.01, 0.02, 0.014), (1, 2, 3), 200), "stuck": trained((0.05, 0.06, 0.07), (1, 2, 3), 200)}
+    status = {key: verdict(records, 0.1) for key, records in groups.items()}
+    return groups, longer, status
+
+
+def test_a_primary_comparison_on_its_new_seeds_alone_is_described_and_stays_out_of_every_family():
+    groups, _, status = _primary_report()
+    compared = Comparisons(status, groups.get, primary=[("a", "b"), ("c", "b")])
+    text = "\n".join([compared("a", "b"), compared("b", "c"), compared("stuck", "b")])
+    new = compared.on_seeds("a", "b", (4, 5, 6))
+    assert new.startswith("x0.483 (95% CI 0.415 to 0.561; per seed 0.5, 0.45, 0.5; p = 0.00232 uncorrected, "
+                          "descriptive: in no family), on the same side of 1 as every seed's x0.496")
+    # drawn the other way round: the subset is read as named, a against b
+    assert compared.on_seeds("c", "b", (4, 5, 6)).startswith("x0.956 (95% CI 0.79 to 1.16; per seed 1, 0.88, 1;")
+    assert compared.on_seeds("a", "b", (4, 5, 6, 9)).endswith("; no finished pair on seed 9")
+    assert compared.on_seeds("a", "b", (4,)) == "not measurable with 1 seed (per seed 0.5)"
+    assert compared.on_seeds("stuck", "b", (4, 5, 6)) == "not compared"
+    # the families are what they were: two primaries, one corrected p each, no subset test among them
+    assert len(compared.tests["primary"]) == 2 and compared.tests["exploratory"] == []
+    lines = compared.resolve(text).split("\n")
+    assert lines[0].endswith("Holm 2.99e-06 in the primary family of 2)")
+    with pytest.raises(ValueError, match=r"Comparisons.on_seeds: seeds=\(4, 'x'\) must be distinct integer"):
+        compared.on_seeds("a", "b", (4, "x"))
+    with pytest.raises(ValueError, match=r"Comparisons.on_seeds: seeds=\(\) must be distinct integer"):
+        compared.on_seeds("a", "b", ())
+    with pytest.raises(ValueError, match="Comparisons.on_seeds: a against c was never drawn; draw it first"):
+        compared.on_seeds("a", "c", (4, 5, 6))
+
+
+def test_the_primary_section_gives_both_budgets_the_budget_class_the_new_seeds_and_an_answer():
+    groups, longer, status = _primary_report()
+    compared = Comparisons(status, groups.get, primary=[("a", "b"), ("c", "b"), ("stuck", "b")])
+    text = "\n".join([compared("a", "b"), compared("c", "b"), compared("stuck", "b")])
+    questions = ["Is a lower than b?", "Does c differ from b?", "Does stuck learn?"]
+    with pytest.raises(ValueError, match="resolve"):
+        compared.primary_section(questions, longer.get, (4, 5, 6))
+    compared.resolve(text)
+    section = compared.primary_section(questions, longer.get, (4, 5, 6))
+    assert section.startswith("Fixed in the notebook before the runs;") and "The budget check, fixed before" in section
+    items = section.split("\n\n", 1)[1].split("\n")
+    assert items[0] == "1. **a against b.** Is a lower than b?"
+    assert items[1].startswith("   - At 100 steps, 6 seeds (1, 2, 3, 4, 5, 6): lower: x0.496 (95% CI 0.463 to 0.531")
+    assert items[2].startswith("   - On the new seeds alone (4, 5, 6): x0.483")
+    assert items[3].startswith("   - At 200 steps (2x): budget-robust: the ratio at 2x the steps, x0.513")
+    assert items[4] == ("   - **Answer.** a is lower than b at 100 steps (x0.496, Holm p = 2.99e-06); 200 steps agree "
+                        "with it (budget-robust).")
+    assert items[9].startswith("   - **Answer.** c and b are equal within x0.8 to x1.25 at 100 steps (x1.01)")
+    assert items[11] == ("   - At 100 steps: not compared: stuck did not learn at this budget (mean 0.5 against the "
+                         "gate 0.1, 0 of 6 seeds under).")
+    assert items[12].startswith("   - At 200 steps (2x): not resolved at 2x: no ratio at the preset's budget to check")
+    assert items[13].startswith("   - **Answer.** stuck against b is not compared at 100 steps (stuck did not learn at "
+                                "this budget); at 200 steps x5.13")
+    assert "at 200 steps x5.13" in items[13] and items[13].endswith("(not resolved at 2x: no ranking at 100 steps to "
+                                                                      "check).")
+    assert compared.budget("a", "b", longer.get).kind == "budget-robust"
+    # a side that does not pass the gate at 2x is not compared there
+    failing = {**longer, "b": [run(s, [1.0, 0.5, 0.5], steps=200) for s in (1, 2, 3)]}
+    check = compared.budget("a", "b", failing.get)
+    assert check.longer is None and check.kind == "not resolved at 2x"
+    assert check.why == ("b at 2x the steps did not learn at this budget (mean 0.5 against the gate 0.1, 0 of 3 "
+                         "seeds under)")
+    with pytest.raises(ValueError, match=r"questions=\['one'\] must give one line of text per primary .*\(3\)"):
+        compared.primary_section(["one"], longer.get)
+    with pytest.raises(ValueError, match="Comparisons.budget: no runs at the longer budget for \\['b'\\]"):
+        compared.budget("a", "b", {**longer, "b": []}.get)
+    with pytest.raises(ValueError, match=r"needs each side's longer runs at one multiple \(2 or more\) of its steps"):
+        compared.budget("a", "b", {**longer, "b": groups["b"]}.get)  # the same budget is no longer one
+    none_named = Comparisons(status, groups.get)
+    none_named.resolve("")
+    assert none_named.primary_section([]) == "None named: every comparison of this report is exploratory."
