@@ -412,6 +412,17 @@ def test_each_sitting_keeps_its_own_wall_time_file(tmp_path):
     assert not (tmp_path / "data" / "tiny_2_3.json").exists()  # refused before any training
 
 
+def test_a_sitting_that_computes_a_run_states_its_own_cost_and_a_cache_read_keeps_the_stored_one(tmp_path):
+    from utils import read_json, write_json
+
+    runner.run_grid_timed([spec(1)], tmp_path, backend="inline", sitting="screen")
+    write_json(tmp_path / "data" / "screen.json", {**read_json(tmp_path / "data" / "screen.json"), "wall_time_s": 1e6})
+    _, kept = runner.run_grid_timed([spec(1)], tmp_path, backend="inline", sitting="screen")  # read from the cache
+    assert kept["wall_time_s"] == 1e6
+    _, new = runner.run_grid_timed([spec(1), spec(2)], tmp_path, backend="inline", sitting="screen")  # computes tiny_2
+    assert new["wall_time_s"] < 1e6 and new["runs"] == 2
+
+
 def test_a_cached_training_is_reused_only_by_the_same_code_and_torch(tmp_path, monkeypatch):
     first = run_grid([spec(1)], tmp_path / "A", backend="inline", progress=False)[0]
     assert first["software"]["training_version"] == training.TRAINING_VERSION
