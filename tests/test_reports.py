@@ -18,7 +18,6 @@ PENDING = {  # experiment: why its committed report cannot be re-rendered yet (t
     3: "its notebook asks for the six-seed primaries and their 2x runs (issue 38)",
     4: "its notebook asks for the reported seeds at the re-screened rates",
     5: "its notebook asks for the reported seeds at the re-screened rates",
-    6: "its notebook asks for the re-screen on the tuning stream and the budget check",
     7: "its notebook asks for the reported seeds at the re-screened rates",
     8: "its notebook asks for the six-seed primaries and their 2x runs (issue 38)",
     9: "its notebook is the redesign (d = 8, both arms learning, six seeds): its rate sweep and grid have not run",
