@@ -27,7 +27,6 @@ PENDING = {
     7: "re-screened by the protocol (its screen runs have landed); its report, rendered from the old screen, "
     "awaits the reported seeds at the new rates",
     10: "screened on the reported held-out prompts, the screen run reported as seed 42; re-screen under way",
-    11: "screened on the reported held-out prompts, the screen run reported as seed 42; re-screen under way",
 }
 
 

@@ -22,7 +22,6 @@ PENDING = {  # experiment: why its committed report cannot be re-rendered yet (t
     8: "its notebook asks for the six-seed primaries and their 2x runs (issue 38)",
     9: "its notebook is the redesign (d = 8, both arms learning, six seeds): its rate sweep and grid have not run",
     10: "its notebook asks for the re-screen on the tuning stream and the reference at stage 4's budget",
-    11: "its notebook asks for the re-screen on the tuning stream and the budget check",
     12: "a new experiment: its cpu grid has not run, so it has no committed report",
 }
 
