@@ -222,14 +222,15 @@ def test_old_records_map_level2_to_evaluation():
     assert RunSpec.from_dict(old) == spec(1)
 
 
-# run records only: grid.json, tuning.json and the rate screen's shared-rate.json and rate-screen.json hold sittings'
-# wall times; "step times.json" (`Experiment.step_times`) and the files of `Experiment.per_run` (e.g. Experiment 4's
-# "learned alpha.json": {run name: value}, every key a run record beside it) are side results
-SITTINGS = ("grid.json", "tuning.json", "shared-rate.json", "rate-screen.json")  # and rate-screen-2.json, ...
-
-
+# run records only: a sitting's file (grid.json, tuning.json, shared-rate.json, budget-check.json, ...: any name a
+# notebook gives a sitting) holds its wall time, hardware and backend; "step times.json" (`Experiment.step_times`) and
+# the files of `Experiment.per_run` (e.g. Experiment 4's "learned alpha.json": {run name: value}, every key a run
+# record beside it) are side results
 def _is_sitting(path) -> bool:
-    return path.name in SITTINGS or re.fullmatch(r"rate-screen-\d+\.json", path.name) is not None
+    from utils import read_json
+
+    kept = read_json(path)
+    return isinstance(kept, dict) and "spec" not in kept and {"wall_time_s", "hardware", "backend"} <= set(kept)
 
 
 def _is_per_run_file(path) -> bool:
