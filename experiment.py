@@ -570,9 +570,8 @@ class Experiment:
         checks = {}
         for key, (specs, longer) in pairs.items():
             mine, theirs = pick(base, specs), pick(longer_runs, longer)
-            both = paired(theirs, mine)
             checks[key] = BudgetCheck(specs[0].train.steps, factors[key], last_loop(mine), last_loop(theirs),
-                                      PairedTest(both.seeds, both.ratios), theirs)
+                                      paired(theirs, mine).test(), theirs)
         return checks
 
     def step_times(self, runs: Mapping[str, RunSpec], steps: int = 20, warmup: int = 3) -> dict:

@@ -306,6 +306,10 @@ class Paired:
         n = len(self.seeds)
         return n >= 3 and (self.lower == n or all(d > 0 for d in self.differences))
 
+    def test(self) -> PairedTest:
+        """The verdict rule's paired test of these per-seed ratios."""
+        return PairedTest(self.seeds, self.ratios)
+
     def describe(self) -> str:
         """'a/b per seed 0.52, 0.61, 0.48 (a lower on 3 of 3 seeds)'."""
         if not self.seeds:
@@ -818,7 +822,7 @@ class Comparisons(Generic[K]):
             prefix = f"{prefix}[unequal budgets: {steps(a, budgets[0])}, {steps(b, budgets[1])}] "
         result = paired(self.runs(a), self.runs(b), value)
         self.drawn.append(result)
-        self.tests[family].append((prefix, PairedTest(result.seeds, result.ratios)))
+        self.tests[family].append((prefix, result.test()))
         self.places[a, b, value] = (family, len(self.tests[family]) - 1)
         self.tokens[a, b, value] = self._token(*self.places[a, b, value])
         return self.tokens[a, b, value]
@@ -996,8 +1000,7 @@ class Comparisons(Generic[K]):
                   for k in sides if not at_longer[k].trained]  # fmt: skip
         longer_test = None
         if not failed:
-            result = paired(runs[a], runs[b], value)
-            longer_test = PairedTest(result.seeds, result.ratios)
+            longer_test = paired(runs[a], runs[b], value).test()
         return BudgetRobustness(drawn[0] if drawn else None, longer_test, int(factor), "; ".join(failed))
 
     def primary_section(
