@@ -45,20 +45,14 @@ import numpy as np
 import plots
 from baselines import baseline_position_errors
 from checks import is_int, is_real, require
+from configs import TrainConfig
+from evaluation import error_scale, heldout_prompts
 from protocol import SCREEN_RULE, SCREEN_SEED, TUNING_STREAM, choose_rates, longer_twin, screen_twin
 from runner import ROOT, RunSpec, choose_preset, hardware, results_dir, run_grid_timed
+from storage import atomic_write_bytes, read_json, save_svg, write_json
 from tasks import task_from_dict
 from tracking import tracking_from_env
-from utils import (
-    TrainConfig,
-    atomic_write_bytes,
-    error_scale,
-    heldout_prompts,
-    read_json,
-    save_svg,
-    step_times,
-    write_json,
-)
+from training import step_times
 from verdicts import (
     STRENGTHS,
     TUNE_RULES,
@@ -652,18 +646,35 @@ class Experiment:
         return self.figure(fig, name)
 
     def wall_time(self) -> str:
-        """The report's wall-time cell: the grid's sitting and the runs' own time added up."""
+        """The report's wall-time cell: the grid's last sitting (and, when it computed only some of the runs, how
+        many) and the runs' own time added up, which counts every sitting."""
         minutes = self.results.run_minutes()
-        return (
-            f"grid {self.grid['wall_time_s'] / 60:.1f} min ({self.grid['backend']} backend); "
-            f"{minutes:.1f} run-minutes in total"
-        )
+        computed, runs = self.grid.get("computed"), self.grid["runs"]
+        sitting = f"grid {self.grid['wall_time_s'] / 60:.1f} min"
+        if computed is not None and computed < runs:
+            sitting = (
+                f"the grid's last sitting {self.grid['wall_time_s'] / 60:.1f} min, which computed {computed} of its "
+                f"{runs} runs"
+            )
+        return f"{sitting} ({self.grid['backend']} backend); {minutes:.1f} run-minutes in total"
+
+    def hardware(self) -> str:
+        """The report's hardware cell: the last sitting's machine and, when the runs were computed on several
+        (records kept from earlier sittings), each machine with its count of runs."""
+        machines: dict[str, int] = {}
+        for record in self.results.records:
+            machine = record.get("hardware", "unknown")
+            machines[machine] = machines.get(machine, 0) + 1
+        if set(machines) <= {self.grid["hardware"]}:
+            return self.grid["hardware"]
+        counts = "; ".join(f"{machine}: {n} runs" for machine, n in sorted(machines.items(), key=lambda m: -m[1]))
+        return f"{self.grid['hardware']} (last sitting); the runs were computed on {counts}"
 
     def settings(self, rows: Mapping[str, Any]) -> str:
         """The design section's settings table: the preset, then `rows`, then the hardware
         and wall time of the grid (`wall_time`)."""
         return settings_table(
-            {"preset": f"`{self.preset}`", **rows, "hardware": self.grid["hardware"], "wall time": self.wall_time()}
+            {"preset": f"`{self.preset}`", **rows, "hardware": self.hardware(), "wall time": self.wall_time()}
         )
 
     def divergence_section(self) -> str:

@@ -40,32 +40,24 @@ import torch
 
 import tracking as tracked
 from checks import require, require_choice, require_int
+from configs import TrainConfig
 from ensemble import MEMBER_FIELDS, check_ensemble, train_ensemble
-from tasks import OOD_KINDS, task_from_dict
-from training import TRAINING_VERSION
-from transformer import ModelConfig, count_parameters
-from utils import (
-    TrainConfig,
-    TrainResult,
+from evaluation import (
     bootstrap_band,
-    build_model,
-    check_effective,
     error_scale,
     heldout_prompts,
     label_sensitivity,
-    load_run,
     ood_prompts,
     prediction_errors,
     prompt_errors,
-    read_json,
-    save_run,
-    set_aside,
     state_updates,
-    train,
-    training_key,
     validate,
-    write_json,
 )
+from seeding import build_model
+from storage import load_run, read_json, save_run, set_aside, write_json
+from tasks import OOD_KINDS, task_from_dict
+from training import TRAINING_VERSION, TrainResult, check_effective, train, training_key
+from transformer import ModelConfig, count_parameters
 
 ROOT = Path(__file__).resolve().parent
 PRESETS = ("smoke", "cpu", "full")
@@ -905,7 +897,8 @@ def run_grid_timed(
     specs: list[RunSpec], out_dir: str | Path, backend: str = "auto", sitting: str = "grid", **options
 ) -> tuple[list[dict], dict]:
     """`run_grid`, plus `data/<sitting>.json` with the wall time, hardware and backend of the
-    sitting that computed the runs. A sitting that computes any run is recorded; a re-run from the
+    sitting that computed the runs, and how many of them it computed (the rest were read from earlier
+    sittings). A sitting that computes any run is recorded; a re-run from the
     cache (under half the stored time) keeps the stored figures, so a report always states what the
     computation cost. A notebook with two
     stages (say a tuning stage whose outcome configures the grid) names each stage's sitting."""
@@ -924,13 +917,22 @@ def run_grid_timed(
         )
     # A sitting that computes a run is recorded whatever it took (a re-screen that replaces a stage's runs states its
     # own cost); one that only read the cache keeps the stored figures, unless it took longer than half of them.
-    computes = any(load_result(spec, out_dir) is None for spec in specs)
+    computed = sum(load_result(spec, out_dir) is None for spec in specs)
     started = time.perf_counter()
     backend = resolve_backend(backend, specs)
     records = run_grid(specs, out_dir, backend=backend, **options)
     seconds = time.perf_counter() - started
-    if computes or not grid_file.exists() or seconds > 0.5 * read_json(grid_file)["wall_time_s"]:
-        write_json(grid_file, {"wall_time_s": seconds, "hardware": hardware(), "backend": backend, "runs": len(specs)})
+    if computed or not grid_file.exists() or seconds > 0.5 * read_json(grid_file)["wall_time_s"]:
+        write_json(
+            grid_file,
+            {
+                "wall_time_s": seconds,
+                "hardware": hardware(),
+                "backend": backend,
+                "runs": len(specs),
+                "computed": computed,
+            },
+        )
     return records, read_json(grid_file)
 
 

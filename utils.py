@@ -1,22 +1,45 @@
-"""The library's entry point: everything a notebook or script needs, from the modules that own it.
+"""The library's entry point: what a notebook or script imports, gathered from the modules that own it.
 
-Each job lives in its own module; this one only gathers them, so `from utils import train` keeps
-working and a newcomer has one place to start:
+A notebook imports `transformer` (the model) and this module, nothing else of the library. Each job lives in
+its own module; this one only gathers them, so `from utils import train, Experiment` works and a newcomer has
+one place to start. The modules, in an order where each imports only those listed before it (and the model,
+`transformer` with `components` and `equilibrium`, and the plumbing, `tracking` and `ensemble`), never `utils`
+(`tests/test_repository.py` checks both):
 - `checks`:     the validators behind every "bad input" error;
-- `seeding`:    random streams (`stream_seed`, `make_generator`, `build_model`, `seed_everything`);
+- `tasks`:      the function classes and their prompts;
+- `baselines`:  least squares, ridge, averaging, nearest neighbours and the iterative solvers, on the same prompts;
+- `plots`:      the figures' look (colours, bands, box plots, tables, number format);
 - `configs`:    `TrainConfig` and its schedule (loops, points and dimensions at a step);
+- `seeding`:    random streams (`stream_seed`, `make_generator`, `build_model`, `seed_everything`);
+- `storage`:    atomic JSON, weights and SVG writing, saved runs;
 - `evaluation`: level-1 and level-2 validation, extrapolation, label sensitivity, state updates,
                 per-prompt errors and bootstrap bands;
-- `storage`:    atomic JSON, weights and SVG writing, saved runs;
 - `training`:   the training loop (`train_loop`, `train`, `train_step`, the loss, `TrainResult`,
-                `step_times`).
-Imports run one way: each module above imports only the ones listed before it (and `transformer`,
-`tasks`, the model and the prompts), never `utils` (`tests/test_repository.py` checks it).
+                `step_times`);
+- `verdicts`:   the gate, the paired verdict rule with Holm's correction, equivalence, strengths;
+- `runner`:     a grid of runs (`RunSpec`, `EvalConfig`): cached, resumable, in a pool or as one ensemble;
+- `protocol`:   the recipe, the tuning stream and screen seed, the rate choice and the run-naming rule;
+- `experiment`: one notebook's scaffolding (`Experiment`, `Results`, `Answer`) and its report;
+- `long_loops`: reading trained models far past their trained loop count.
 """
 
 from __future__ import annotations
 
-from configs import LOSS_CHOICES, SUPERVISE_CHOICES, TrainConfig
+from baselines import (
+    baseline_position_errors,
+    baseline_prompt_errors,
+    gd_iterates,
+    newton_iterates,
+    ridge_path,
+)
+from checks import (
+    require,
+)
+from configs import (
+    LOSS_CHOICES,
+    SUPERVISE_CHOICES,
+    TrainConfig,
+)
 from evaluation import (
     bootstrap_band,
     closest_iterates,
@@ -37,7 +60,63 @@ from evaluation import (
     summarise_query_errors,
     validate,
 )
-from seeding import STREAMS, build_model, make_generator, seed_everything, stream_seed
+from experiment import (
+    Answer,
+    Experiment,
+    Results,
+    baselines_at_query,
+    joined,
+    level2_median,
+)
+from long_loops import (
+    PASS_MARKS,
+    deq_mark,
+    field_numbers,
+    field_table,
+    halting_summary,
+    loop_at,
+    marks_table,
+    pass_marks,
+    prompt_sets,
+    solve_at,
+    solve_halting,
+    spread_ratio,
+    trace_long_loops,
+)
+from plots import (
+    COLORS,
+    band,
+    bootstrap_curve,
+    boxplot,
+    error_vs_examples,
+    fmt,
+    markdown_table,
+    mean_pm_std,
+    shared_legend,
+    subplots,
+)
+from protocol import (
+    RECIPE,
+    SCREEN_SEED,
+    TUNING_STREAM,
+    choose_rates,
+    longer_twin,
+    run_name,
+    screen_twin,
+)
+from runner import (
+    EvalConfig,
+    RunSpec,
+    load_result,
+    results_dir,
+)
+from seeding import (
+    STREAMS,
+    build_model,
+    make_generator,
+    seed_everything,
+    stream_seed,
+)
 from storage import (
     SVG_HASH_SALT,
     atomic_write_bytes,
@@ -48,6 +127,15 @@ from storage import (
     set_aside,
     torch_bytes,
     write_json,
+)
+from tasks import (
+    OOD_KINDS,
+    DecisionTree,
+    LinearRegression,
+    NoisyLinearRegression,
+    ReLUNetwork,
+    SparseLinearRegression,
+    build_prompt,
 )
 from training import (
     SingleStepper,
@@ -66,56 +154,133 @@ from training import (
     train_step,
     training_key,
 )
+from verdicts import (
+    Comparisons,
+    Gate,
+    Reading,
+    final_error,
+    learned_table,
+    paired,
+    reference_errors,
+    reference_names,
+    short_verdict,
+    steps_to_gate,
+    verdict,
+)
 
 __all__ = [
+    "Answer",
+    "COLORS",
+    "Comparisons",
+    "DecisionTree",
+    "EvalConfig",
+    "Experiment",
+    "Gate",
     "LOSS_CHOICES",
+    "LinearRegression",
+    "NoisyLinearRegression",
+    "OOD_KINDS",
+    "PASS_MARKS",
+    "RECIPE",
+    "ReLUNetwork",
+    "Reading",
+    "Results",
+    "RunSpec",
+    "SCREEN_SEED",
     "STREAMS",
     "SUPERVISE_CHOICES",
     "SVG_HASH_SALT",
     "SingleStepper",
+    "SparseLinearRegression",
     "StepPlan",
+    "TUNING_STREAM",
     "TrainConfig",
     "TrainResult",
     "atomic_write_bytes",
+    "band",
+    "baseline_position_errors",
+    "baseline_prompt_errors",
+    "baselines_at_query",
     "bootstrap_band",
+    "bootstrap_curve",
+    "boxplot",
     "build_model",
+    "build_prompt",
     "check_effective",
     "check_training",
+    "choose_rates",
     "closest_iterates",
+    "deq_mark",
     "error_scale",
+    "error_vs_examples",
     "eval_mode",
     "evaluate",
     "extrapolate",
+    "field_numbers",
+    "field_table",
+    "final_error",
     "fit_algorithm",
+    "fmt",
+    "gd_iterates",
     "halting",
+    "halting_summary",
     "heldout_prompts",
     "implied_weights",
+    "joined",
     "label_sensitivity",
+    "learned_table",
+    "level2_median",
+    "load_result",
     "load_run",
+    "longer_twin",
+    "loop_at",
     "loop_trace",
     "loss_value",
     "make_generator",
+    "markdown_table",
+    "marks_table",
+    "mean_pm_std",
+    "newton_iterates",
     "ood_prompts",
+    "paired",
+    "pass_marks",
     "plan_at",
     "prediction_errors",
     "prompt_errors",
+    "prompt_sets",
     "read_json",
+    "reference_errors",
+    "reference_names",
+    "require",
     "resolve_device",
+    "results_dir",
+    "ridge_path",
+    "run_name",
     "sample_batch",
     "save_run",
     "save_svg",
+    "screen_twin",
     "seed_everything",
     "set_aside",
+    "shared_legend",
+    "short_verdict",
+    "solve_at",
+    "solve_halting",
+    "spread_ratio",
     "state_updates",
     "step_loss",
     "step_times",
+    "steps_to_gate",
     "stream_seed",
+    "subplots",
     "summarise_query_errors",
     "torch_bytes",
+    "trace_long_loops",
     "train",
     "train_loop",
     "train_step",
     "training_key",
     "validate",
+    "verdict",
     "write_json",
 ]
