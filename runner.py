@@ -898,9 +898,8 @@ def run_grid_timed(
 ) -> tuple[list[dict], dict]:
     """`run_grid`, plus `data/<sitting>.json` with the wall time, hardware and backend of the
     sitting that computed the runs, and how many of them it computed (the rest were read from earlier
-    sittings). A sitting that computes any run is recorded; a re-run from the
-    cache (under half the stored time) keeps the stored figures, so a report always states what the
-    computation cost. A notebook with two
+    sittings). A sitting that computes any run is recorded; one that only reads the cache keeps the stored
+    figures, so a report always states what the computation cost and re-renders byte for byte. A notebook with two
     stages (say a tuning stage whose outcome configures the grid) names each stage's sitting."""
     require(
         re.fullmatch(r"[A-Za-z0-9_-]+", sitting) is not None,
@@ -916,13 +915,13 @@ def run_grid_timed(
             f"{grid_file} is not a sitting's record (a run of that name?); name the sitting otherwise",
         )
     # A sitting that computes a run is recorded whatever it took (a re-screen that replaces a stage's runs states its
-    # own cost); one that only read the cache keeps the stored figures, unless it took longer than half of them.
+    # own cost); one that only read the cache keeps the stored figures.
     computed = sum(load_result(spec, out_dir) is None for spec in specs)
     started = time.perf_counter()
     backend = resolve_backend(backend, specs)
     records = run_grid(specs, out_dir, backend=backend, **options)
     seconds = time.perf_counter() - started
-    if computed or not grid_file.exists() or seconds > 0.5 * read_json(grid_file)["wall_time_s"]:
+    if computed or not grid_file.exists():
         write_json(
             grid_file,
             {

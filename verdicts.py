@@ -794,6 +794,9 @@ class Comparisons(Generic[K]):
         self.tests: dict[str, list[tuple[str, PairedTest]]] = {"primary": [], "exploratory": []}
         self.tokens: dict[tuple, str] = {}  # (a, b, value): its placeholder
         self.places: dict[tuple, tuple[str, int]] = {}  # (a, b, value): its family and index there
+        # A comparison drawn again (in a second table, or b against a) is the same test: its placeholder reads the
+        # first draw's entry, so a family counts each test once and Holm's correction is not made stricter by repeats.
+        self.again: dict[str, tuple[str, int, str, bool]] = {}  # placeholder: (family, index, prefix, inverted)
         self.resolved = False
         self._id = next(_TOKENS)
 
@@ -804,7 +807,8 @@ class Comparisons(Generic[K]):
         """a against b on `value` per run (default `final_error`; a pair reads each side its own way):
         a placeholder for prefix + the rule's verdict with its numbers (`resolve` fills it in), or
         "not compared: ..." (no prefix) when either did not pass the gate or is excluded. Primary when
-        (a, b, value) is a named primary comparison, in either orientation."""
+        (a, b, value) is a named primary comparison, in either orientation. Drawn again, in either orientation, it
+        is the same test (one entry in its family; b against a reads the inverted ratios)."""
         require(not self.resolved, "a comparison was drawn after resolve(): Holm's correction needs the whole family")
         _sides(value)
         family = "primary" if self._is_primary(a, b, value) else "exploratory"
@@ -820,12 +824,26 @@ class Comparisons(Generic[K]):
             )
             steps = lambda k, values: f"{self.label(k)} at {' / '.join(map(str, values))} steps"
             prefix = f"{prefix}[unequal budgets: {steps(a, budgets[0])}, {steps(b, budgets[1])}] "
+        earlier = self._place(a, b, value)
+        if earlier is not None:  # drawn before (perhaps the other way round): the same test, once in its family
+            family, index, invert = earlier
+            token = f"\u27e6verdict {self._id}:{family}:{index}:again {len(self.again)}\u27e7"
+            self.again[token] = (family, index, prefix, invert)
+            self.tokens.setdefault((a, b, value), token)
+            return token
         result = paired(self.runs(a), self.runs(b), value)
         self.drawn.append(result)
         self.tests[family].append((prefix, result.test()))
         self.places[a, b, value] = (family, len(self.tests[family]) - 1)
         self.tokens[a, b, value] = self._token(*self.places[a, b, value])
         return self.tokens[a, b, value]
+
+    def _place(self, a: K, b: K, value: Value) -> tuple[str, int, bool] | None:
+        """Where a against b was first drawn, in either orientation: (family, index, inverted); None if never."""
+        for key, invert in (((a, b, value), False), ((b, a, _swapped(value)), True)):
+            if key in self.places:
+                return (*self.places[key], invert)
+        return None
 
     def _not_compared(self, a: K, b: K) -> list[str]:
         """Why a against b cannot be drawn: each side that did not pass the gate (its status and how far
@@ -852,8 +870,14 @@ class Comparisons(Generic[K]):
 
     def result(self, a: K, b: K, value: Value = final_error) -> str:
         """The resolved verdict of a comparison drawn before `resolve` (for a report's conclusions,
-        which cite verdicts already in their families), or "not compared" when it could not be drawn."""
+        which cite verdicts already in their families; drawn as b against a, its ratios inverted), or "not
+        compared" when it could not be drawn."""
         require(self.resolved, "Comparisons.result: resolve() the families first (Holm needs every comparison)")
+        if (a, b, value) not in self.tokens and self._place(a, b, value) is not None:  # drawn as b against a
+            self.resolved = False
+            token = self(a, b, value)  # the same test, its ratios inverted; no new entry in any family
+            self.resolved = True
+            return self.texts()[token]
         if (a, b, value) not in self.tokens:
             require(
                 bool(self._not_compared(a, b)),
@@ -870,11 +894,17 @@ class Comparisons(Generic[K]):
 
     def texts(self) -> dict[str, str]:
         """Every placeholder drawn so far and its verdict, Holm-corrected within its family."""
-        return {
-            self._token(family, index): prefix + describe_test(test, p, family, len(self.tests[family]), self.margin)
+        adjusted = {family: self._adjusted(family) for family in self.tests}
+        describe = lambda family, test, p: describe_test(test, p, family, len(self.tests[family]), self.margin)
+        texts = {
+            self._token(family, index): prefix + describe(family, test, p)
             for family in self.tests
-            for index, (prefix, test, p) in enumerate(self._adjusted(family))
+            for index, (prefix, test, p) in enumerate(adjusted[family])
         }
+        for token, (family, index, prefix, invert) in self.again.items():
+            _, test, p = adjusted[family][index]
+            texts[token] = prefix + describe(family, test.inverted() if invert else test, p)
+        return texts
 
     def resolve(self, text: str) -> str:
         """`text` with every placeholder of this report's comparisons replaced by its verdict; the
@@ -913,12 +943,12 @@ class Comparisons(Generic[K]):
     def _drawn(self, a: K, b: K, value: Value) -> tuple[PairedTest, float | None] | None:
         """The test of a against b as drawn (in either orientation: b against a gives the inverted ratios) and
         its p-value Holm-adjusted within its family as drawn so far; None when it was never drawn."""
-        for key, invert in (((a, b, value), False), ((b, a, _swapped(value)), True)):
-            if key in self.places:
-                family, index = self.places[key]
-                _, test, adjusted = self._adjusted(family)[index]
-                return (test.inverted() if invert else test), adjusted
-        return None
+        place = self._place(a, b, value)
+        if place is None:
+            return None
+        family, index, invert = place
+        _, test, adjusted = self._adjusted(family)[index]
+        return (test.inverted() if invert else test), adjusted
 
     def _steps(self, key: K, runs: Callable[[K], Iterable[dict]] | None = None) -> str:
         """The steps `key`'s runs trained for ("3000"; "3000 / 6000" if they differ)."""

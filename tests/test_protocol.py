@@ -24,8 +24,6 @@ PENDING = {
     "awaits the reported seeds at the new rates",
     5: "re-screened by the protocol (its screen runs have landed); its report, rendered from the old screen, "
     "awaits the reported seeds at the new rates",
-    7: "re-screened by the protocol (its screen runs have landed); its report, rendered from the old screen, "
-    "awaits the reported seeds at the new rates",
     10: "screened on the reported held-out prompts, the screen run reported as seed 42; re-screen under way",
 }
 

@@ -18,15 +18,13 @@ PENDING = {  # experiment: why its committed report cannot be re-rendered yet (t
     3: "its notebook asks for the six-seed primaries and their 2x runs (issue 38)",
     4: "its notebook asks for the reported seeds at the re-screened rates",
     5: "its notebook asks for the reported seeds at the re-screened rates",
-    7: "its runs at the re-screened rates have landed, but its long loops are read from saved models and "
-    "loopedL1_42 (an older record, now the reported seed 42 at the chosen rate) kept no weights: retrain it",
     8: "its notebook asks for the six-seed primaries and their 2x runs (issue 38)",
     9: "its notebook is the redesign (d = 8, both arms learning, six seeds): its rate sweep and grid have not run",
     10: "its notebook asks for the re-screen on the tuning stream and the reference at stage 4's budget",
     12: "a new experiment: its cpu grid has not run, so it has no committed report",
 }
 
-PENDING_FAILURE = {7: "models/loopedL1_42/run.json"}  # how a pending report fails, where not for want of runs
+PENDING_FAILURE: dict[int, str] = {}  # how a pending report fails, where not for want of runs
 
 
 def render(number: int, root: Path) -> Path:

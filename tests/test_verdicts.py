@@ -297,6 +297,24 @@ def test_arms_of_unequal_budgets_are_never_primary_and_say_both_budgets():
         Comparisons(status, groups.get, primary=[("long", "short")])("long", "short")
 
 
+def test_a_comparison_drawn_again_is_one_test_in_its_family():
+    """A comparison drawn a second time (another table, or b against a) reads the first draw: the family counts it
+    once, so Holm's correction is not made stricter by repeats, and b against a gives the inverted ratios."""
+    trained = lambda errors: [run(s, [1.0, e, e]) for s, e in zip((1, 2, 3), errors, strict=True)]
+    groups = {"a": trained((0.02, 0.025, 0.03)), "b": trained((0.04, 0.05, 0.06)), "c": trained((0.03, 0.05, 0.07))}
+    status = {key: verdict(records, 0.1) for key, records in groups.items()}
+    compared = Comparisons(status, groups.get, primary=[("a", "b")])
+    first, again, reverse, other = compared("a", "b"), compared("a", "b"), compared("b", "a"), compared("c", "b")
+    text = compared.resolve("\n".join([first, again, reverse, other]))
+    lines = text.split("\n")
+    assert lines[0] == lines[1] and lines[0].startswith("lower: x0.5") and "primary family of 1" in lines[0]
+    assert lines[2].startswith("higher: x2") and "primary family of 1" in lines[2]
+    assert "exploratory family of 1" in lines[3]
+    assert len(compared.drawn) == 2 and compared.words() == {"primary": ["lower"], "exploratory": ["not resolved"]}
+    assert compared.result("b", "a") == lines[2]
+    assert compared.result("b", "c").startswith("not resolved") and len(compared.drawn) == 2  # drawn as c against b
+
+
 def test_a_reports_strength_follows_its_primary_comparisons():
     trained = lambda errors: [run(s, [1.0, e, e]) for s, e in zip((1, 2, 3), errors, strict=True)]
     groups = {"base": trained((0.04, 0.05, 0.06)), "half": trained((0.02, 0.026, 0.029)),
