@@ -19,7 +19,7 @@ each (`ContextSelection`, `StateSelection`, like `PositionalEncoding` and `Layer
 config itself.
 
 Imports run one way: `transformer.py` imports this module; this module imports `ModelConfig`
-for type hints only, never at run time.
+(from `model_config.py`) for type hints only, never at run time.
 
 Shapes: B batch, S = 2P-1 tokens, P points, N = P-1 in-context examples, h = hidden_dim.
 """
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:  # type hints only: transformer.py imports this module at run time, not the reverse
-    from transformer import ModelConfig
+if TYPE_CHECKING:  # type hints only: the parts are built from a config, the config knows nothing of them
+    from model_config import ModelConfig
 
 __all__ = [
     "Injection",
@@ -171,7 +171,8 @@ class EMAInjection(Injection):
     @classmethod
     def from_config(cls, config: ModelConfig) -> EMAInjection:
         # "ema" and "ema_learned" are one class: they differ only in whether a is a parameter.
-        return cls(config.ema_alpha, learned=config.injection == "ema_learned")
+        injection = config.injection_config
+        return cls(injection.ema_alpha, learned=injection.learned_alpha)
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -310,10 +311,8 @@ class ContextSelection:
     """
 
     def __init__(self, config: ModelConfig) -> None:
-        self.keep = config.context_keep
-        self.n = config.context_n
-        self.cut_at = config.context_cut_at
-        self.shrink = config.context_shrink
+        context = config.context_config
+        self.keep, self.n, self.cut_at, self.shrink = context.keep, context.n, context.cut_at, context.shrink
 
     def examples_at(self, loop: int, n_examples: int) -> int:
         """How many of `n_examples` examples loop `loop` (0-based) sees."""
@@ -437,9 +436,8 @@ class StateSelection:
     """
 
     def __init__(self, config: ModelConfig) -> None:
-        self.keep = config.state_keep
-        self.fraction = config.state_fraction
-        self.compute = config.state_compute
+        state = config.state_config
+        self.keep, self.fraction, self.compute = state.keep, state.fraction, state.compute
 
     def carried_count(self, seq: int) -> int:
         """How many of the S tokens carry their state into the next loop."""
