@@ -6,17 +6,17 @@ layer), the LSTM layer (`LSTMLayer`, an alternative to a transformer layer), and
 selection policies: `ContextSelection` (which in-context examples a loop may attend to, with
 `attention_allowed` turning that into an attention mask) and `StateSelection` (how much of the
 state one loop hands to the next), and `on_tokens`, the token-dropping mechanism that runs a
-loop on a subset of the tokens only. The shared stack they plug into, the config and the loop
-itself are in `transformer.py`.
+loop on a subset of the tokens only. The shared stack they plug into and the loop itself are in
+`transformer.py`; the config they are built from is in `model_config.py`.
 
 How parts are built (the same rule in both modules): a class that a `ModelConfig` field picks by
 name takes plain values in `__init__`, so it can be built and tested alone, and reads its values
 from the config in one classmethod, `from_config(config)`. The registries that map each choice
-name to its class, and the `build_*` functions that use them, are in `transformer.py`, next to the
-choice lists (a kind such as the mixer has one choice here and one there, so its registry can only
-live where both are visible). The parts that read several fields of the config and are one class
-each (`ContextSelection`, `StateSelection`, like `PositionalEncoding` and `LayerStack`) take the
-config itself.
+name to its class, and the `build_*` functions that use them, are in `transformer.py` (a kind such
+as the mixer has one choice here and one there, so its registry can only live where both are
+visible). The parts that read several fields of the config and are one class each
+(`ContextSelection`, `StateSelection`, like `PositionalEncoding` and `LayerStack`) take the config
+itself and read their component of it (`config.context_config`, `config.state_config`, ...).
 
 Imports run one way: `transformer.py` imports this module; this module imports `ModelConfig`
 (from `model_config.py`) for type hints only, never at run time.
