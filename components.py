@@ -6,20 +6,20 @@ layer), the LSTM layer (`LSTMLayer`, an alternative to a transformer layer), and
 selection policies: `ContextSelection` (which in-context examples a loop may attend to, with
 `attention_allowed` turning that into an attention mask) and `StateSelection` (how much of the
 state one loop hands to the next), and `on_tokens`, the token-dropping mechanism that runs a
-loop on a subset of the tokens only. The shared stack they plug into, the config and the loop
-itself are in `transformer.py`.
+loop on a subset of the tokens only. The shared stack they plug into and the loop itself are in
+`transformer.py`; the config they are built from is in `model_config.py`.
 
 How parts are built (the same rule in both modules): a class that a `ModelConfig` field picks by
 name takes plain values in `__init__`, so it can be built and tested alone, and reads its values
 from the config in one classmethod, `from_config(config)`. The registries that map each choice
-name to its class, and the `build_*` functions that use them, are in `transformer.py`, next to the
-choice lists (a kind such as the mixer has one choice here and one there, so its registry can only
-live where both are visible). The parts that read several fields of the config and are one class
-each (`ContextSelection`, `StateSelection`, like `PositionalEncoding` and `LayerStack`) take the
-config itself.
+name to its class, and the `build_*` functions that use them, are in `transformer.py` (a kind such
+as the mixer has one choice here and one there, so its registry can only live where both are
+visible). The parts that read several fields of the config and are one class each
+(`ContextSelection`, `StateSelection`, like `PositionalEncoding` and `LayerStack`) take the config
+itself and read their component of it (`config.context_config`, `config.state_config`, ...).
 
 Imports run one way: `transformer.py` imports this module; this module imports `ModelConfig`
-for type hints only, never at run time.
+(from `model_config.py`) for type hints only, never at run time.
 
 Shapes: B batch, S = 2P-1 tokens, P points, N = P-1 in-context examples, h = hidden_dim.
 """
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:  # type hints only: transformer.py imports this module at run time, not the reverse
-    from transformer import ModelConfig
+if TYPE_CHECKING:  # type hints only: the parts are built from a config, the config knows nothing of them
+    from model_config import ModelConfig
 
 __all__ = [
     "Injection",
@@ -171,7 +171,8 @@ class EMAInjection(Injection):
     @classmethod
     def from_config(cls, config: ModelConfig) -> EMAInjection:
         # "ema" and "ema_learned" are one class: they differ only in whether a is a parameter.
-        return cls(config.ema_alpha, learned=config.injection == "ema_learned")
+        injection = config.injection_config
+        return cls(injection.ema_alpha, learned=injection.learned_alpha)
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -310,10 +311,8 @@ class ContextSelection:
     """
 
     def __init__(self, config: ModelConfig) -> None:
-        self.keep = config.context_keep
-        self.n = config.context_n
-        self.cut_at = config.context_cut_at
-        self.shrink = config.context_shrink
+        context = config.context_config
+        self.keep, self.n, self.cut_at, self.shrink = context.keep, context.n, context.cut_at, context.shrink
 
     def examples_at(self, loop: int, n_examples: int) -> int:
         """How many of `n_examples` examples loop `loop` (0-based) sees."""
@@ -437,9 +436,8 @@ class StateSelection:
     """
 
     def __init__(self, config: ModelConfig) -> None:
-        self.keep = config.state_keep
-        self.fraction = config.state_fraction
-        self.compute = config.state_compute
+        state = config.state_config
+        self.keep, self.fraction, self.compute = state.keep, state.fraction, state.compute
 
     def carried_count(self, seq: int) -> int:
         """How many of the S tokens carry their state into the next loop."""

@@ -1,19 +1,19 @@
-"""The looped transformer: its configuration, the loop, and the stack of layers it repeats.
+"""The looped transformer: the loop, its per-loop plan, and the stack of layers it repeats.
 
-Owns `ModelConfig` (every architectural choice, validated, with old choice names mapped to the
-current ones), `BaseLoopedTransformer` (the loop the paper is about, in `states`), the shared
-stack every variant runs (attention, MLP, the Laptev and GPT-2 layers, `LayerStack`, positional
-encoding), the registries that map each choice name to the class that implements it, and
-`flops_per_loop`. The parts that experiments swap in (injections, the SSM mixer, the LSTM layer,
-context and state selection) are in `components.py`; every public name of that module is
-re-exported here, so `from transformer import ...` keeps working for all of them.
+Owns `BaseLoopedTransformer` (the loop the paper is about, in `states`, each loop run from its
+`LoopPlan`), the shared stack every variant runs (attention, MLP, the Laptev and GPT-2 layers,
+`LayerStack`, positional encoding), the registries that map each choice name to the class that
+implements it, and `flops_per_loop`. The configuration, `ModelConfig` and the component configs it
+is made of, is in `model_config.py`; the parts that experiments swap in (injections, the SSM mixer,
+the LSTM layer, context and state selection) are in `components.py`. Every public name of both
+modules is re-exported here, so `from transformer import ...` keeps working for all of them.
 
 Data flow (shapes: B batch, S = 2P-1 tokens, P points, d = n_dims, h = hidden_dim):
 
     tokens [B, S, d] --embed (+PE once)--> e [B, S, h]
     state = injection.initial_state(e)
-    for loop in 1..b:  state = injection.step(state, e, stack)   # stack = the shared layers
-                       pred[loop] = readout(state)[x positions]  # [B, P]
+    for plan in plans(b):  state = injection.step(state, e, plan.stack)  # on plan.tokens, input + plan.added
+                           pred[loop] = readout(state)[x positions]    # [B, P]
     return preds [b, B, P]
 
 A variant replaces exactly one component through `ModelConfig`: the PE, the mask, the
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -41,7 +41,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import components
-from checks import is_real, require, require_choice, require_int, require_real
+from checks import require
 from components import (
     AddInjection,
     ContextSelection,
@@ -59,9 +59,33 @@ from components import (
     on_tokens,
 )
 from equilibrium import implicit_fixed_point, jacobian_norm_estimate, phantom_fixed_point
+from model_config import (
+    BLOCK_CHOICES,
+    CONTEXT_COMPUTE_CHOICES,
+    CONTEXT_KEEP_CHOICES,
+    INIT_CHOICES,
+    INJECTION_CHOICES,
+    LOOP_EMBEDDING_CHOICES,
+    MIXER_CHOICES,
+    PE_AT_CHOICES,
+    PE_CHOICES,
+    RENAMED_VALUES,
+    STATE_COMPUTE_CHOICES,
+    STATE_KEEP_CHOICES,
+    ContextConfig,
+    InjectionConfig,
+    LoopConfig,
+    ModelConfig,
+    PositionalConfig,
+    StackConfig,
+    StateConfig,
+    check_fixed_point,
+    check_loops,
+    current_names,
+)
 
 __all__ = [
-    # the config and its choices
+    # re-exported: the config, its components and its choices live in model_config.py
     "PE_CHOICES",
     "INJECTION_CHOICES",
     "BLOCK_CHOICES",
@@ -75,11 +99,18 @@ __all__ = [
     "INIT_CHOICES",
     "RENAMED_VALUES",
     "current_names",
+    "StackConfig",
+    "InjectionConfig",
+    "PositionalConfig",
+    "ContextConfig",
+    "StateConfig",
+    "LoopConfig",
     "ModelConfig",
     "check_loops",
     "check_fixed_point",
     # the model
     "BaseLoopedTransformer",
+    "LoopPlan",
     "count_parameters",
     "gpt2_init",
     "flops_per_loop",
@@ -101,289 +132,32 @@ __all__ = [
     *components.__all__,  # re-exported: the variant parts live in components.py
 ]
 
-PE_CHOICES = ("none", "learned", "sinusoidal", "sinusoidal_laptev")
-INJECTION_CHOICES = ("add", "none", "linear_add", "linear_cat", "each_layer", "multiplicative", "ema", "ema_learned")
-BLOCK_CHOICES = ("laptev", "gpt2", "lstm")
-MIXER_CHOICES = ("attention", "ssm")
-CONTEXT_KEEP_CHOICES = ("all", "first", "last", "random", "random_batch")
-CONTEXT_COMPUTE_CHOICES = ("mask", "drop")
-PE_AT_CHOICES = ("prompt", "loop")
-LOOP_EMBEDDING_CHOICES = ("none", "sinusoidal")
-STATE_KEEP_CHOICES = ("all", "last_in_place", "last_shifted")
-STATE_COMPUTE_CHOICES = ("all", "carried")
-INIT_CHOICES = ("torch", "gpt2")
 GPT2_INIT_STD = 0.02
-
-# Choice names that changed, per field: old name -> current name. Records, checkpoints and
-# notebooks written with an old name still load; the config then holds (and saves) the new one.
-RENAMED_VALUES: dict[str, dict[str, str]] = {
-    "block": {"seed000": "laptev"},
-    "pe": {"sinusoidal_seed000": "sinusoidal_laptev"},
-}
-
-
-def current_names(values: dict) -> dict:
-    """`values` (field -> value) with every old choice name in `RENAMED_VALUES` replaced by its current name."""
-    return {
-        field: RENAMED_VALUES.get(field, {}).get(value, value) if isinstance(value, str) else value
-        for field, value in values.items()
-    }
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Every architectural choice of a looped model. Invalid values raise `ValueError`.
-
-    pe:        "none" | "learned" (nn.Embedding(context, h)) | "sinusoidal" (1/10000^(2i/h))
-               | "sinusoidal_laptev" (the Laptev study's frequencies 1/(ln 10000)^(2i/h));
-               added where `pe_at` says.
-    pe_at:     "prompt": the PE is added once to the embedded prompt e, so it enters every loop
-               through the injection (the Laptev study; this repository's default). "loop": it
-               is added to the stack's input on every loop, after the injection, as GPT-2's
-               backbone adds wpe inside every call of the paper's code. The two agree for additive
-               injection, s + (x + p); they differ for the others: the paper's multiplicative rule
-               is f(s * x + p), "prompt" gives f(s * (x + p)).
-    pe_std:    the learned PE table's initial standard deviation with init "torch": 1.0 is
-               nn.Embedding's N(0, 1), GPT-2 uses 0.02 (drawn as N(0, 1) and scaled, so the rest
-               of the initialisation is the same draw). Only for pe="learned" and init="torch".
-    causal:    causal attention mask (True) or full bidirectional attention (False).
-    injection: how the embedded prompt e enters each loop (see `Injection` subclasses);
-               ema_alpha is the EMA's a (fixed for "ema", the initial value for "ema_learned").
-    block:     "laptev": out = x + MLP(LN2(x + Attn(LN1 x))), the Laptev study's residual;
-               "gpt2": the standard pre-LN block, with a final LayerNorm closing the stack;
-               "lstm": one unidirectional LSTM layer (input = hidden = hidden_dim, zero initial
-               states on every call), so n_layers of them are the Aleksandr study's
-               nn.LSTM(num_layers=L).
-    loop_embedding: "none" or "sinusoidal": a loop-index (timestep) signal added to the stack's
-               input on every loop, the sinusoid of the loop's number (1, 2, ...; frequencies
-               1/10000^(2i/h)), as the Universal Transformer adds a timestep embedding (Dehghani
-               et al. 2019); a sinusoid is defined at every loop count, so it extends to any b.
-    final_norm: a LayerNorm closing every call of the stack, so that the state is normalised
-               every loop. None: the block's own choice (GPT-2 closes with ln_f; the Laptev layer
-               and the LSTM have none); True or False force it, so that only the normalisation
-               changes between two models.
-    mixer:     the token mixer inside a transformer layer: "attention", or "ssm", a Mamba-style
-               selective state-space scan (`SelectiveSSM`) with ssm_state states per channel.
-               LSTM and SSM are causal by construction: they need causal=True and
-               context_keep="all" (a key mask has no meaning for a recurrence).
-    loop_stacks: how many distinct stacks of n_layers layers the loops cycle through, one per
-               loop: 1 is the looped model, 2 is the Murawiecki study's A->B (A, B, A, B, ...).
-    context_*: which in-context examples each loop may attend to (see `ContextSelection`):
-               context_keep "all" (every loop sees the whole prompt) | "first" | "last" |
-               "random" keeps context_n examples from loop context_cut_at on (1: before the
-               first loop); context_shrink > 0 drops that many examples per loop instead, from
-               all of them down to context_n. The query is always kept. "random_batch" is the
-               Laptev study's own random cut: one draw of context_n examples for the whole batch,
-               new for every batch, kept in the drawn (shuffled) order; it needs context_compute
-               "drop". With shuffling, a point's prediction may use examples that came after it in
-               the prompt, and with a cut after loop 1 its own label too, which those later
-               tokens' loop-1 states have read (the query, run last, has no label to leak).
-    context_compute: "mask": dropped examples stay in the sequence as keys no one may attend to
-               (every token is still computed); "drop": the stack runs on the kept tokens only,
-               gathered into a shorter sequence (`components.on_tokens`), which saves their
-               compute. For kept tokens in prompt order the two give the same predictions.
-    state_keep, state_fraction: how much of the state is carried into the next loop (see
-               `StateSelection`): "all", or the last round(state_fraction * S) tokens, kept
-               "last_in_place" (the Aleksandr study; the rest zeroed) or "last_shifted" to the
-               front (the Murawiecki study). state_fraction 0 carries nothing: every loop sees only e.
-    state_compute: "all": every token runs every loop (the tokens not carried restart from 0 + e
-               and stay keys for the others); "carried": loops after the first run the stack on the
-               carried tokens only (`components.on_tokens`), which is the compute the carried state
-               was meant to save, and predict only there. Needs state_keep "last_in_place" with
-               state_fraction > 0 and context_keep "all".
-    init:      the initial weights. "torch": PyTorch's defaults (linear weights U(+-1/sqrt(fan_in)),
-               std 1/sqrt(3 fan_in), about 0.10 at width 32; a learned PE table N(0, 1)).
-               "gpt2": GPT-2's, as the paper's code gets them from Hugging Face's GPT2Model:
-               inside the looped stacks and the learned PE table, weights N(0, 0.02), biases 0,
-               and each residual projection (attention out, MLP out) N(0, 0.02 / sqrt(2 n_layers));
-               the read-in and read-out keep PyTorch's defaults, as in the paper's code
-               (`gpt2_init`).
-
-    Old choice names (`RENAMED_VALUES`, e.g. block="seed000") are accepted and replaced by the
-    current ones, so `to_dict` always writes the current names.
-    """
-
-    n_dims: int
-    n_layers: int = 1
-    n_heads: int = 4
-    hidden_dim: int = 64
-    mlp_hidden: int = 256
-    context: int = 127
-    pe: str = "none"
-    causal: bool = True
-    injection: str = "add"
-    block: str = "laptev"
-    mixer: str = "attention"
-    ssm_state: int = 16
-    loop_stacks: int = 1
-    ema_alpha: float = 0.5
-    context_keep: str = "all"
-    context_n: int | None = None
-    context_cut_at: int = 2
-    context_shrink: int = 0
-    context_compute: str = "mask"
-    state_keep: str = "all"
-    state_fraction: float = 1.0
-    state_compute: str = "all"
-    init: str = "torch"
-    pe_at: str = "prompt"
-    pe_std: float = 1.0
-    final_norm: bool | None = None
-    loop_embedding: str = "none"
-
-    def __post_init__(self) -> None:
-        # Old choice names first, so that they pass validation and are stored under the new ones
-        # (the dataclass is frozen, hence object.__setattr__).
-        for field, value in current_names({field: getattr(self, field) for field in RENAMED_VALUES}).items():
-            object.__setattr__(self, field, value)
-        for field in (
-            "n_dims",
-            "n_layers",
-            "n_heads",
-            "hidden_dim",
-            "mlp_hidden",
-            "context",
-            "ssm_state",
-            "loop_stacks",
-        ):
-            require_int(f"ModelConfig.{field}", getattr(self, field))
-        require(
-            self.hidden_dim % self.n_heads == 0,
-            f"ModelConfig.hidden_dim={self.hidden_dim} must be divisible by ModelConfig.n_heads={self.n_heads}",
-        )
-        require_choice("ModelConfig.pe", self.pe, PE_CHOICES)
-        require_choice("ModelConfig.injection", self.injection, INJECTION_CHOICES)
-        require_choice("ModelConfig.block", self.block, BLOCK_CHOICES)
-        require_choice("ModelConfig.mixer", self.mixer, MIXER_CHOICES)
-        require(
-            self.block != "lstm" or self.mixer == "attention",
-            f"ModelConfig.mixer={self.mixer!r} needs a transformer block, but block='lstm' has no mixer",
-        )
-        require(isinstance(self.causal, bool), f"ModelConfig.causal={self.causal!r} must be True or False")
-        if self.injection == "ema":
-            # A fixed a may be 0 (no recurrence); a learned one starts at logit(a), finite only inside (0, 1).
-            require(
-                is_real(self.ema_alpha) and 0 <= self.ema_alpha < 1,
-                f"ModelConfig.ema_alpha={self.ema_alpha!r} must be a finite number in [0, 1)",
-            )
-        else:
-            require_real("ModelConfig.ema_alpha", self.ema_alpha, 0, 1, strict=True)
-        # A setting that can have no effect is an error: a report would describe it as if it had one.
-        require(
-            self.injection in ("ema", "ema_learned") or self.ema_alpha == ModelConfig.ema_alpha,
-            f"ModelConfig.ema_alpha={self.ema_alpha!r} has no effect with injection={self.injection!r}; "
-            "it is the moving average's a for injection 'ema' or 'ema_learned'",
-        )
-        require_choice("ModelConfig.context_keep", self.context_keep, CONTEXT_KEEP_CHOICES)
-        require_int("ModelConfig.context_shrink", self.context_shrink, minimum=0)
-        if self.context_keep == "all":
-            require(
-                self.context_n is None and not self.context_shrink,
-                "ModelConfig.context_n and context_shrink need context_keep in ('first', 'last', 'random'), "
-                f"but context_keep='all' (got context_n={self.context_n!r}, context_shrink={self.context_shrink!r})",
-            )
-        else:
-            require_int("ModelConfig.context_n", self.context_n)
-        require_int("ModelConfig.context_cut_at", self.context_cut_at)
-        require_choice("ModelConfig.context_compute", self.context_compute, CONTEXT_COMPUTE_CHOICES)
-        require(
-            self.context_compute == "mask" or self.context_keep != "all",
-            f"ModelConfig.context_compute={self.context_compute!r} has no effect with context_keep='all' "
-            "(nothing is dropped); leave it 'mask'",
-        )
-        require(
-            self.context_keep != "random_batch" or self.context_compute == "drop",
-            "ModelConfig.context_keep='random_batch' shuffles the kept examples, which a key mask cannot do; "
-            "it needs context_compute='drop'",
-        )
-        require_choice("ModelConfig.pe_at", self.pe_at, PE_AT_CHOICES)
-        require_choice("ModelConfig.loop_embedding", self.loop_embedding, LOOP_EMBEDDING_CHOICES)
-        require(
-            self.pe_at == "prompt" or self.pe != "none",
-            "ModelConfig.pe_at='loop' has no effect with pe='none'; leave it 'prompt'",
-        )
-        require_real("ModelConfig.pe_std", self.pe_std, 0, None, strict=True)
-        require(
-            self.pe_std == ModelConfig.pe_std or (self.pe == "learned" and self.init == "torch"),
-            f"ModelConfig.pe_std={self.pe_std!r} has no effect with pe={self.pe!r}, init={self.init!r}; it is the "
-            "learned table's initial std with init 'torch' (GPT-2's initialisation fixes it at 0.02)",
-        )
-        require(
-            self.final_norm is None or isinstance(self.final_norm, bool),
-            f"ModelConfig.final_norm={self.final_norm!r} must be None (the block's own), True or False",
-        )
-        recurrent = "block='lstm'" if self.block == "lstm" else "mixer='ssm'" if self.mixer == "ssm" else None
-        if recurrent:
-            require(
-                self.causal,
-                f"ModelConfig.causal=False is not allowed with {recurrent}, which is causal by construction",
-            )
-            require(
-                self.context_keep == "all",
-                f"ModelConfig.context_keep={self.context_keep!r} is not allowed with {recurrent}: "
-                "a recurrence cannot mask keys; use context_keep='all'",
-            )
-        require_choice("ModelConfig.init", self.init, INIT_CHOICES)
-        require(
-            self.init == "torch" or (self.block != "lstm" and self.mixer == "attention"),
-            f"ModelConfig.init={self.init!r} is GPT-2's initialisation of attention layers; it needs "
-            f"block 'laptev' or 'gpt2' and mixer 'attention' (got block={self.block!r}, mixer={self.mixer!r})",
-        )
-        require_choice("ModelConfig.state_keep", self.state_keep, STATE_KEEP_CHOICES)
-        require_real("ModelConfig.state_fraction", self.state_fraction, 0, 1)
-        require(
-            self.state_keep != "all" or self.state_fraction == 1,
-            f"ModelConfig.state_fraction={self.state_fraction!r} must be 1 when state_keep='all'",
-        )
-        require_choice("ModelConfig.state_compute", self.state_compute, STATE_COMPUTE_CHOICES)
-        require(
-            self.state_compute == "all"
-            or (self.state_keep == "last_in_place" and self.state_fraction > 0 and self.context_keep == "all"),
-            f"ModelConfig.state_compute={self.state_compute!r} runs later loops on the carried tokens only; it needs "
-            f"state_keep='last_in_place' with state_fraction > 0 and context_keep='all' (got state_keep="
-            f"{self.state_keep!r}, state_fraction={self.state_fraction!r}, context_keep={self.context_keep!r})",
-        )
-
-    def check_prompt(self, n_points: int) -> None:
-        """Raise `ValueError` if a prompt of `n_points` points (2P-1 tokens) does not fit."""
-        require_int("n_points", n_points)
-        n_tokens = 2 * n_points - 1
-        require(
-            n_tokens <= self.context,
-            f"a prompt of n_points={n_points} has {n_tokens} tokens, more than "
-            f"ModelConfig.context={self.context}; raise context to at least {n_tokens}",
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> ModelConfig:
-        """The inverse of `to_dict`; fields missing from older records take their defaults, and
-        old choice names (`RENAMED_VALUES`) are read as the current ones."""
-        return cls(**current_names(values))
-
-
-def check_fixed_point(config: ModelConfig, purpose: str = "a fixed-point solve") -> None:
-    """Raise `ValueError` unless every loop of `config` applies the same map, so that it has a fixed
-    point to solve for (`BaseLoopedTransformer.equilibrium`) and one Jacobian to penalise
-    (`BaseLoopedTransformer.loop_jacobian`); `purpose` names what needs it in the message."""
-    different = {
-        "loop_stacks": (config.loop_stacks, 1),
-        "context_keep": (config.context_keep, "all"),
-        "state_keep": (config.state_keep, "all"),
-        "loop_embedding": (config.loop_embedding, "none"),
-    }
-    wrong = [f"{field}={value!r} (needs {needed!r})" for field, (value, needed) in different.items() if value != needed]
-    require(not wrong, f"{purpose} needs the same map at every loop; ModelConfig has " + ", ".join(wrong))
-
-
-def check_loops(b: int, name: str = "b") -> None:
-    """Raise `ValueError` unless the loop count `b` (or `name`, e.g. grad_window) is an integer >= 1."""
-    require_int(name, b)
 
 
 # ----------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors have no truth value to compare by
+class LoopPlan:
+    """What one loop does, decided before it runs (`BaseLoopedTransformer.plans`).
+
+    stack:  the layers it applies (`stack_for`), with its attention mask bound where the context
+            selection masks keys (`attention_allowed`).
+    tokens: None (every token runs) or long [B, S']: the tokens it runs on, in the order they run
+            (`components.on_tokens`): the kept context with context_compute "drop", the carried
+            state with state_compute "carried".
+    carry:  whether the state is first cut to the part the state selection carries.
+    added:  None, or [B, S, h] added to the stack's input besides the injected state: the PE with
+            pe_at "loop", plus the loop-index signal.
+    grad:   whether it carries gradient (one of the last grad_window loops).
+    """
+
+    stack: Callable[..., torch.Tensor]
+    tokens: torch.Tensor | None
+    carry: bool
+    added: torch.Tensor | None
+    grad: bool
 
 
 class BaseLoopedTransformer(nn.Module):
@@ -433,11 +207,11 @@ class BaseLoopedTransformer(nn.Module):
             f"tokens have {tokens.shape[1]} positions, more than ModelConfig.context={self.config.context}",
         )
         embedded = self.embed(tokens)  # [B, S, h]
-        return self.positional(embedded) if self.config.pe_at == "prompt" else embedded  # [B, S, h]
+        return embedded if self.config.positional_config.per_loop else self.positional(embedded)  # [B, S, h]
 
     def loop_positions(self, e: torch.Tensor) -> torch.Tensor | None:  # [B, S, h] -> [B, S, h] or None
         """What `pe_at="loop"` adds to the stack's input every loop: the PE table, per token."""
-        if self.config.pe_at != "loop":
+        if not self.config.positional_config.per_loop:
             return None
         return self.positional(torch.zeros_like(e))  # [B, S, h]
 
@@ -446,41 +220,50 @@ class BaseLoopedTransformer(nn.Module):
         return F.linear(x_positions, self.readout.weight[0], self.readout.bias[0])  # [B, P]
 
     def states(self, tokens: torch.Tensor, b: int, grad_window: int | None = None) -> Iterator[torch.Tensor]:
-        """Yield the state [B, S, h] after each of the b loops: the loop itself.
+        """Yield the state [B, S, h] after each of the b loops: the loop itself, each loop as its
+        `LoopPlan` says. Loops before the last `grad_window` run without gradient (the paper's
+        truncated backpropagation); `None` keeps the gradient through every loop."""
+        e = self.embed_prompt(tokens)  # [B, S, h]
+        state = self.injection.initial_state(e)  # [B, S, h]
+        for plan in self.plans(tokens, e, b, grad_window):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and plan.grad):
+                if plan.carry:
+                    state = self.state_selection.carried(state)  # [B, S, h]
+                state = on_tokens(plan.tokens, self._loop_step(plan.stack), state, e, plan.added)  # [B, S, h]
+            yield state
 
-        Loops before the last `grad_window` run without gradient (the paper's truncated
-        backpropagation); `None` keeps the gradient through every loop.
-        """
+    def plans(
+        self, tokens: torch.Tensor, e: torch.Tensor, b: int, grad_window: int | None = None
+    ) -> Iterator[LoopPlan]:
+        """The `LoopPlan` of each of the b loops on `tokens` [B, S, d], embedded as e [B, S, h]: which stack
+        and attention mask, which tokens run, whether the state is cut to its carried part, what is added
+        to the stack's input, whether it carries gradient. Made one loop at a time, as the loop asks for
+        it, so that only one loop's attention mask [B, 1, S, S] exists at once."""
         check_loops(b)
         if grad_window is not None:
             check_loops(grad_window, "grad_window")
-        e = self.embed_prompt(tokens)  # [B, S, h]
-        positions = self.loop_positions(e)  # None, or [B, S, h] added to the stack's input every loop
-        loop_signal = self.loop_signal(b, e)  # None, or [b, h]: loop j's timestep signal
         first_with_grad = 0 if grad_window is None else max(0, b - grad_window)
-        drop = self.config.context_compute == "drop"
-        # per loop: None (every token) or, when dropping, the token indices to run [B, S'], else the kept points
-        kept = (self.context_selection.kept_tokens if drop else self.context_selection.kept_points)(tokens, b)
+        drops = self.config.context_config.drops
+        # per loop: None (every token) or, when dropping, the token indices to run [B, S'], else the kept points [B, P]
+        kept = (self.context_selection.kept_tokens if drops else self.context_selection.kept_points)(tokens, b)
         carried = self.state_selection.running_tokens(tokens, b)  # per loop: None or the carried tokens [B, n]
-        state = self.injection.initial_state(e)  # [B, S, h]
+        positions = self.loop_positions(e)  # None, or [B, S, h]: the PE, with pe_at="loop"
+        signal = self.loop_signal(b, e)  # None, or [b, h]: loop j's timestep signal
         for loop in range(b):
             stack = self.stack_for(loop)
-            if kept[loop] is not None and not drop:
+            if kept[loop] is not None and not drops:  # masking: the kept points become a key mask
                 stack = partial(stack, allowed=attention_allowed(kept[loop], self.config.causal))  # [B, 1, S, S]
-            with torch.set_grad_enabled(torch.is_grad_enabled() and loop >= first_with_grad):
-                if loop > 0:  # the initial state is not carried from a loop, so it is left whole
-                    state = self.state_selection.carried(state)  # [B, S, h]
-                index = carried[loop] if carried[loop] is not None else kept[loop] if drop else None
-                added = positions  # what the stack's input gets this loop, besides the injected state
-                if loop_signal is not None:
-                    signal = loop_signal[loop].expand_as(e)  # [B, S, h]
-                    added = signal if added is None else added + signal
-                state = on_tokens(index, self._loop_step(stack), state, e, added)  # [B, S, h]
-            yield state
+            running = carried[loop] if carried[loop] is not None else kept[loop] if drops else None  # [B, S'] or None
+            added = positions  # [B, S, h] or None
+            if signal is not None:
+                timestep = signal[loop].expand_as(e)  # [B, S, h]
+                added = timestep if added is None else added + timestep  # [B, S, h]
+            # The initial state is not carried from a loop, so the first loop leaves it whole.
+            yield LoopPlan(stack, running, carry=loop > 0, added=added, grad=loop >= first_with_grad)
 
     def loop_signal(self, b: int, e: torch.Tensor) -> torch.Tensor | None:  # -> [b, h] or None
         """The loop-index embedding of loops 1..b (`loop_embedding`), or None."""
-        if self.config.loop_embedding == "none":
+        if not self.config.loop_config.signal:
             return None
         table = sinusoidal_table(b + 1, self.config.hidden_dim, 10000.0)[1:]  # [b, h]: loop numbers 1..b
         return table.to(device=e.device, dtype=e.dtype)
@@ -697,8 +480,7 @@ class LayerStack(nn.Module):
         self.layers = nn.ModuleList(build_block(config) for _ in range(config.n_layers))
         # The paper's GPT-2 backbone closes every call with ln_f; the Laptev model has none
         # (ModelConfig.final_norm overrides the block's choice).
-        normalised = config.block == "gpt2" if config.final_norm is None else config.final_norm
-        self.final_norm = nn.LayerNorm(config.hidden_dim) if normalised else nn.Identity()
+        self.final_norm = nn.LayerNorm(config.hidden_dim) if config.stack_config.normalised else nn.Identity()
 
     def forward(
         self,

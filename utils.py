@@ -3,8 +3,8 @@
 A notebook imports `transformer` (the model) and this module, nothing else of the library. Each job lives in
 its own module; this one only gathers them, so `from utils import train, Experiment` works and a newcomer has
 one place to start. The modules, in an order where each imports only those listed before it (and the model,
-`transformer` with `components` and `equilibrium`, and the plumbing, `tracking` and `ensemble`), never `utils`
-(`tests/test_repository.py` checks both):
+`transformer` with `model_config`, `components` and `equilibrium`, and the plumbing, `tracking` and
+`ensemble`), never `utils` (`tests/test_repository.py` checks both):
 - `checks`:     the validators behind every "bad input" error;
 - `tasks`:      the function classes and their prompts;
 - `baselines`:  least squares, ridge, averaging, nearest neighbours and the iterative solvers, on the same prompts;

@@ -364,3 +364,25 @@ def test_components_does_not_import_transformer():
     """Imports run one way: transformer imports components, never the reverse (at run time)."""
     code = "import sys, components; assert 'transformer' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_each_loop_runs_from_its_plan():
+    tokens, _ = prompts()
+    plain = build_model(ModelConfig(**SMALL), seed=0)
+    e = plain.embed_prompt(tokens)  # [B, S, h]
+    plans = list(plain.plans(tokens, e, 4, grad_window=2))
+    assert [p.carry for p in plans] == [False, True, True, True]  # the initial state is not carried from a loop
+    assert [p.grad for p in plans] == [False, False, True, True]
+    assert all(p.tokens is None and p.added is None and p.stack is plain.stack for p in plans)
+    varied = ModelConfig(
+        **SMALL, loop_stacks=2, pe="learned", pe_at="loop", loop_embedding="sinusoidal",
+        context_keep="first", context_n=3, context_compute="drop",
+    )
+    model = build_model(varied, seed=0)
+    e = model.embed_prompt(tokens)  # [B, S, h]
+    plans = list(model.plans(tokens, e, 3))
+    assert [p.stack for p in plans] == [model.stack, model.other_stacks[0], model.stack]
+    assert plans[0].tokens is None and plans[1].tokens.shape == (tokens.shape[0], 2 * 3 + 1)  # 3 examples, the query
+    signal = model.loop_signal(3, e)  # [b, h]
+    positions = model.loop_positions(e)  # [B, S, h]
+    assert all(torch.equal(p.added, positions + signal[loop]) for loop, p in enumerate(plans))
