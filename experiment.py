@@ -161,6 +161,14 @@ class Results(Sequence):
         """`get(record)` for every finished run, as an array."""
         return np.array([get(r) for r in self.finished], dtype=float)
 
+    def final_errors(self) -> np.ndarray:
+        """Each run's held-out last-loop error at the query after training (`verdicts.final_error`, the gate's)."""
+        return self.values(final_error)
+
+    def train_minutes(self) -> np.ndarray:
+        """Each run's training time (with its level-1 validations), in minutes."""
+        return self.values(lambda r: r["train"]["wall_time_s"] / 60)
+
     def extrapolation(self, at: int | None = None, metric: str = "reference") -> np.ndarray:
         """Held-out error at eval loop count `at` (default: each run's own b_train): one value
         per run. metric: "reference" (the study's mean over loops 1..b) or "last_loop"."""
@@ -643,6 +651,31 @@ class Experiment:
         plots.error_vs_examples(axes[0, 0], curves, baselines)
         axes[0, 0].set_ylabel("squared error / d (last loop)")
         axes[0, 0].legend(fontsize=legend_size)
+        return self.figure(fig, name)
+
+    def final_errors_figure(
+        self,
+        groups: Sequence[Results],
+        labels: Sequence[str],
+        colors: Sequence[str],
+        threshold: float,
+        title: str = "",
+        width: float = 12,
+        height: float = 4.5,
+        labelsize: float | None = None,
+        ylabel: str = "held-out query error, last loop (dotted: the gate)",
+        name: str = "performance 1",
+    ) -> Path:
+        """The one-panel figure every comparison report opens its results with: each group's final held-out errors,
+        one dot per seed (`plots.final_errors_panel`: a box plot on a log axis with the gate dotted), `labelsize`
+        the x labels' size where they are long."""
+        fig, axes = plots.subplots(1, 1, width=width, height=height)
+        plots.final_errors_panel(axes[0, 0], [group.final_errors() for group in groups], labels, colors, threshold)
+        axes[0, 0].set_ylabel(ylabel)
+        if title:
+            axes[0, 0].set_title(title)
+        if labelsize is not None:
+            axes[0, 0].tick_params(axis="x", labelsize=labelsize)
         return self.figure(fig, name)
 
     def wall_time(self) -> str:
