@@ -103,7 +103,8 @@ ALLOWED = {
     (2, "tuning seed"): "the 'Tuning the peak learning rate' cells, kept as they are until the branch that "
     "replaces them",
     (2, "rate screen"): "the same tuning cells",
-    (2, "run name"): "the same tuning cells (tune_L<depth>_lr<rate>), and the grid's names, which move to Plan with them",
+    (2, "run name"): "the same tuning cells (tune_L<depth>_lr<rate>), and the grid's names, which move to Plan with "
+    "them",
     (8, "tuning seed"): "its rate sweep (rule 'lowest') is committed at seed 42, before protocol.SCREEN_SEED; "
     "re-screening it would retrain the sweep",
     (8, "rate screen"): "the same committed sweep, chosen by protocol.choose_rates with rule 'lowest' on its own runs",
