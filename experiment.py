@@ -15,25 +15,19 @@ Owns what every notebook did by hand:
   a configuration's seeds again with a multiple of the steps (how far from converged its numbers
   are; `budget_checks`: several configurations in one sitting, the runs a report's primary comparisons
   are checked on at twice the steps); and `write_report`, which fills the notebook's markdown report templates in
-  `experiments/reports/`.
+  `experiments/reports/` (the filling, the report's cells and sections and its answer are `report.py`'s).
 - `Results`: the records of a grid with named look-ups (`where(model="small", b=5)`,
   `extrapolation(at=20)`, `level2_median()`, `finished`/`diverged`), so a notebook never indexes
-  the nested record dicts itself.
-- `fill_template`: `{placeholder}` substitution that fails on a missing or an unused value;
-  `settings_table`: the two-column "setting | value" table of a report's design section.
-
-Report templates: `experiments/reports/experiment N.md` is the report; `experiment N - PART.md`
-are optional parts (e.g. "conclusions cpu") the notebook appends by name. Placeholders follow
-`str.format` with plain names only (`{name}`, `{name:.1f}`); a literal brace is written `{{` / `}}`.
+  the nested record dicts itself; `loop_error_at` and `far_over_train`, the per-run readings a comparison
+  draws on (one function per loop count, so a verdict is found again by its reading).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
-import re
-import string
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,31 +41,37 @@ from baselines import baseline_position_errors
 from checks import is_int, is_real, require
 from configs import TrainConfig
 from evaluation import error_scale, heldout_prompts
-from protocol import SCREEN_RULE, SCREEN_SEED, TUNING_STREAM, choose_rates, longer_twin, screen_twin
+from protocol import SCREEN_SEED, TUNING_STREAM, choose_rates, longer_twin, screen_twin
+from report import (
+    Answer,
+    divergence_section,
+    evaluation_rows,
+    hardware_cell,
+    joined,
+    learned_section,
+    render_report,
+    run_minutes,
+    settings_cells,
+    wall_time_cell,
+)
 from runner import ROOT, RunSpec, choose_preset, hardware, results_dir, run_grid_timed
 from storage import atomic_write_bytes, read_json, save_svg, write_json
 from tasks import task_from_dict
 from tracking import tracking_from_env
 from training import step_times
 from verdicts import (
-    STRENGTHS,
     TUNE_RULES,
-    VERDICT_RULE,
     Gate,
     PairedTest,
     final_error,
-    learned_table,
     paired,
     reference_errors,
     reference_names,
     steps_to_gate,
-    trained_groups,
     verdict,
 )
 
 REPORTS = ROOT / "experiments" / "reports"
-# The report headings under which conclusions are drawn: the gate's verdict is repeated there.
-CONCLUDING_HEADING = re.compile(r"^## (?:.*against these numbers|Conclusions).*$", re.MULTILINE)
 
 
 class Results(Sequence):
@@ -153,13 +153,21 @@ class Results(Sequence):
         """The runs' own time added up, in minutes. A record's `wall_time_s` is the sitting that
         wrote it; a run resumed from a checkpoint trained partly in earlier sittings, which its
         `train.wall_time_s` (accumulated across sittings) counts, so each run counts the larger."""
-        return sum(max(r["wall_time_s"], r["train"].get("wall_time_s", 0.0)) for r in self.records) / 60
+        return run_minutes(self.records)
 
     # per-run values (finished runs only, so that a diverged run never raises)
 
     def values(self, get: Callable[[dict], Any]) -> np.ndarray:
         """`get(record)` for every finished run, as an array."""
         return np.array([get(r) for r in self.finished], dtype=float)
+
+    def final_errors(self) -> np.ndarray:
+        """Each run's held-out last-loop error at the query after training (`verdicts.final_error`, the gate's)."""
+        return self.values(final_error)
+
+    def train_minutes(self) -> np.ndarray:
+        """Each run's training time (with its level-1 validations), in minutes."""
+        return self.values(lambda r: r["train"]["wall_time_s"] / 60)
 
     def extrapolation(self, at: int | None = None, metric: str = "reference") -> np.ndarray:
         """Held-out error at eval loop count `at` (default: each run's own b_train): one value
@@ -645,106 +653,56 @@ class Experiment:
         axes[0, 0].legend(fontsize=legend_size)
         return self.figure(fig, name)
 
+    def final_errors_figure(
+        self,
+        groups: Sequence[Results],
+        labels: Sequence[str],
+        colors: Sequence[str],
+        threshold: float,
+        title: str = "",
+        width: float = 12,
+        height: float = 4.5,
+        labelsize: float | None = None,
+        ylabel: str = "held-out query error, last loop (dotted: the gate)",
+        name: str = "performance 1",
+    ) -> Path:
+        """The one-panel figure every comparison report opens its results with: each group's final held-out errors,
+        one dot per seed (`plots.final_errors_panel`: a box plot on a log axis with the gate dotted), `labelsize`
+        the x labels' size where they are long."""
+        fig, axes = plots.subplots(1, 1, width=width, height=height)
+        plots.final_errors_panel(axes[0, 0], [group.final_errors() for group in groups], labels, colors, threshold)
+        axes[0, 0].set_ylabel(ylabel)
+        if title:
+            axes[0, 0].set_title(title)
+        if labelsize is not None:
+            axes[0, 0].tick_params(axis="x", labelsize=labelsize)
+        return self.figure(fig, name)
+
     def wall_time(self) -> str:
-        """The report's wall-time cell: the grid's last sitting (and, when it computed only some of the runs, how
-        many) and the runs' own time added up, which counts every sitting."""
-        minutes = self.results.run_minutes()
-        computed, runs = self.grid.get("computed"), self.grid["runs"]
-        sitting = f"grid {self.grid['wall_time_s'] / 60:.1f} min"
-        if computed is not None and computed < runs:
-            sitting = (
-                f"the grid's last sitting {self.grid['wall_time_s'] / 60:.1f} min, which computed {computed} of its "
-                f"{runs} runs"
-            )
-        return f"{sitting} ({self.grid['backend']} backend); {minutes:.1f} run-minutes in total"
+        """The report's wall-time cell of the grid (`report.wall_time_cell`)."""
+        return wall_time_cell(self.grid, self.results.records)
 
     def hardware(self) -> str:
-        """The report's hardware cell: the last sitting's machine and, when the runs were computed on several
-        (records kept from earlier sittings), each machine with its count of runs."""
-        machines: dict[str, int] = {}
-        for record in self.results.records:
-            machine = record.get("hardware", "unknown")
-            machines[machine] = machines.get(machine, 0) + 1
-        if set(machines) <= {self.grid["hardware"]}:
-            return self.grid["hardware"]
-        counts = "; ".join(f"{machine}: {n} runs" for machine, n in sorted(machines.items(), key=lambda m: -m[1]))
-        return f"{self.grid['hardware']} (last sitting); the runs were computed on {counts}"
+        """The report's hardware cell of the grid (`report.hardware_cell`)."""
+        return hardware_cell(self.grid, self.results.records)
 
     def settings(self, rows: Mapping[str, Any]) -> str:
         """The design section's settings table: the preset, then `rows`, then the hardware
-        and wall time of the grid (`wall_time`)."""
-        return settings_table(
-            {"preset": f"`{self.preset}`", **rows, "hardware": self.hardware(), "wall time": self.wall_time()}
-        )
+        and wall time of the grid (`report.settings_cells`)."""
+        return settings_cells(self.preset, rows, self.grid, self.results.records)
 
     def divergence_section(self) -> str:
-        """The report's closing section: which runs diverged and why (every report states it)."""
-        diverged = self.results.diverged
-        if not diverged:
-            lines = [f"None: all {len(self.results)} runs finished training."]
-        else:
-            lines = [
-                f"{len(diverged)} of {len(self.results)} runs stopped on a non-finite loss; their seeds are "
-                "left out of every mean, verdict and plot above:",
-                "",
-            ]
-            lines += [f"- `{r['spec']['name']}`: {r['train']['message']}" for r in diverged]
-        return "\n## Diverged runs\n\n" + "\n".join(lines) + "\n"
+        """The report's closing section: which runs of the grid diverged and why (`report.divergence_section`)."""
+        return divergence_section(self.results.records)
 
     @staticmethod
     def evaluation_rows(evaluation, extrapolation_note: str = "") -> dict[str, str]:
-        """The settings rows every report shares for level 2 and the extrapolation."""
-        return {
-            "level 2": f"{evaluation.launches} launches x {evaluation.batches_per_launch} x {evaluation.batch_size} "
-            "prompts per run, test std ~ U(0, 2), mean 0",
-            "extrapolation": f"eval b = {joined(evaluation.extrapolation_b)} on the held-out set{extrapolation_note}",
-        }
+        """The settings rows every report shares for level 2 and the extrapolation (`report.evaluation_rows`)."""
+        return evaluation_rows(evaluation, extrapolation_note)
 
     def learned_section(self, gate: Gate | Mapping[str, Gate] | None = None) -> tuple[str, str | None]:
-        """The "did the models learn?" subsection every report opens its results with: for each
-        task and held-out set of the grid, the gate, the reference errors on those prompts and
-        `verdicts.learned_table` of its configurations, then how many passed and what that
-        means for the comparisons that follow. `gate`: one `Gate` for every task (default
-        `Gate()`), or one per task name (`task.to_dict()["name"]`), fixed before the runs, for
-        grids of several function classes. Returns (the subsection, that last sentence when
-        some configuration did not pass, else None)."""
-        by_heldout: dict[str, dict[str, Results]] = {}
-        for name, results in self.results.configurations().items():
-            spec = results[0]["spec"]
-            train = spec["train"]
-            key = json.dumps(
-                [spec["task"], train["n_points"], train["eval_prompts"], train["eval_seed"]], sort_keys=True
-            )
-            by_heldout.setdefault(key, {})[name] = results
-        blocks, passed, total = [], [], 0
-        for groups in by_heldout.values():
-            spec = next(iter(groups.values()))[0]["spec"]
-            task_name = spec["task"].get("name", "task")
-            task_gate = gate_for(gate, task_name)
-            references = reference_errors(
-                task_from_dict(spec["task"]), TrainConfig(**spec["train"]), reference_names(task_gate)
-            )
-            blocks.append(
-                (f"Task `{task_name}`. " if len(by_heldout) > 1 else "") + learned_table(groups, references, task_gate)
-            )
-            passed += trained_groups(groups, references, task_gate)
-            total += len(groups)
-        steps = joined(sorted({r["spec"]["train"]["steps"] for r in self.results}))
-        if not passed:
-            summary = (
-                f"**None of the {total} configurations passed the gate.** Every comparison below is between models "
-                f"that had not learned the task after {steps} training steps: it describes how far training got at "
-                "this budget, not what the models learn, and no finding about the architectures is drawn from it."
-            )
-        elif len(passed) == total:
-            section = "\n\n".join(blocks)
-            return f"### Did the models learn?\n\n{section}\n\nAll {total} configurations passed the gate.\n", None
-        else:
-            summary = (
-                f"{len(passed)} of {total} configurations passed the gate ({'; '.join(passed)}). A comparison that "
-                "involves any other configuration describes training at this budget, not what the models learn."
-            )
-        return "### Did the models learn?\n\n" + "\n\n".join(blocks) + "\n\n" + summary + "\n", summary
+        """The "did the models learn?" subsection of the grid's configurations (`report.learned_section`)."""
+        return learned_section(self.results.configurations(), gate)
 
     def template(self, part: str | None = None) -> Path:
         """The report template (`part=None`) or one of its optional parts."""
@@ -771,24 +729,8 @@ class Experiment:
         under the title (`Answer`). Returns the path written."""
         texts = [self.template().read_text()] + [self.template(part).read_text() for part in parts]
         path = self.out / "README.md"
-        shared = {name: text for name, text in SHARED_TEXTS.items() if name in placeholders("".join(texts))}
-        report = fill_template("".join(texts), {**shared, **values})
-        if learned:
-            heading = "\n## Results\n"
-            require(heading in report, f"{self.template().name} has no '## Results' section to open with the gate")
-            section, summary = self.learned_section(gate)
-            report = report.replace(heading, heading + "\n" + section + "\n", 1)
-            if summary is not None:
-                report = CONCLUDING_HEADING.sub(lambda m: f"{m.group(0)}\n\n> Gate: {summary}\n", report)
-        report += self.divergence_section()
-        if answer is not None:  # the fixed place the README's findings table is generated from
-            title, _, rest = report.partition("\n")
-            report = f"{title}\n\n{answer.block()}\n{rest}"
-        require(
-            "\u27e6verdict" not in report,
-            "the report holds a verdict placeholder: pass the text through Comparisons.resolve once every "
-            "comparison is drawn (Holm's correction needs the whole family)",
-        )
+        report = render_report("".join(texts), values, self.learned_section(gate) if learned else None,
+                               self.divergence_section(), answer, self.template().name)
         atomic_write_bytes(path, report.encode())
         print(f"wrote {path}")
         self.compare_with_committed()
@@ -851,62 +793,6 @@ class BudgetCheck:
         return (f"held-out last-loop error after {self.steps} steps {errors(self.errors)}, after "
                 f"{self.steps * self.factor} steps {errors(self.longer_errors)}: {self.factor}x the steps multiply "
                 f"it by {self.ratio()}")
-
-
-# Texts every report may cite by placeholder, written once here.
-SHARED_TEXTS = {"verdict_rule": VERDICT_RULE, "screen_rule": SCREEN_RULE}
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A report's answer to its study's question, in the fixed place under its title that the
-    README's findings table is generated from (`findings_table`): one line of text, its strength
-    (`verdicts.STRENGTHS`, usually `Comparisons.strength()` of the primary comparisons) and the
-    budget its numbers are at (steps x prompts, seeds)."""
-
-    text: str
-    strength: str
-    budget: str
-
-    def __post_init__(self) -> None:
-        require(
-            self.strength in STRENGTHS, f"Answer.strength={self.strength!r} is not allowed; choose one of {STRENGTHS}"
-        )
-        for name in ("text", "budget"):
-            value = getattr(self, name)
-            require(value.strip() and "\n" not in value, f"Answer.{name} must be one non-empty line")
-
-    def block(self) -> str:
-        return (f"## Answer\n\n**Answer.** {self.text}\n\n**Strength.** {self.strength}\n\n"
-                f"**Budget.** {self.budget}\n")
-
-
-ANSWER_FIELDS = re.compile(r"^\*\*(Answer|Strength|Budget)\.\*\* (.+)$", re.MULTILINE)
-
-
-def read_answer(report: str) -> Answer | None:
-    """The `Answer` a rendered report states under its title, or None when it states none."""
-    fields = dict(ANSWER_FIELDS.findall(report.split("\n## ", 2)[1] if "\n## Answer" in report else ""))
-    if set(fields) != {"Answer", "Strength", "Budget"}:
-        return None
-    return Answer(fields["Answer"], fields["Strength"], fields["Budget"])
-
-
-def findings_table(root: str | Path = ROOT) -> str:
-    """The README's findings table, generated from each committed report's `Answer`: one row per
-    experiment, the answer, its strength and budget, and the report's link; a report without one
-    says so (its numbers stand in the report, under the earlier verdict rule)."""
-    rows = []
-    reports = sorted(Path(root, "results").glob("experiment */README.md"), key=lambda p: int(p.parent.name.split()[1]))
-    for path in reports:
-        answer = read_answer(path.read_text())
-        folder = path.parent.name
-        link = f"[{folder}](results/{folder.replace(' ', '%20')}/README.md)"
-        if answer is None:
-            rows.append([folder, "not re-rendered with the verdict rule yet: see the report", "-", "-", link])
-        else:
-            rows.append([folder, answer.text.replace("|", "\\|"), answer.strength, answer.budget, link])
-    return plots.markdown_table(["experiment", "answer", "strength", "budget", "report"], rows)
 
 
 REPRODUCTION_METRIC = "held-out query error of the last loop at the trained b, per configuration over its seeds"
@@ -1023,14 +909,29 @@ def ladder_table(
     return plots.markdown_table(header, rows)
 
 
-def gate_for(gate: Gate | Mapping[str, Gate] | None, task_name: str) -> Gate:
-    """The gate of one task: `gate` itself, `Gate()` when None, or `gate[task_name]`."""
-    if gate is None:
-        return Gate()
-    if isinstance(gate, Gate):
-        return gate
-    require(task_name in gate, f"no gate was fixed for task {task_name!r}; gates are given for {sorted(gate)}")
-    return gate[task_name]
+@functools.cache
+def loop_error_at(b: int, metric: str = "last_loop") -> Callable[[dict], float]:
+    """The per-run reading "held-out error at eval loop count `b`" (`metric` as in `Results.extrapolation`): one
+    function per (b, metric), so that a verdict drawn on it is found again by `Comparisons.result`."""
+
+    def read(record: dict) -> float:
+        table = record["level2"]["extrapolation"]
+        return table[metric][table["b"].index(b)]
+
+    return read
+
+
+@functools.cache
+def far_over_train(at: int, metric: str = "last_loop") -> Callable[[dict], float]:
+    """The per-run reading "error at eval loop count `at` over the error at the run's own b_train" (how much worse
+    a model gets far beyond its trained loops): one function per (at, metric), as `loop_error_at`."""
+
+    def read(record: dict) -> float:
+        table = record["level2"]["extrapolation"]
+        trained = table["b"].index(record["spec"]["train"]["b"])
+        return float(table[metric][table["b"].index(at)] / table[metric][trained])
+
+    return read
 
 
 def level2_launches(record: dict, metric: str = "reference", relative: bool = False) -> np.ndarray:
@@ -1046,48 +947,3 @@ def level2_launches(record: dict, metric: str = "reference", relative: bool = Fa
 def level2_median(record: dict, metric: str = "reference", relative: bool = False) -> float:
     """The median of one run's level-2 launches (`level2_launches`): a value for `verdicts.paired`."""
     return float(np.median(level2_launches(record, metric, relative)))
-
-
-def placeholders(template: str) -> list[str]:
-    """The placeholder names of a template, in order of first use."""
-    names = []
-    for _, name, _, _ in string.Formatter().parse(template):
-        if name is None:
-            continue
-        if not name.isidentifier():
-            raise ValueError(f"report placeholder {{{name}}} must be a plain name (no index, attribute or position)")
-        names.append(name)
-    return list(dict.fromkeys(names))
-
-
-def fill_template(template: str, values: Mapping[str, Any]) -> str:
-    """`template` with every `{name}` (or `{name:spec}`) replaced by `values[name]`.
-
-    Raises ValueError naming the placeholders without a value and the values without a
-    placeholder, so prose and computation cannot drift apart silently."""
-    used = placeholders(template)
-    missing = [name for name in used if name not in values]
-    unused = [name for name in values if name not in used]
-    if missing or unused:
-        raise ValueError(
-            f"report template: placeholders without a value {missing}; values without a placeholder {unused}"
-        )
-    return template.format(**values)
-
-
-def settings_table(rows: Mapping[str, Any]) -> str:
-    """The design section's "| setting | value |" table, one row per entry."""
-    return plots.markdown_table(["setting", "value"], rows.items())
-
-
-def baselines_at_query(heldout: tuple, baselines: Mapping[str, Sequence[float]], n_dims: int) -> str:
-    """'least squares 0.01, averaging 0.41, predicting 0: 1' at the query position, for a report."""
-    zero = float(heldout[1][:, -1].square().mean() / n_dims)
-    return ", ".join(f"{name} {plots.fmt(errors[-1])}" for name, errors in baselines.items()) + (
-        f", predicting 0: {plots.fmt(zero)}"
-    )
-
-
-def joined(values: Iterable[Any]) -> str:
-    """'1, 5, 10' for a report."""
-    return ", ".join(map(str, values))

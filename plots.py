@@ -3,9 +3,9 @@
 Owns the look of every figure (one style, deterministic SVG through `utils.save_svg`) and
 the small pieces each report needs: mean and standard deviation across seeds, a band plot
 (mean with a band of plus or minus one standard deviation), a bootstrap band over prompts
-(`bootstrap_curve`), a boxplot with every value
-shown, the error-against-examples panel and markdown tables. Verdicts are not drawn here: the
-one rule is `verdicts.Comparisons`.
+(`bootstrap_curve`), a boxplot with every value shown (and `final_errors_panel`, the final errors
+against the gate), the error-against-examples panel and markdown tables. Verdicts are not drawn
+here: the one rule is `verdicts.Comparisons`.
 """
 
 from __future__ import annotations
@@ -75,6 +75,16 @@ def boxplot(ax, groups: Sequence[Sequence[float]], labels: Sequence[str], colors
     for position, values in enumerate(groups, start=1):
         offsets = jitter.uniform(-0.12, 0.12, len(values))
         ax.scatter(position + offsets, values, s=6, color="black", zorder=3)
+
+
+def final_errors_panel(
+    ax, groups: Sequence[Sequence[float]], labels: Sequence[str], colors: Sequence[str], threshold: float
+) -> None:
+    """Each group's final errors as a box plot with every value shown (`boxplot`), the gate's threshold dotted,
+    on a log axis: the panel a report's results open with."""
+    boxplot(ax, groups, labels, colors)
+    ax.axhline(threshold, color="gray", linestyle=":", linewidth=1)
+    ax.set_yscale("log")
 
 
 def subplots(n_rows: int, n_cols: int, width: float = 4.2, height: float = 3.4, **kwargs):

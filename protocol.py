@@ -8,7 +8,8 @@ Owns:
 - `SCREEN_SEED`: the training seed of rate screens, outside every preset's reported seeds, so a
   screen run is never also a reported seed.
 - `RECIPE`: Experiment 0's training recipe (Adam with 5% warm-up, cosine decay, clipping at 1.0,
-  a validation every 5% of training).
+  a validation every 5% of training), and `recipe`, the recipe with some of its fields changed: the one
+  way a notebook whose science is a recipe variant (Experiments 0 and 8) writes one.
 - `run_name`: the one naming rule of a grid's runs (a rate other than the shared one, a longer
   budget and the seed in the name).
 - `longer_twin`: a run again from scratch with a multiple of its steps (the budget check: how far
@@ -45,6 +46,15 @@ SCREEN_RULE = (
     "to the gate; where neither reached it, the lower final error). The screen runs are not reported seeds: the "
     "reported seeds then trained at the chosen rates, and the results table names each configuration's rate."
 )
+
+
+def recipe(**changes) -> dict:
+    """`RECIPE` with `changes` (only its own fields: `lr_schedule`, `warmup`, `clip_grad_norm`, `eval_every`), for a
+    variant whose science is the recipe (a constant rate, no clipping): a notebook never writes these fields
+    otherwise (`tests/test_notebooks.py` checks it), so every run trains with the one recipe unless it says why not."""
+    unknown = sorted(set(changes) - set(RECIPE))
+    require(not unknown, f"recipe: {unknown} are not recipe fields; the recipe's fields are {sorted(RECIPE)}")
+    return {**RECIPE, **changes}
 
 
 def run_name(stem: str, seed: int, lr: float, shared_lr: float | None, steps_factor: int = 1) -> str:

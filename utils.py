@@ -18,8 +18,13 @@ one place to start. The modules, in an order where each imports only those liste
                 `step_times`);
 - `verdicts`:   the gate, the paired verdict rule with Holm's correction, equivalence, strengths;
 - `runner`:     a grid of runs (`RunSpec`, `EvalConfig`): cached, resumable, in a pool or as one ensemble;
-- `protocol`:   the recipe, the tuning stream and screen seed, the rate choice and the run-naming rule;
-- `experiment`: one notebook's scaffolding (`Experiment`, `Results`, `Answer`) and its report;
+- `protocol`:   the recipe (and `recipe`, its overrides), the tuning stream and screen seed, the rate choice and
+                the run-naming rule;
+- `plan`:       a notebook's plan (`Plan`, `Variant`): the base model and recipe, each variant its overrides,
+                and the RunSpec of a variant at a seed, rate and budget;
+- `report`:     the report's text: the template filled, its settings cells and sections, its `Answer`, and the
+                numbers its conclusions cite (`Cited`, `reference_values`);
+- `experiment`: one notebook's scaffolding (`Experiment`, `Results`) and its figures;
 - `long_loops`: reading trained models far past their trained loop count.
 """
 
@@ -61,12 +66,11 @@ from evaluation import (
     validate,
 )
 from experiment import (
-    Answer,
     Experiment,
     Results,
-    baselines_at_query,
-    joined,
+    far_over_train,
     level2_median,
+    loop_error_at,
 )
 from long_loops import (
     PASS_MARKS,
@@ -83,12 +87,17 @@ from long_loops import (
     spread_ratio,
     trace_long_loops,
 )
+from plan import (
+    Plan,
+    Variant,
+)
 from plots import (
     COLORS,
     band,
     bootstrap_curve,
     boxplot,
     error_vs_examples,
+    final_errors_panel,
     fmt,
     markdown_table,
     mean_pm_std,
@@ -101,8 +110,20 @@ from protocol import (
     TUNING_STREAM,
     choose_rates,
     longer_twin,
+    recipe,
     run_name,
     screen_twin,
+)
+from report import (
+    Answer,
+    Cited,
+    baselines_at_query,
+    cite_error,
+    joined,
+    level1_row,
+    recipe_row,
+    reference_values,
+    settings_table,
 )
 from runner import (
     EvalConfig,
@@ -171,6 +192,7 @@ from verdicts import (
 __all__ = [
     "Answer",
     "COLORS",
+    "Cited",
     "Comparisons",
     "DecisionTree",
     "EvalConfig",
@@ -181,6 +203,7 @@ __all__ = [
     "NoisyLinearRegression",
     "OOD_KINDS",
     "PASS_MARKS",
+    "Plan",
     "RECIPE",
     "ReLUNetwork",
     "Reading",
@@ -196,6 +219,7 @@ __all__ = [
     "TUNING_STREAM",
     "TrainConfig",
     "TrainResult",
+    "Variant",
     "atomic_write_bytes",
     "band",
     "baseline_position_errors",
@@ -209,6 +233,7 @@ __all__ = [
     "check_effective",
     "check_training",
     "choose_rates",
+    "cite_error",
     "closest_iterates",
     "deq_mark",
     "error_scale",
@@ -216,9 +241,11 @@ __all__ = [
     "eval_mode",
     "evaluate",
     "extrapolate",
+    "far_over_train",
     "field_numbers",
     "field_table",
     "final_error",
+    "final_errors_panel",
     "fit_algorithm",
     "fmt",
     "gd_iterates",
@@ -229,11 +256,13 @@ __all__ = [
     "joined",
     "label_sensitivity",
     "learned_table",
+    "level1_row",
     "level2_median",
     "load_result",
     "load_run",
     "longer_twin",
     "loop_at",
+    "loop_error_at",
     "loop_trace",
     "loss_value",
     "make_generator",
@@ -249,8 +278,11 @@ __all__ = [
     "prompt_errors",
     "prompt_sets",
     "read_json",
+    "recipe",
+    "recipe_row",
     "reference_errors",
     "reference_names",
+    "reference_values",
     "require",
     "resolve_device",
     "results_dir",
@@ -262,6 +294,7 @@ __all__ = [
     "screen_twin",
     "seed_everything",
     "set_aside",
+    "settings_table",
     "shared_legend",
     "short_verdict",
     "solve_at",

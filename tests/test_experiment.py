@@ -9,7 +9,8 @@ import pytest
 from conftest import tiny_specs
 
 import experiment
-from experiment import Experiment, Results, fill_template, placeholders, settings_table
+from experiment import Experiment, Results
+from report import fill_template, placeholders, settings_table
 
 
 def record(model, b, seed, status="finished", scale=1.0):
@@ -445,7 +446,7 @@ def test_a_screen_is_built_at_the_screen_seed_only(tmp_path, monkeypatch):
 
 
 def test_a_reports_answer_sits_under_its_title_and_feeds_the_readme_table(tmp_path):
-    from experiment import Answer, findings_table, read_answer
+    from report import Answer, findings_table, read_answer
 
     answer = Answer("loops help | a lot", "moderate", "3000 steps x 64 prompts, 3 seeds")
     report = f"# Experiment 1: scaling\n\n{answer.block()}\n## Design\n..."

@@ -1,0 +1,127 @@
+"""A notebook's plan: the base model and recipe of its runs, each variant a set of overrides of them, and the
+`RunSpec` of a variant at a seed, a peak rate and a budget, named by `protocol.run_name`.
+
+Owns:
+- `Variant`: what one variant changes, as overrides of the plan's base (`ModelConfig` fields, `TrainConfig`
+  fields, its task where it is not the plan's, labels besides its name and seed) and the stem of its runs' names;
+- `Plan`: the base `ModelConfig` and `TrainConfig` fields (`protocol.RECIPE` under them), the task, the
+  evaluation and the variants; `spec(variant, seed, lr, steps_factor)` builds a run the one way every notebook
+  does (the variant's name under `label` and the seed in the labels, the rate in the name only when it is not
+  the shared one, `steps_factor` x the steps for a longer budget), so a notebook writes its science (the table of
+  overrides, `table()`) and not the plumbing of a spec function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from checks import require
+from configs import TrainConfig
+from plots import markdown_table
+from protocol import RECIPE, run_name
+from runner import EvalConfig, RunSpec
+from transformer import ModelConfig
+
+_BASE_RATE = object()  # Plan's default shared rate: the base recipe's own `lr`
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One variant of a plan: the stem of its runs' names and its overrides of the plan's base model (`model`:
+    `ModelConfig` fields) and training (`train`: `TrainConfig` fields), its `task` where it is not the plan's,
+    and `labels` its runs carry besides the variant's name and the seed."""
+
+    stem: str
+    model: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    labels: Mapping[str, Any] = field(default_factory=dict)
+    task: Any = None
+
+
+class Plan:
+    """The runs of a notebook as overrides of one base: `model` (the base `ModelConfig` fields), `train` (the
+    base `TrainConfig` fields; `protocol.RECIPE` lies under them, so a plan states only what its runs add:
+    steps, batch, rate, b, points, held-out prompts, device), `task` (a `tasks` object), `evaluation` (an
+    `EvalConfig`) and `variants` ({name: `Variant`}). `label` is the RunSpec label that holds a variant's name;
+    `shared_lr` the grid's shared peak rate, which run names leave out (default: the base's `lr`; None: no shared
+    rate, every name carries its rate, as `protocol.run_name`); `role` the runs' `RunSpec.role`."""
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        train: Mapping[str, Any],
+        task: Any,
+        evaluation: EvalConfig,
+        variants: Mapping[Any, Variant],
+        label: str = "variant",
+        shared_lr: Any = _BASE_RATE,
+        role: str = "reported",
+    ) -> None:
+        bad = [name for name, variant in variants.items() if not isinstance(variant, Variant)]
+        require(not bad, f"Plan: variants {bad} must be Variant(stem, model=..., train=...)")
+        require(isinstance(evaluation, EvalConfig), "Plan.evaluation must be an EvalConfig")
+        self.model = dict(model)
+        self.train = dict(train)
+        self.task = task
+        self.evaluation = evaluation
+        self.variants = dict(variants)
+        self.label = label
+        self.shared_lr = self.train.get("lr") if shared_lr is _BASE_RATE else shared_lr
+        self.role = role
+
+    def __iter__(self):
+        return iter(self.variants)
+
+    def __len__(self) -> int:
+        return len(self.variants)
+
+    def model_config(self, variant: Any) -> ModelConfig:
+        """The variant's model: the base with its overrides."""
+        return ModelConfig(**{**self.model, **self.variants[variant].model})
+
+    def spec(
+        self,
+        variant: Any,
+        seed: int,
+        lr: float | None = None,
+        steps_factor: int = 1,
+        *,
+        stem: str | None = None,
+        train: Mapping[str, Any] | None = None,
+        labels: Mapping[str, Any] | None = None,
+        evaluation: EvalConfig | None = None,
+    ) -> RunSpec:
+        """The run of `variant` at `seed`: its model and training are the base with the variant's overrides (then
+        `train`'s, for a grid dimension such as b), at peak rate `lr` (None: the rate its overrides give, left out
+        of the name) and `steps_factor` x the steps. Named `protocol.run_name(stem or the variant's stem, ...)`;
+        labelled {label: the variant's name (", <factor>x steps" on a longer budget), the variant's labels,
+        `labels`, "seed": seed}; `evaluation` replaces the plan's for this run."""
+        require(variant in self.variants, f"Plan.spec: no variant {variant!r}; the plan has {list(self.variants)}")
+        require(isinstance(steps_factor, int) and steps_factor >= 1,
+                f"Plan.spec: steps_factor={steps_factor!r} must be an integer >= 1")
+        chosen = self.variants[variant]
+        fields = {**RECIPE, **self.train, **chosen.train, **(train or {}), "seed": seed}
+        if lr is not None:
+            fields["lr"] = lr
+        shared = fields["lr"] if lr is None else self.shared_lr
+        fields["steps"] = fields["steps"] * steps_factor
+        name = variant if steps_factor == 1 else f"{variant}, {steps_factor}x steps"
+        return RunSpec(
+            name=run_name(chosen.stem if stem is None else stem, seed, fields["lr"], shared, steps_factor),
+            model=self.model_config(variant),
+            task=(self.task if chosen.task is None else chosen.task).to_dict(),
+            train=TrainConfig(**fields),
+            evaluation=self.evaluation if evaluation is None else evaluation,
+            labels={self.label: name, **chosen.labels, **(labels or {}), "seed": seed},
+            role=self.role,
+        )
+
+    def table(self) -> str:
+        """The plan as a markdown table: per variant, its runs' stem and what it changes of the base model and
+        training ("-": nothing)."""
+        overrides = lambda values: ", ".join(f"{key}={value!r}" for key, value in values.items()) or "-"
+        rows = [[name, variant.stem, overrides(variant.model), overrides(variant.train)]
+                for name, variant in self.variants.items()]
+        return markdown_table([self.label, "run stem", "model (overrides)", "training (overrides)"], rows)

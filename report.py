@@ -1,0 +1,377 @@
+"""A report's text: its template filled, its cells and sections, its answer, and the numbers its conclusions cite.
+
+Owns what turns a grid's records into the markdown of `results/experiment N/README.md`:
+- `fill_template` (`{placeholder}` substitution that fails on a missing or an unused value) and
+  `render_report`, which fills a template with a notebook's values and the texts every report shares
+  (`SHARED_TEXTS`), opens its "## Results" with the gate's subsection, repeats the gate's verdict
+  under every concluding heading, closes with the diverged runs and places the `Answer` under the title;
+- the cells of a report's settings table (`settings_table`, `settings_cells` with the hardware and
+  wall-time cells, `evaluation_rows`, `recipe_row`, `level1_row`) and its sections
+  (`learned_section`: did the models learn?; `divergence_section`: which runs diverged);
+- `Answer`, `read_answer` and `findings_table`: a report's one-line answer and the README's table of them;
+- `Cited` and `reference_values`: the per-configuration numbers a conclusions file cites (a configuration's
+  mean, per-seed errors and seeds under the gate; the gate and the reference errors), formatted once.
+
+Report templates: `experiments/reports/experiment N.md` is the report; `experiment N - PART.md`
+are optional parts (e.g. "conclusions cpu") the notebook appends by name. Placeholders follow
+`str.format` with plain names only (`{name}`, `{name:.1f}`); a literal brace is written `{{` / `}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import plots
+from checks import require
+from configs import TrainConfig
+from protocol import RECIPE, SCREEN_RULE
+from tasks import task_from_dict
+from verdicts import (
+    STRENGTHS,
+    VERDICT_RULE,
+    Gate,
+    Verdict,
+    final_error,
+    learned_table,
+    reference_errors,
+    reference_names,
+    trained_groups,
+)
+
+ROOT = Path(__file__).resolve().parent
+K = TypeVar("K", bound=Hashable)
+
+# The report headings under which conclusions are drawn: the gate's verdict is repeated there.
+CONCLUDING_HEADING = re.compile(r"^## (?:.*against these numbers|Conclusions).*$", re.MULTILINE)
+
+
+# Texts every report may cite by placeholder, written once here.
+SHARED_TEXTS = {"verdict_rule": VERDICT_RULE, "screen_rule": SCREEN_RULE}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A report's answer to its study's question, in the fixed place under its title that the
+    README's findings table is generated from (`findings_table`): one line of text, its strength
+    (`verdicts.STRENGTHS`, usually `Comparisons.strength()` of the primary comparisons) and the
+    budget its numbers are at (steps x prompts, seeds)."""
+
+    text: str
+    strength: str
+    budget: str
+
+    def __post_init__(self) -> None:
+        require(
+            self.strength in STRENGTHS, f"Answer.strength={self.strength!r} is not allowed; choose one of {STRENGTHS}"
+        )
+        for name in ("text", "budget"):
+            value = getattr(self, name)
+            require(value.strip() and "\n" not in value, f"Answer.{name} must be one non-empty line")
+
+    def block(self) -> str:
+        return (f"## Answer\n\n**Answer.** {self.text}\n\n**Strength.** {self.strength}\n\n"
+                f"**Budget.** {self.budget}\n")
+
+
+ANSWER_FIELDS = re.compile(r"^\*\*(Answer|Strength|Budget)\.\*\* (.+)$", re.MULTILINE)
+
+
+def read_answer(report: str) -> Answer | None:
+    """The `Answer` a rendered report states under its title, or None when it states none."""
+    fields = dict(ANSWER_FIELDS.findall(report.split("\n## ", 2)[1] if "\n## Answer" in report else ""))
+    if set(fields) != {"Answer", "Strength", "Budget"}:
+        return None
+    return Answer(fields["Answer"], fields["Strength"], fields["Budget"])
+
+
+def findings_table(root: str | Path = ROOT) -> str:
+    """The README's findings table, generated from each committed report's `Answer`: one row per
+    experiment, the answer, its strength and budget, and the report's link; a report without one
+    says so (its numbers stand in the report, under the earlier verdict rule)."""
+    rows = []
+    reports = sorted(Path(root, "results").glob("experiment */README.md"), key=lambda p: int(p.parent.name.split()[1]))
+    for path in reports:
+        answer = read_answer(path.read_text())
+        folder = path.parent.name
+        link = f"[{folder}](results/{folder.replace(' ', '%20')}/README.md)"
+        if answer is None:
+            rows.append([folder, "not re-rendered with the verdict rule yet: see the report", "-", "-", link])
+        else:
+            rows.append([folder, answer.text.replace("|", "\\|"), answer.strength, answer.budget, link])
+    return plots.markdown_table(["experiment", "answer", "strength", "budget", "report"], rows)
+
+
+
+
+def placeholders(template: str) -> list[str]:
+    """The placeholder names of a template, in order of first use."""
+    names = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name.isidentifier():
+            raise ValueError(f"report placeholder {{{name}}} must be a plain name (no index, attribute or position)")
+        names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def fill_template(template: str, values: Mapping[str, Any]) -> str:
+    """`template` with every `{name}` (or `{name:spec}`) replaced by `values[name]`.
+
+    Raises ValueError naming the placeholders without a value and the values without a
+    placeholder, so prose and computation cannot drift apart silently."""
+    used = placeholders(template)
+    missing = [name for name in used if name not in values]
+    unused = [name for name in values if name not in used]
+    if missing or unused:
+        raise ValueError(
+            f"report template: placeholders without a value {missing}; values without a placeholder {unused}"
+        )
+    return template.format(**values)
+
+
+def settings_table(rows: Mapping[str, Any]) -> str:
+    """The design section's "| setting | value |" table, one row per entry."""
+    return plots.markdown_table(["setting", "value"], rows.items())
+
+
+def baselines_at_query(heldout: tuple, baselines: Mapping[str, Sequence[float]], n_dims: int) -> str:
+    """'least squares 0.01, averaging 0.41, predicting 0: 1' at the query position, for a report."""
+    zero = float(heldout[1][:, -1].square().mean() / n_dims)
+    return ", ".join(f"{name} {plots.fmt(errors[-1])}" for name, errors in baselines.items()) + (
+        f", predicting 0: {plots.fmt(zero)}"
+    )
+
+
+
+def joined(values: Iterable[Any]) -> str:
+    """'1, 5, 10' for a report."""
+    return ", ".join(map(str, values))
+
+
+def gate_for(gate: Gate | Mapping[str, Gate] | None, task_name: str) -> Gate:
+    """The gate of one task: `gate` itself, `Gate()` when None, or `gate[task_name]`."""
+    if gate is None:
+        return Gate()
+    if isinstance(gate, Gate):
+        return gate
+    require(task_name in gate, f"no gate was fixed for task {task_name!r}; gates are given for {sorted(gate)}")
+    return gate[task_name]
+
+
+def render_report(
+    template: str,
+    values: Mapping[str, Any],
+    learned: tuple[str, str | None] | None = None,
+    divergence: str = "",
+    answer: Answer | None = None,
+    template_name: str = "the report template",
+) -> str:
+    """The report: `template` filled with `values` and the `SHARED_TEXTS` it uses (`fill_template`: every
+    placeholder must have a value and every value a placeholder); `learned` (the gate's subsection and, when some
+    configuration did not pass, the sentence that says so: `learned_section`) opens its "## Results" section and
+    the sentence is repeated under every heading that draws conclusions ("## ... against these numbers",
+    "## Conclusions ..."); `divergence` closes it; `answer` is placed under the title."""
+    shared = {name: text for name, text in SHARED_TEXTS.items() if name in placeholders(template)}
+    report = fill_template(template, {**shared, **values})
+    if learned is not None:
+        heading = "\n## Results\n"
+        require(heading in report, f"{template_name} has no '## Results' section to open with the gate")
+        section, summary = learned
+        report = report.replace(heading, heading + "\n" + section + "\n", 1)
+        if summary is not None:
+            report = CONCLUDING_HEADING.sub(lambda m: f"{m.group(0)}\n\n> Gate: {summary}\n", report)
+    report += divergence
+    if answer is not None:  # the fixed place the README's findings table is generated from
+        title, _, rest = report.partition("\n")
+        report = f"{title}\n\n{answer.block()}\n{rest}"
+    require(
+        "\u27e6verdict" not in report,
+        "the report holds a verdict placeholder: pass the text through Comparisons.resolve once every "
+        "comparison is drawn (Holm's correction needs the whole family)",
+    )
+    return report
+
+
+def run_minutes(records: Iterable[dict]) -> float:
+    """The runs' own time added up, in minutes. A record's `wall_time_s` is the sitting that wrote it; a run
+    resumed from a checkpoint trained partly in earlier sittings, which its `train.wall_time_s` (accumulated
+    across sittings) counts, so each run counts the larger."""
+    return sum(max(r["wall_time_s"], r["train"].get("wall_time_s", 0.0)) for r in records) / 60
+
+
+def wall_time_cell(grid: Mapping[str, Any], records: Iterable[dict]) -> str:
+    """The report's wall-time cell: the grid's last sitting (and, when it computed only some of the runs, how
+    many) and the runs' own time added up (`run_minutes`), which counts every sitting."""
+    minutes = run_minutes(records)
+    computed, runs = grid.get("computed"), grid["runs"]
+    sitting = f"grid {grid['wall_time_s'] / 60:.1f} min"
+    if computed is not None and computed < runs:
+        sitting = (
+            f"the grid's last sitting {grid['wall_time_s'] / 60:.1f} min, which computed {computed} of its "
+            f"{runs} runs"
+        )
+    return f"{sitting} ({grid['backend']} backend); {minutes:.1f} run-minutes in total"
+
+
+def hardware_cell(grid: Mapping[str, Any], records: Iterable[dict]) -> str:
+    """The report's hardware cell: the last sitting's machine and, when the runs were computed on several
+    (records kept from earlier sittings), each machine with its count of runs."""
+    machines: dict[str, int] = {}
+    for record in records:
+        machine = record.get("hardware", "unknown")
+        machines[machine] = machines.get(machine, 0) + 1
+    if set(machines) <= {grid["hardware"]}:
+        return grid["hardware"]
+    counts = "; ".join(f"{machine}: {n} runs" for machine, n in sorted(machines.items(), key=lambda m: -m[1]))
+    return f"{grid['hardware']} (last sitting); the runs were computed on {counts}"
+
+
+def settings_cells(preset: str, rows: Mapping[str, Any], grid: Mapping[str, Any], records: Sequence[dict]) -> str:
+    """The design section's settings table: the preset, then `rows`, then the hardware and wall time of the
+    grid (`hardware_cell`, `wall_time_cell`)."""
+    return settings_table(
+        {"preset": f"`{preset}`", **rows, "hardware": hardware_cell(grid, records),
+         "wall time": wall_time_cell(grid, records)}
+    )
+
+
+def evaluation_rows(evaluation, extrapolation_note: str = "") -> dict[str, str]:
+    """The settings rows every report shares for level 2 and the extrapolation (`evaluation`: a
+    `runner.EvalConfig`)."""
+    return {
+        "level 2": f"{evaluation.launches} launches x {evaluation.batches_per_launch} x {evaluation.batch_size} "
+        "prompts per run, test std ~ U(0, 2), mean 0",
+        "extrapolation": f"eval b = {joined(evaluation.extrapolation_b)} on the held-out set{extrapolation_note}",
+    }
+
+
+LAPTEV_LOSS = "loss of the Laptev study (all loops, all positions, / d)"
+
+
+def recipe_row(steps: int | str, batch: int, rate: str = "", loss: str = LAPTEV_LOSS, clipping: bool = True) -> str:
+    """The "steps x batch" cell of a report that trains with `protocol.RECIPE`: '3000 x 64, Adam, <rate, >5% linear
+    warm-up then cosine decay, gradient clipping at 1, <loss>' (`rate`: how the peak rate was set, where the cell
+    says it; `clipping` False: the sentence leaves clipping out; `loss` empty: no loss clause)."""
+    parts = [f"{steps} x {batch}", "Adam", *([rate] if rate else []),
+             f"{RECIPE['warmup']:.0%} linear warm-up then cosine decay"]
+    if clipping:
+        parts.append(f"gradient clipping at {RECIPE['clip_grad_norm']:g}")
+    return ", ".join(parts + ([loss] if loss else []))
+
+
+def level1_row(eval_prompts: int, note: str = "") -> str:
+    """The "level 1" cell: 'fixed held-out set of 1024 prompts every 5% of training<note>'."""
+    return f"fixed held-out set of {eval_prompts} prompts every {RECIPE['eval_every']:.0%} of training{note}"
+
+
+def divergence_section(records: Sequence[dict]) -> str:
+    """The report's closing section: which runs diverged and why (every report states it)."""
+    diverged = [r for r in records if r["train"]["status"] != "finished"]
+    if not diverged:
+        lines = [f"None: all {len(records)} runs finished training."]
+    else:
+        lines = [
+            f"{len(diverged)} of {len(records)} runs stopped on a non-finite loss; their seeds are "
+            "left out of every mean, verdict and plot above:",
+            "",
+        ]
+        lines += [f"- `{r['spec']['name']}`: {r['train']['message']}" for r in diverged]
+    return "\n## Diverged runs\n\n" + "\n".join(lines) + "\n"
+
+
+def learned_section(
+    configurations: Mapping[str, Sequence[dict]], gate: Gate | Mapping[str, Gate] | None = None
+) -> tuple[str, str | None]:
+    """The "did the models learn?" subsection every report opens its results with: for each task and held-out
+    set of the grid (`configurations`: {name: its seeds' records}, `experiment.Results.configurations`), the gate,
+    the reference errors on those prompts and `verdicts.learned_table` of its configurations, then how many passed
+    and what that means for the comparisons that follow. `gate`: one `Gate` for every task (default `Gate()`), or
+    one per task name (`task.to_dict()["name"]`), fixed before the runs, for grids of several function classes.
+    Returns (the subsection, that last sentence when some configuration did not pass, else None)."""
+    by_heldout: dict[str, dict[str, Sequence[dict]]] = {}
+    for name, results in configurations.items():
+        spec = results[0]["spec"]
+        train = spec["train"]
+        key = json.dumps([spec["task"], train["n_points"], train["eval_prompts"], train["eval_seed"]], sort_keys=True)
+        by_heldout.setdefault(key, {})[name] = results
+    blocks, passed, total = [], [], 0
+    for groups in by_heldout.values():
+        spec = next(iter(groups.values()))[0]["spec"]
+        task_name = spec["task"].get("name", "task")
+        task_gate = gate_for(gate, task_name)
+        references = reference_errors(
+            task_from_dict(spec["task"]), TrainConfig(**spec["train"]), reference_names(task_gate)
+        )
+        blocks.append(
+            (f"Task `{task_name}`. " if len(by_heldout) > 1 else "") + learned_table(groups, references, task_gate)
+        )
+        passed += trained_groups(groups, references, task_gate)
+        total += len(groups)
+    records = [r for results in configurations.values() for r in results]
+    steps = joined(sorted({r["spec"]["train"]["steps"] for r in records}))
+    if not passed:
+        summary = (
+            f"**None of the {total} configurations passed the gate.** Every comparison below is between models "
+            f"that had not learned the task after {steps} training steps: it describes how far training got at "
+            "this budget, not what the models learn, and no finding about the architectures is drawn from it."
+        )
+    elif len(passed) == total:
+        section = "\n\n".join(blocks)
+        return f"### Did the models learn?\n\n{section}\n\nAll {total} configurations passed the gate.\n", None
+    else:
+        summary = (
+            f"{len(passed)} of {total} configurations passed the gate ({'; '.join(passed)}). A comparison that "
+            "involves any other configuration describes training at this budget, not what the models learn."
+        )
+    return "### Did the models learn?\n\n" + "\n\n".join(blocks) + "\n\n" + summary + "\n", summary
+
+
+class Cited(Generic[K]):
+    """The per-configuration numbers a report's conclusions cite, each formatted one way for every report, from
+    the configurations' verdicts against the gate (`status`: {key: `verdicts.Verdict`}, the notebook's STATUS;
+    a key is any hashable, a name or a tuple such as (model, b)). `label` names a key in `named`."""
+
+    def __init__(self, status: Mapping[K, Verdict], label: Callable[[K], str] = str) -> None:
+        self.status = status
+        self.label = label
+
+    def mean(self, key: K) -> str:
+        """The mean over seeds of the final held-out last-loop error: '0.0123'."""
+        return plots.fmt(self.status[key].mean)
+
+    def seeds(self, key: K) -> str:
+        """Each finished seed's final held-out last-loop error, in seed order: '0.011, 0.013, 0.012'."""
+        return ", ".join(plots.fmt(e) for e in self.status[key].errors)
+
+    def passed(self, key: K) -> str:
+        """How many seeds passed the gate: '2 of 3'."""
+        return f"{self.status[key].passed} of {self.status[key].seeds}"
+
+    def named(self, key: K) -> str:
+        """The configuration with its mean error, for a verdict's line: 'CM (0.0123)', '-' without a finished run."""
+        mean = self.status[key].mean
+        return f"{self.label(key)} ({plots.fmt(mean) if mean is not None else '-'})"
+
+
+def cite_error(record: dict) -> str:
+    """One run's final held-out last-loop error as a report cites it (a tuning or screen run's, typically)."""
+    return plots.fmt(final_error(record))
+
+
+REFERENCE_KEYS = {"zero": "predicting 0", "averaging": "averaging", "least_squares": "least squares"}
+
+
+def reference_values(threshold: float, references: Mapping[str, float], *names: str) -> dict[str, str]:
+    """The values a conclusions file cites for the gate and the reference errors on the same prompts:
+    {"gate": threshold, and each of `names` ("zero", "averaging", "least_squares") its reference error}, each
+    formatted (`plots.fmt`). Only the names a template cites, since every value needs its placeholder."""
+    unknown = [name for name in names if name not in REFERENCE_KEYS]
+    require(not unknown, f"reference_values: {unknown} unknown; choose from {sorted(REFERENCE_KEYS)}")
+    return {"gate": plots.fmt(threshold), **{name: plots.fmt(references[REFERENCE_KEYS[name]]) for name in names}}
