@@ -729,7 +729,7 @@ class Experiment:
         under the title (`Answer`). Returns the path written."""
         texts = [self.template().read_text()] + [self.template(part).read_text() for part in parts]
         path = self.out / "README.md"
-        report = render_report("".join(texts), values, self.learned_section(gate) if learned else None,
+        report = render_report("".join(texts), values, (lambda: self.learned_section(gate)) if learned else None,
                                self.divergence_section(), answer, self.template().name)
         atomic_write_bytes(path, report.encode())
         print(f"wrote {path}")

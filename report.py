@@ -168,14 +168,15 @@ def gate_for(gate: Gate | Mapping[str, Gate] | None, task_name: str) -> Gate:
 def render_report(
     template: str,
     values: Mapping[str, Any],
-    learned: tuple[str, str | None] | None = None,
+    learned: tuple[str, str | None] | Callable[[], tuple[str, str | None]] | None = None,
     divergence: str = "",
     answer: Answer | None = None,
     template_name: str = "the report template",
 ) -> str:
     """The report: `template` filled with `values` and the `SHARED_TEXTS` it uses (`fill_template`: every
     placeholder must have a value and every value a placeholder); `learned` (the gate's subsection and, when some
-    configuration did not pass, the sentence that says so: `learned_section`) opens its "## Results" section and
+    configuration did not pass, the sentence that says so: `learned_section`, or a function that computes them, called
+    once the template is known to have the section) opens its "## Results" section and
     the sentence is repeated under every heading that draws conclusions ("## ... against these numbers",
     "## Conclusions ..."); `divergence` closes it; `answer` is placed under the title."""
     shared = {name: text for name, text in SHARED_TEXTS.items() if name in placeholders(template)}
@@ -183,7 +184,7 @@ def render_report(
     if learned is not None:
         heading = "\n## Results\n"
         require(heading in report, f"{template_name} has no '## Results' section to open with the gate")
-        section, summary = learned
+        section, summary = learned() if callable(learned) else learned
         report = report.replace(heading, heading + "\n" + section + "\n", 1)
         if summary is not None:
             report = CONCLUDING_HEADING.sub(lambda m: f"{m.group(0)}\n\n> Gate: {summary}\n", report)
@@ -210,7 +211,7 @@ def wall_time_cell(grid: Mapping[str, Any], records: Iterable[dict]) -> str:
     """The report's wall-time cell: the grid's last sitting (and, when it computed only some of the runs, how
     many) and the runs' own time added up (`run_minutes`), which counts every sitting."""
     minutes = run_minutes(records)
-    computed, runs = grid.get("computed"), grid["runs"]
+    computed, runs = grid.get("computed"), grid.get("runs")
     sitting = f"grid {grid['wall_time_s'] / 60:.1f} min"
     if computed is not None and computed < runs:
         sitting = (
@@ -229,7 +230,8 @@ def hardware_cell(grid: Mapping[str, Any], records: Iterable[dict]) -> str:
         machines[machine] = machines.get(machine, 0) + 1
     if set(machines) <= {grid["hardware"]}:
         return grid["hardware"]
-    counts = "; ".join(f"{machine}: {n} runs" for machine, n in sorted(machines.items(), key=lambda m: -m[1]))
+    ordered = sorted(machines.items(), key=lambda m: -m[1])  # the machine that computed most runs first
+    counts = "; ".join(f"{machine}: {n} run{'s' if n != 1 else ''}" for machine, n in ordered)
     return f"{grid['hardware']} (last sitting); the runs were computed on {counts}"
 
 

@@ -150,10 +150,19 @@ def test_experiment_reads_the_environment_and_writes_figures_and_reports(tmp_pat
     assert not experiment.plots.plt.get_fignums()  # closed
 
     exp.grid = {"wall_time_s": 90.0, "hardware": "a laptop", "backend": "pool"}
-    exp.results = Results([record("small", 1, 1), record("small", 1, 2)])
+    exp.results = Results([{**record("small", 1, seed), "hardware": "a laptop"} for seed in (1, 2)])
     assert exp.wall_time() == "grid 1.5 min (pool backend); 2.0 run-minutes in total"
     assert exp.settings({"seeds": "1, 2"}) == settings_table(
         {"preset": "`smoke`", "seeds": "1, 2", "hardware": "a laptop", "wall time": exp.wall_time()}
+    )
+    # Runs kept from an earlier sitting on another machine: both machines are named, and the last sitting's time
+    # says how many of the runs it computed.
+    exp.grid = {"wall_time_s": 90.0, "hardware": "a laptop", "backend": "pool", "runs": 2, "computed": 1}
+    machines = {1: "a laptop", 2: "a server"}
+    exp.results = Results([{**record("small", 1, seed), "hardware": machines[seed]} for seed in (1, 2)])
+    assert exp.hardware() == "a laptop (last sitting); the runs were computed on a laptop: 1 run; a server: 1 run"
+    assert exp.wall_time() == (
+        "the grid's last sitting 1.5 min, which computed 1 of its 2 runs (pool backend); 2.0 run-minutes in total"
     )
 
     reports = tmp_path / "reports"
