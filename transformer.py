@@ -41,6 +41,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import components
+import model_config
 from checks import require
 from components import (
     AddInjection,
@@ -59,7 +60,7 @@ from components import (
     on_tokens,
 )
 from equilibrium import implicit_fixed_point, jacobian_norm_estimate, phantom_fixed_point
-from model_config import (
+from model_config import (  # noqa: F401 (each name is re-exported through __all__)
     BLOCK_CHOICES,
     CONTEXT_COMPUTE_CHOICES,
     CONTEXT_KEEP_CHOICES,
@@ -85,29 +86,7 @@ from model_config import (
 )
 
 __all__ = [
-    # re-exported: the config, its components and its choices live in model_config.py
-    "PE_CHOICES",
-    "INJECTION_CHOICES",
-    "BLOCK_CHOICES",
-    "MIXER_CHOICES",
-    "CONTEXT_KEEP_CHOICES",
-    "CONTEXT_COMPUTE_CHOICES",
-    "PE_AT_CHOICES",
-    "LOOP_EMBEDDING_CHOICES",
-    "STATE_KEEP_CHOICES",
-    "STATE_COMPUTE_CHOICES",
-    "INIT_CHOICES",
-    "RENAMED_VALUES",
-    "current_names",
-    "StackConfig",
-    "InjectionConfig",
-    "PositionalConfig",
-    "ContextConfig",
-    "StateConfig",
-    "LoopConfig",
-    "ModelConfig",
-    "check_loops",
-    "check_fixed_point",
+    *model_config.__all__,  # re-exported: the config, its components and its choices live in model_config.py
     # the model
     "BaseLoopedTransformer",
     "LoopPlan",
