@@ -653,3 +653,23 @@ def test_heldout_baselines_are_divided_by_the_tasks_error_scale(tmp_path, monkey
     (tokens, ys), errors = exp.heldout_baselines(task, TrainConfig(steps=1, n_points=6, eval_prompts=64), ["averaging"])
     # position 0 predicts 0: the error of predicting 0, divided by the sparsity (as the runs' errors are), not by d
     assert errors["averaging"][0] == pytest.approx(float(ys[:, 0].double().square().mean() / 2))
+
+
+def test_the_comparison_figure_draws_training_extrapolation_and_each_loop_per_variant(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(7, {"smoke": {}})
+
+    def run(seed, steps=4):
+        r = record("small", 2, seed)
+        r["spec"]["train"]["steps"] = steps
+        r["train"]["loss"] = [1.0 / (k + seed) for k in range(steps)]
+        r["train"]["evals"] = [{"step": 0, "last_loop": 1.0}, {"step": steps, "last_loop": 0.1 * seed}]
+        r["loop_errors"] = [0.5, 0.1 * seed]
+        return r
+
+    groups = {"a": Results([run(1), run(2)]), "a, 2x steps": Results([run(1, steps=8)])}
+    for threshold in (None, 0.1):
+        path = exp.comparison_figure(groups, 2, [1, 5, 10], validation_threshold=threshold, dashed=["a, 2x steps"])
+        assert path == exp.out / "comparison.svg" and path.read_bytes().startswith(b"<?xml")
+    assert not experiment.plots.plt.get_fignums()  # closed
