@@ -4,7 +4,8 @@ Owns what every notebook did by hand:
 - `Experiment`: the preset (`PRESET`), backend (`BACKEND`), device (`DEVICE`) and output folder
   (`runner.results_dir`, which honours `LOOPED_RESULTS_ROOT`) read from the environment; `run`,
   the grid of runs (`runner.run_grid_timed`: finished runs are read from the cache); `figure`,
-  which saves an SVG atomically, closes the figure and shows it; `step_times`, what a training step
+  which saves an SVG atomically, closes the figure and shows it; `comparison_figure` and
+  `final_errors_figure`, the figures comparison reports share; `step_times`, what a training step
   of each variant costs, measured once and kept beside the runs; `screen_rates`, the protocol's
   rate screen (`protocol.py`: a screen seed no report uses, scored on the tuning stream) of a lower
   peak rate for the configurations the shared rate leaves above the gate (`RateScreen`); `sweep_rates`,
@@ -651,6 +652,52 @@ class Experiment:
         plots.error_vs_examples(axes[0, 0], curves, baselines)
         axes[0, 0].set_ylabel("squared error / d (last loop)")
         axes[0, 0].legend(fontsize=legend_size)
+        return self.figure(fig, name)
+
+    def comparison_figure(
+        self,
+        groups: Mapping[str, Results],
+        b_train: int,
+        extrapolation_b: Sequence[int],
+        validation_threshold: float | None = None,
+        dashed: Iterable[str] = (),
+        name: str = "comparison",
+    ) -> Path:
+        """The three panels of a comparison across variants, each variant a band over its seeds (`plots.band`, in
+        `COLORS` order): training (the training loss; with `validation_threshold`, the held-out validations during
+        training with the gate dotted, for objectives whose losses are not comparable), the last loop's error
+        over eval b (`extrapolation_b`, b_train dotted) and the query error of each loop 1..b_train. `dashed`:
+        the variants drawn dashed (a budget probe)."""
+        validation = validation_threshold is not None
+        fig, axes = plots.subplots(1, 3, width=5, height=4.2)
+        for ax in axes[0, 0 if validation else 1 :]:
+            ax.set_yscale("log")  # before the bands, so that they are clipped for a log axis
+        every = max(1, min(r["spec"]["train"]["steps"] for runs in groups.values() for r in runs) // 100)
+        for i, (label, runs) in enumerate(groups.items()):
+            line = dict(color=plots.COLORS[i % len(plots.COLORS)], linestyle="--" if label in dashed else "-")
+            done = runs.finished
+            if validation:
+                steps = [e["step"] for e in done[0]["train"]["evals"]] if done else []
+                rows = [[e["last_loop"] for e in r["train"]["evals"]] for r in done]
+            else:  # every `every`-th step's loss, over each run's own steps (a budget probe's are longer)
+                steps = range(0, max(r["spec"]["train"]["steps"] for r in runs), every)
+                rows = [r["train"]["loss"][::every] for r in done]
+            plots.band(axes[0, 0], steps, rows, label, **line)
+            plots.band(axes[0, 1], extrapolation_b, runs.curves("last_loop"), label, **line)
+            plots.band(axes[0, 2], range(1, b_train + 1), [r["loop_errors"] for r in done], label, **line)
+        if validation:
+            axes[0, 0].axhline(validation_threshold, color="gray", linestyle=":", linewidth=1)
+            axes[0, 0].set_ylabel(f"held-out query error, loop {b_train}")
+        else:  # the loss band's lower edge is drawn as computed, unclipped
+            axes[0, 0].set_yscale("log")
+        axes[0, 0].set_xlabel("step")
+        axes[0, 0].set_title("validation during training" if validation else "training loss")
+        axes[0, 1].axvline(b_train, color="gray", linestyle=":")
+        axes[0, 1].set_xlabel("eval b")
+        axes[0, 1].set_title("extrapolation (last loop)")
+        axes[0, 2].set_xlabel("loop")
+        axes[0, 2].set_title(f"query error of each loop 1..{b_train}")
+        axes[0, 2].legend(fontsize=6)
         return self.figure(fig, name)
 
     def final_errors_figure(

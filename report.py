@@ -9,8 +9,10 @@ Owns what turns a grid's records into the markdown of `results/experiment N/READ
   wall-time cells, `evaluation_rows`, `recipe_row`, `level1_row`) and its sections
   (`learned_section`: did the models learn?; `divergence_section`: which runs diverged);
 - `Answer`, `read_answer` and `findings_table`: a report's one-line answer and the README's table of them;
-- `Cited` and `reference_values`: the per-configuration numbers a conclusions file cites (a configuration's
-  mean, per-seed errors and seeds under the gate; the gate and the reference errors), formatted once.
+- `Cites`, `Cited` and `reference_values`: the numbers a conclusions file cites, formatted once, which its
+  template indexes directly (`{C.mean[looped L2]}`): per configuration its mean, per-seed errors, seeds under the
+  gate, status, a reading's mean, a loop's error, training minutes and step time; per pair of configurations the
+  verdict drawn between them; the gate and the reference errors.
 
 Report templates: `experiments/reports/experiment N.md` is the report; `experiment N - PART.md`
 are optional parts (e.g. "conclusions cpu") the notebook appends by name. Placeholders follow
@@ -19,6 +21,7 @@ are optional parts (e.g. "conclusions cpu") the notebook appends by name. Placeh
 
 from __future__ import annotations
 
+import _string
 import json
 import re
 import string
@@ -26,6 +29,8 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+
+import numpy as np
 
 import plots
 from checks import require
@@ -109,23 +114,44 @@ def findings_table(root: str | Path = ROOT) -> str:
 
 
 
+def _root(field: str) -> Any:
+    """The name a placeholder's field starts with ('C' of 'C.mean[looped L2]'; an int or '' for a position)."""
+    return _string.formatter_field_name_split(field)[0]
+
+
 def placeholders(template: str) -> list[str]:
-    """The placeholder names of a template, in order of first use."""
+    """The root names a template's placeholders cite, in order of first use: `{name}`, `{name:spec}` and
+    `{name.attribute[key]}` (a value the template indexes, such as a `Cited`) each cite `name`."""
     names = []
-    for _, name, _, _ in string.Formatter().parse(template):
-        if name is None:
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field is None:
             continue
-        if not name.isidentifier():
-            raise ValueError(f"report placeholder {{{name}}} must be a plain name (no index, attribute or position)")
-        names.append(name)
+        root = _root(field)
+        if not isinstance(root, str) or not root.isidentifier():
+            raise ValueError(f"report placeholder {{{field}}} must start with a name (not a position)")
+        names.append(root)
     return list(dict.fromkeys(names))
 
 
-def fill_template(template: str, values: Mapping[str, Any]) -> str:
-    """`template` with every `{name}` (or `{name:spec}`) replaced by `values[name]`.
+class _TemplateFormatter(string.Formatter):
+    """`str.format`, but a placeholder whose index or attribute its value lacks fails naming the placeholder."""
 
-    Raises ValueError naming the placeholders without a value and the values without a
-    placeholder, so prose and computation cannot drift apart silently."""
+    def get_field(self, field_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        try:
+            return super().get_field(field_name, args, kwargs)
+        except (KeyError, IndexError, AttributeError) as error:
+            raise ValueError(
+                f"report placeholder {{{field_name}}} cites nothing: {type(error).__name__} {error}"
+            ) from None
+
+
+def fill_template(template: str, values: Mapping[str, Any]) -> str:
+    """`template` with every placeholder replaced by what it cites of `values`: `{name}` (or `{name:spec}`)
+    `values[name]`, and `{name.attribute[key]}` that item of the value (a `Cited`, a `Cites`, a mapping).
+
+    Raises ValueError naming the placeholders without a value and the values without a placeholder (by root
+    name), so prose and computation cannot drift apart silently, and naming a placeholder whose key or attribute
+    its value does not have."""
     used = placeholders(template)
     missing = [name for name in used if name not in values]
     unused = [name for name in values if name not in used]
@@ -133,7 +159,7 @@ def fill_template(template: str, values: Mapping[str, Any]) -> str:
         raise ValueError(
             f"report template: placeholders without a value {missing}; values without a placeholder {unused}"
         )
-    return template.format(**values)
+    return _TemplateFormatter().vformat(template, (), values)
 
 
 def settings_table(rows: Mapping[str, Any]) -> str:
@@ -335,31 +361,96 @@ def learned_section(
     return "### Did the models learn?\n\n" + "\n\n".join(blocks) + "\n\n" + summary + "\n", summary
 
 
+class Cites:
+    """A family of values a report template cites by index: `{cites[looped L2]}` is `read("looped L2")`, and a key
+    that holds '|' passes each part as an argument: `{cites[a|b]}` is `read("a", "b")` (a template's keys are
+    text). Called, `cites(*keys)` reads the same, so a notebook's own lines and its template cite one formatting;
+    a key `read` does not know fails `fill_template` with the placeholder named."""
+
+    def __init__(self, read: Callable[..., Any]) -> None:
+        self.read = read
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.read(*str(key).split("|"))
+
+    def __call__(self, *keys: Any) -> Any:
+        return self.read(*keys)
+
+
 class Cited(Generic[K]):
-    """The per-configuration numbers a report's conclusions cite, each formatted one way for every report, from
-    the configurations' verdicts against the gate (`status`: {key: `verdicts.Verdict`}, the notebook's STATUS;
-    a key is any hashable, a name or a tuple such as (model, b)). `label` names a key in `named`."""
+    """The per-configuration numbers a report's conclusions cite, each formatted one way for every report, as views
+    (`Cites`) a template indexes by the configuration's key or label: `{C.mean[looped L2]}`. From the
+    configurations' verdicts against the gate (`status`: {key: `verdicts.Verdict`}, the notebook's STATUS; a key is
+    any hashable, a name or a tuple such as (model, b), cited in a template by `label(key)`) and, for the views
+    that need them, `runs` (a key's records, `experiment.Results`), `compared` (the resolved
+    `verdicts.Comparisons`), `readings` ({name: a per-run reading such as `experiment.loop_error_at(b)`}),
+    `references` (`verdicts.reference_errors`) and `step_ms` ({key: ms per training step}).
 
-    def __init__(self, status: Mapping[K, Verdict], label: Callable[[K], str] = str) -> None:
-        self.status = status
+    Views (a template's key in brackets; '|' separates arguments):
+    - `mean[v]`: the mean over seeds of the final held-out last-loop error, '0.0123'; `mean[v|reading]`: the mean
+      over finished seeds of a named reading;
+    - `seeds[v]`: each finished seed's final error in seed order, '0.011, 0.013'; `passed[v]`: '2 of 3' seeds
+      under the gate; `status[v]`: the verdict's status; `describe[v]`: 'trained, 3 of 3 seeds under the gate';
+      `named[v]`: 'v (0.0123)' for a verdict's line;
+    - `result[a|b]`, `result[a|b|reading]`: the resolved verdict of a against b (drawn either way round);
+    - `loop[v|2]`: the mean over finished seeds of the query error at loop 2; `minutes[v]`: the mean training
+      minutes per run; `ms[v]`: ms per training step; `ms_ratio[a|b]`: a's step time over b's, 'x' left out;
+    - `ref[predicting 0]`: a reference error."""
+
+    def __init__(
+        self,
+        status: Mapping[K, Verdict],
+        label: Callable[[K], str] = str,
+        *,
+        runs: Callable[[K], Any] | None = None,
+        compared: Any = None,
+        readings: Mapping[str, Callable[[dict], float]] | None = None,
+        references: Mapping[str, float] | None = None,
+        step_ms: Mapping[K, float] | None = None,
+    ) -> None:
+        self.verdicts = status
         self.label = label
+        self.readings = dict(readings or {})
+        verdict_of = lambda key: status[self.key(key)]
+        self.mean = Cites(self._mean)
+        self.seeds = Cites(lambda key: ", ".join(plots.fmt(e) for e in verdict_of(key).errors))
+        self.passed = Cites(lambda key: f"{verdict_of(key).passed} of {verdict_of(key).seeds}")
+        self.status = Cites(lambda key: verdict_of(key).status)
+        self.describe = Cites(lambda key: verdict_of(key).describe())
+        self.named = Cites(self._named)
+        self.result = Cites(lambda a, b, reading=None: compared.result(
+            self.key(a), self.key(b), *([] if reading is None else [self.reading(reading)])))
+        self.loop = Cites(lambda key, loop: plots.fmt(np.mean(
+            [r["loop_errors"][int(loop) - 1] for r in runs(self.key(key)).finished])))
+        self.minutes = Cites(lambda key: plots.fmt(np.mean(runs(self.key(key)).train_minutes())))
+        self.ms = Cites(lambda key: plots.fmt(step_ms[self.key(key)]))
+        self.ms_ratio = Cites(lambda a, b: plots.fmt(step_ms[self.key(a)] / step_ms[self.key(b)], 2))
+        self.ref = Cites(lambda name: plots.fmt(references[name]))
+        self.runs = runs
 
-    def mean(self, key: K) -> str:
-        """The mean over seeds of the final held-out last-loop error: '0.0123'."""
-        return plots.fmt(self.status[key].mean)
+    def key(self, key: Any) -> K:
+        """The configuration a template's key names: the key itself, or the one key whose label it is."""
+        if key in self.verdicts:
+            return key
+        matches = [k for k in self.verdicts if self.label(k) == key]
+        if len(matches) != 1:
+            raise KeyError(f"{key!r} names {len(matches)} configurations; the keys are {list(self.verdicts)}")
+        return matches[0]
 
-    def seeds(self, key: K) -> str:
-        """Each finished seed's final held-out last-loop error, in seed order: '0.011, 0.013, 0.012'."""
-        return ", ".join(plots.fmt(e) for e in self.status[key].errors)
+    def reading(self, name: str) -> Callable[[dict], float]:
+        """The per-run reading cited as `name`."""
+        if name not in self.readings:
+            raise KeyError(f"no reading {name!r}; the readings are {sorted(self.readings)}")
+        return self.readings[name]
 
-    def passed(self, key: K) -> str:
-        """How many seeds passed the gate: '2 of 3'."""
-        return f"{self.status[key].passed} of {self.status[key].seeds}"
+    def _mean(self, key: Any, reading: str | None = None) -> str:
+        if reading is None:  # the verdict's mean of the final errors
+            return plots.fmt(self.verdicts[self.key(key)].mean)
+        return plots.fmt(np.mean(self.runs(self.key(key)).values(self.reading(reading))))
 
-    def named(self, key: K) -> str:
-        """The configuration with its mean error, for a verdict's line: 'CM (0.0123)', '-' without a finished run."""
-        mean = self.status[key].mean
-        return f"{self.label(key)} ({plots.fmt(mean) if mean is not None else '-'})"
+    def _named(self, key: Any) -> str:
+        mean = self.verdicts[self.key(key)].mean
+        return f"{self.label(self.key(key))} ({plots.fmt(mean) if mean is not None else '-'})"
 
 
 def cite_error(record: dict) -> str:

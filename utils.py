@@ -23,7 +23,7 @@ one place to start. The modules, in an order where each imports only those liste
 - `plan`:       a notebook's plan (`Plan`, `Variant`): the base model and recipe, each variant its overrides,
                 and the RunSpec of a variant at a seed, rate and budget;
 - `report`:     the report's text: the template filled, its settings cells and sections, its `Answer`, and the
-                numbers its conclusions cite (`Cited`, `reference_values`);
+                numbers its conclusions cite (`Cited`, `Cites`, `reference_values`);
 - `experiment`: one notebook's scaffolding (`Experiment`, `Results`) and its figures;
 - `long_loops`: reading trained models far past their trained loop count.
 """
@@ -117,6 +117,7 @@ from protocol import (
 from report import (
     Answer,
     Cited,
+    Cites,
     baselines_at_query,
     cite_error,
     joined,
@@ -193,6 +194,7 @@ __all__ = [
     "Answer",
     "COLORS",
     "Cited",
+    "Cites",
     "Comparisons",
     "DecisionTree",
     "EvalConfig",

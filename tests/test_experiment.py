@@ -10,7 +10,7 @@ from conftest import tiny_specs
 
 import experiment
 from experiment import Experiment, Results
-from report import fill_template, placeholders, settings_table
+from report import Cites, fill_template, placeholders, settings_table
 
 
 def record(model, b, seed, status="finished", scale=1.0):
@@ -128,10 +128,28 @@ def test_fill_template_fails_on_a_missing_or_unused_value():
         ValueError, match=r"placeholders without a value \[\]; values without a placeholder \['extra'\]"
     ):
         fill_template("{title}", {"title": "T", "extra": 1})
-    with pytest.raises(ValueError, match=r"placeholder \{runs\[0\]\} must be a plain name"):
-        fill_template("{runs[0]}", {"runs": [1]})
-    with pytest.raises(ValueError, match=r"placeholder \{\} must be a plain name"):
+    with pytest.raises(ValueError, match=r"placeholder \{\} must start with a name"):
         fill_template("{}", {})
+    with pytest.raises(ValueError, match=r"placeholder \{0\} must start with a name"):
+        fill_template("{0}", {})
+
+
+def test_fill_template_cites_an_indexed_value_by_its_root_name():
+    text = "{C.mean[looped L2]} and {V[a: b|c]:>6}; {runs[0]}"
+    assert placeholders(text) == ["C", "V", "runs"]
+    C = types.SimpleNamespace(mean={"looped L2": "0.1"})
+    assert fill_template(text, {"C": C, "V": Cites(lambda a, b: a + b), "runs": [7]}) == "0.1 and  a: bc; 7"
+    with pytest.raises(ValueError, match=r"values without a placeholder \['extra'\]"):
+        fill_template(text, {"C": C, "V": {}, "runs": [], "extra": 1})
+
+
+def test_fill_template_names_a_placeholder_whose_key_is_missing():
+    with pytest.raises(ValueError, match=r"report placeholder \{C.mean\[looped L9\]\} cites nothing: KeyError"):
+        fill_template("{C.mean[looped L9]}", {"C": types.SimpleNamespace(mean={"looped L2": "0.1"})})
+    with pytest.raises(ValueError, match=r"report placeholder \{C.median\[x\]\} cites nothing: AttributeError"):
+        fill_template("{C.median[x]}", {"C": types.SimpleNamespace(mean={})})
+    with pytest.raises(ValueError, match=r"report placeholder \{runs\[3\]\} cites nothing: IndexError"):
+        fill_template("{runs[3]}", {"runs": [1]})
 
 
 def test_experiment_reads_the_environment_and_writes_figures_and_reports(tmp_path, monkeypatch):
@@ -635,3 +653,23 @@ def test_heldout_baselines_are_divided_by_the_tasks_error_scale(tmp_path, monkey
     (tokens, ys), errors = exp.heldout_baselines(task, TrainConfig(steps=1, n_points=6, eval_prompts=64), ["averaging"])
     # position 0 predicts 0: the error of predicting 0, divided by the sparsity (as the runs' errors are), not by d
     assert errors["averaging"][0] == pytest.approx(float(ys[:, 0].double().square().mean() / 2))
+
+
+def test_the_comparison_figure_draws_training_extrapolation_and_each_loop_per_variant(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(7, {"smoke": {}})
+
+    def run(seed, steps=4):
+        r = record("small", 2, seed)
+        r["spec"]["train"]["steps"] = steps
+        r["train"]["loss"] = [1.0 / (k + seed) for k in range(steps)]
+        r["train"]["evals"] = [{"step": 0, "last_loop": 1.0}, {"step": steps, "last_loop": 0.1 * seed}]
+        r["loop_errors"] = [0.5, 0.1 * seed]
+        return r
+
+    groups = {"a": Results([run(1), run(2)]), "a, 2x steps": Results([run(1, steps=8)])}
+    for threshold in (None, 0.1):
+        path = exp.comparison_figure(groups, 2, [1, 5, 10], validation_threshold=threshold, dashed=["a, 2x steps"])
+        assert path == exp.out / "comparison.svg" and path.read_bytes().startswith(b"<?xml")
+    assert not experiment.plots.plt.get_fignums()  # closed

@@ -552,3 +552,37 @@ def test_the_primary_section_gives_both_budgets_the_budget_class_the_new_seeds_a
     none_named = Comparisons(status, groups.get)
     none_named.resolve("")
     assert none_named.primary_section([]) == "None named: every comparison of this report is exploratory."
+
+
+def test_cited_views_format_each_number_once_for_a_template():
+    """A report's conclusions index `Cited`'s views by a configuration's label: its mean, seeds, status, a reading's
+    mean, a loop's error, minutes, step time and the verdict of a pair (drawn either way round)."""
+    from experiment import Results
+    from report import Cited, fill_template
+
+    def timed(seed, error):
+        record = run(seed, [1.0, error, error])
+        record["train"]["wall_time_s"] = 60.0 * seed
+        record["loop_errors"] = [10 * error, error]
+        return record
+
+    groups = {("a", 5): Results([timed(s, e) for s, e in ((1, 0.02), (2, 0.025), (3, 0.03))]),
+              ("b", 5): Results([timed(s, e) for s, e in ((1, 0.04), (2, 0.05), (3, 0.06))])}
+    status = {key: verdict(records, 0.1) for key, records in groups.items()}
+    compared = Comparisons(status, groups.get, label=lambda key: key[0])
+    compared.resolve(compared(("a", 5), ("b", 5)))
+    C = Cited(status, lambda key: key[0], runs=groups.get, compared=compared, references={"predicting 0": 1.0},
+              readings={"seed": lambda r: r["spec"]["train"]["seed"]}, step_ms={("a", 5): 3.0, ("b", 5): 4.5})
+    text = ("{C.mean[a]}; {C.seeds[a]}; {C.passed[b]}; {C.status[b]}; {C.describe[a]}; {C.named[a]}; "
+            "{C.mean[a|seed]}; {C.loop[a|1]}; {C.minutes[b]}; {C.ms[b]}; x{C.ms_ratio[b|a]}; {C.ref[predicting 0]}")
+    assert fill_template(text, {"C": C}) == (
+        "0.025; 0.02, 0.025, 0.03; 3 of 3; trained; trained, 3 of 3 seeds under the gate; a (0.025); 2; 0.25; 2; "
+        "4.5; x1.5; 1")
+    assert C.mean(("a", 5)) == "0.025" and C.named(("b", 5)) == "b (0.05)"  # called with a key, as notebooks do
+    assert fill_template("{C.result[b|a]}", {"C": C}) == compared.result(("b", 5), ("a", 5))
+    assert fill_template("{C.result[b|a]}", {"C": C}).startswith("higher: x2")
+    missing = r"placeholder \{C.mean\[z\]\} cites nothing: KeyError .*names 0 configurations"
+    with pytest.raises(ValueError, match=missing):
+        fill_template("{C.mean[z]}", {"C": C})
+    with pytest.raises(ValueError, match=r"\{C.mean\[a\|far\]\} cites nothing: KeyError .*no reading 'far'"):
+        fill_template("{C.mean[a|far]}", {"C": C})
