@@ -1134,6 +1134,21 @@ class Comparisons(Generic[K]):
             tail = f"; at {at}: {check.kind}" + (" (a side did not pass the gate there)" if check.why else "")
         return core + tail + "."
 
+    def named(self, key: K) -> str:
+        """A configuration as a verdict's line names it: its label and mean final error, 'looped L2 (0.0123)'
+        ('-' for the mean where no seed finished)."""
+        mean = self.status[key].mean
+        return f"{self.label(key)} ({fmt(mean) if mean is not None else '-'})"
+
+    def claim(
+        self, title: str, a: K, b: K, value: Value = final_error, named: Callable[[K], str] | None = None
+    ) -> str:
+        """The report's line on one comparison: "- **<title>**: <a named> against <b named>: <verdict>." with the
+        verdict's placeholder (`__call__`; `resolve` fills it in). `named`: how a side is named (default `named`:
+        label and mean), for a report that states more of it, such as its rate."""
+        name = self.named if named is None else named
+        return f"- **{title}**: {name(a)} against {name(b)}: {self(a, b, value)}."
+
     def reference(self, key: K, note: str) -> str:
         """The report's line on its reference configuration, which must pass the gate for the recipe
         to count as working: "- **Reference configuration** <note>: trained, 3 of 3 seeds under the

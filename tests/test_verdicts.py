@@ -161,6 +161,21 @@ def test_comparisons_draw_verdicts_only_between_trained_configurations():
         Comparisons(status, groups.get, primary=[(("a", 5), ("z", 5))])
 
 
+def test_a_claim_line_names_both_sides_and_holds_the_verdict():
+    groups = {name: [run(s, [1.0, e * f, e * f]) for s, e in zip((1, 2, 3), (0.01, 0.02, 0.03), strict=True)]
+              for name, f in (("a", 1), ("b", 2))}
+    groups["empty"] = []
+    status = {key: verdict(records, 0.1) for key, records in groups.items()}
+    compared = Comparisons(status, groups.get, label=str.upper)
+    line = compared.claim("A against B", "a", "b")
+    assert line.startswith("- **A against B**: A (0.02) against B (0.04): \u27e6verdict")
+    resolved = compared.resolve(line)
+    assert resolved.startswith("- **A against B**: A (0.02) against B (0.04): lower: x0.5") and resolved.endswith(".")
+    assert compared.named("empty") == "EMPTY (-)"  # no finished seed: no mean
+    assert Comparisons(status, groups.get).claim("t", "a", "empty", named=lambda k: f"<{k}>").startswith(
+        "- **t**: <a> against <empty>: not compared")
+
+
 def test_the_t_distribution_matches_its_tables():
     assert t_two_sided_p(2.776, 4) == pytest.approx(0.05, abs=1e-4)
     assert t_two_sided_p(4.303, 2) == pytest.approx(0.05, abs=1e-4)
