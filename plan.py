@@ -89,15 +89,18 @@ class Plan:
         steps_factor: int = 1,
         *,
         stem: str | None = None,
+        prefix: str = "",
+        task: Any = None,
         train: Mapping[str, Any] | None = None,
         labels: Mapping[str, Any] | None = None,
         evaluation: EvalConfig | None = None,
     ) -> RunSpec:
         """The run of `variant` at `seed`: its model and training are the base with the variant's overrides (then
         `train`'s, for a grid dimension such as b), at peak rate `lr` (None: the rate its overrides give, left out
-        of the name) and `steps_factor` x the steps. Named `protocol.run_name(stem or the variant's stem, ...)`;
-        labelled {label: the variant's name (", <factor>x steps" on a longer budget), the variant's labels,
-        `labels`, "seed": seed}; `evaluation` replaces the plan's for this run."""
+        of the name) and `steps_factor` x the steps. Named `protocol.run_name(prefix + (stem or the variant's stem),
+        ...)` (`prefix`: a grid dimension the stems share, such as the task's name); labelled {label: the variant's
+        name (", <factor>x steps" on a longer budget), the variant's labels, `labels`, "seed": seed}; `task` and
+        `evaluation` replace the variant's task and the plan's evaluation for this run (a grid dimension)."""
         require(variant in self.variants, f"Plan.spec: no variant {variant!r}; the plan has {list(self.variants)}")
         require(isinstance(steps_factor, int) and steps_factor >= 1,
                 f"Plan.spec: steps_factor={steps_factor!r} must be an integer >= 1")
@@ -109,9 +112,9 @@ class Plan:
         fields["steps"] = fields["steps"] * steps_factor
         name = variant if steps_factor == 1 else f"{variant}, {steps_factor}x steps"
         return RunSpec(
-            name=run_name(chosen.stem if stem is None else stem, seed, fields["lr"], shared, steps_factor),
+            name=run_name(prefix + (chosen.stem if stem is None else stem), seed, fields["lr"], shared, steps_factor),
             model=self.model_config(variant),
-            task=(self.task if chosen.task is None else chosen.task).to_dict(),
+            task=next(t for t in (task, chosen.task, self.task) if t is not None).to_dict(),
             train=TrainConfig(**fields),
             evaluation=self.evaluation if evaluation is None else evaluation,
             labels={self.label: name, **chosen.labels, **(labels or {}), "seed": seed},

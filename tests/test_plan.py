@@ -1,0 +1,53 @@
+"""plan.py: a notebook's runs as overrides of one base, named by `protocol.run_name`."""
+
+import pytest
+
+from plan import Plan, Variant
+from protocol import RECIPE
+from runner import EvalConfig
+from tasks import LinearRegression, NoisyLinearRegression
+
+EVALUATION = EvalConfig(launches=2, batches_per_launch=1, batch_size=8, extrapolation_b=(1, 2))
+MODEL = dict(n_dims=2, n_layers=1, n_heads=2, hidden_dim=16, mlp_hidden=32, context=9)
+TRAIN = dict(steps=20, batch_size=8, lr=1e-2, b=4, n_points=5, eval_prompts=64)
+
+
+def plan(**options):
+    variants = {"base": Variant("base"), "deep": Variant("deep", model=dict(n_layers=2), train=dict(b=2)),
+                "noisy": Variant("noisy", task=NoisyLinearRegression(n_dims=2, noise_std=0.5), labels={"kind": "x"})}
+    return Plan(MODEL, TRAIN, LinearRegression(n_dims=2), EVALUATION, variants, **options)
+
+
+def test_a_spec_is_the_base_with_the_variants_overrides():
+    spec = plan().spec("deep", 42)
+    assert spec.name == "deep_42"  # the shared rate stays out of the name
+    assert spec.model.n_layers == 2 and spec.model.hidden_dim == 16
+    assert spec.train.b == 2 and spec.train.steps == 20 and spec.train.seed == 42
+    assert spec.train.warmup == RECIPE["warmup"]  # the recipe lies under the base
+    assert spec.labels == {"variant": "deep", "seed": 42} and spec.role == "reported"
+    assert spec.evaluation == EVALUATION and spec.task["name"] == "LinearRegression"
+
+
+def test_a_rate_a_longer_budget_and_a_prefix_name_the_run():
+    longer = plan().spec("base", 7, 3e-3, steps_factor=3)
+    assert longer.name == "base_lr0.003_x3steps_7" and longer.train.steps == 60 and longer.train.lr == 3e-3
+    assert longer.labels["variant"] == "base, 3x steps"
+    assert plan().spec("base", 7, 1e-2, prefix="noisy_").name == "noisy_base_7"
+    assert plan(shared_lr=None).spec("base", 7, 1e-2).name == "base_lr0.01_7"  # no shared rate: every name has its own
+    with pytest.raises(ValueError, match="steps_factor"):
+        plan().spec("base", 7, steps_factor=0)
+    with pytest.raises(ValueError, match="no variant"):
+        plan().spec("wide", 7)
+
+
+def test_a_run_task_replaces_the_variants_and_the_plans():
+    assert plan().spec("noisy", 1).task["name"] == "NoisyLinearRegression"  # the variant's own task
+    assert plan().spec("noisy", 1).labels == {"variant": "noisy", "kind": "x", "seed": 1}
+    other = plan().spec("base", 1, task=NoisyLinearRegression(n_dims=2, noise_std=0.5), labels={"task": "noisy"})
+    assert other.task["name"] == "NoisyLinearRegression"
+    assert other.labels == {"variant": "base", "task": "noisy", "seed": 1}
+
+
+def test_the_table_states_each_variants_overrides():
+    table = plan().table()
+    assert "| deep | deep | n_layers=2 | b=2 |" in table and "| base | base | - | - |" in table
