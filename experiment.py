@@ -56,7 +56,7 @@ from report import (
     wall_time_cell,
 )
 from runner import ROOT, RunSpec, choose_preset, hardware, results_dir, run_grid_timed
-from storage import atomic_write_bytes, read_json, save_svg, write_json
+from storage import atomic_write_bytes, load_run, read_json, save_svg, write_json
 from tasks import task_from_dict
 from tracking import tracking_from_env
 from training import step_times
@@ -614,6 +614,11 @@ class Experiment:
                     write_json(path, {**read(), run: value})
                 kept = read()  # as a later sitting will read it (lists, JSON's floats), so reports agree
         return {record["spec"]["name"]: kept[record["spec"]["name"]] for record in records}
+
+    def model(self, record: Mapping[str, Any]):
+        """The trained model of a run of this experiment, rebuilt from its saved weights (`storage.load_run`): what
+        `per_run` computations read."""
+        return load_run(self.out / "models" / record["spec"]["name"])[0]
 
     def figure(self, fig, name: str) -> Path:
         """Save `fig` as `<out>/<name>.svg` (atomic, byte-stable), close it and show it."""

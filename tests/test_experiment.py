@@ -366,6 +366,22 @@ def test_per_run_values_are_computed_once_per_run_and_read_back(tmp_path, monkey
     assert read_json(exp.out / "data" / "probe.json") == {"a": [1, 0.1], "b": [2, 0.1], "other": 9, "c": 3}
 
 
+def test_a_runs_saved_model_is_read_back_by_its_record(tmp_path, monkeypatch):
+    import torch
+
+    from transformer import ModelConfig
+    from utils import build_model, save_run
+
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(5, {"smoke": {}})
+    config = ModelConfig(n_dims=2, n_layers=1, n_heads=2, hidden_dim=16, mlp_hidden=32, context=9)
+    model = build_model(config, 0)
+    save_run(exp.out / "models" / "a_42", model, {"model_config": config.to_dict()})
+    read = exp.model({"spec": {"name": "a_42"}})
+    assert all(torch.equal(x, y) for x, y in zip(read.state_dict().values(), model.state_dict().values(), strict=True))
+
+
 def _screen_experiment(tmp_path, monkeypatch):
     """A smoke-preset Experiment writing under tmp_path, and a spec_for(config, seed, lr) of 4-step runs."""
     monkeypatch.setenv("PRESET", "smoke")
