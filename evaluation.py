@@ -5,9 +5,10 @@ Owns `prediction_errors`, `evaluate` (level 1: the held-out query error at loop 
 training), `label_sensitivity` (does a prediction see its own answer?), `state_updates` (does
 the loop reach a fixed point?), `loop_trace` and `halting` (stop each prompt once its state
 stops moving), `implied_weights` (the linear predictor each loop implements on
-a fixed context), `prompt_errors` and `bootstrap_band` (a mean over prompts with
-a bootstrap 5 to 95% band), and the fixed prompt sets they score (`heldout_prompts`,
-`ood_prompts`).
+a fixed context) and `AlgorithmProbe` (which iterative algorithm a model's loops track, Experiment 11's
+probe, from `implied_weights`, `fit_algorithm` and `closest_iterates`), `prompt_errors` and
+`bootstrap_band` (a mean over prompts with a bootstrap 5 to 95% band), and the fixed prompt sets they
+score (`heldout_prompts`, `ood_prompts`).
 
 Metrics are squared errors divided by the task's `error_scale` (n_dims for linear regression,
 the error of predicting 0). "reference" is the Laptev study's metric: the query error averaged
@@ -17,16 +18,18 @@ eval mode and restores its previous mode on the way out, also when it raises.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from baselines import ALGORITHMS, gd_iterates, newton_iterates, ridge_path
 from checks import is_int, is_real, require, require_int
 from seeding import make_generator
-from tasks import OOD_KINDS, build_prompt, sample_ood
+from tasks import OOD_KINDS, NoisyLinearRegression, build_prompt, sample_ood
 from transformer import check_loops
 
 
@@ -211,6 +214,118 @@ def fit_algorithm(
         for candidate in candidates
     }
     return min(candidates, key=lambda c: scores[c]), scores
+
+
+@dataclass(frozen=True)
+class AlgorithmProbe:
+    """Which iterative algorithm (`baselines.ALGORITHMS`) a trained model's loops track, and how its error at every
+    loop compares with theirs: Experiment 11's probe, one call per saved model.
+
+    Per input kind of `tasks` ({kind: a linear-regression task}): each algorithm's hyperparameter (`gd_rates` for both
+    gradient descents, `ridge` pairs (lambda_0, ratio) for the ridge path, none for Newton) is fitted by
+    `fit_algorithm` on `contexts` contexts of `n_examples` from the "tuning" seed of `seeds`; on as many contexts
+    from the "report" seed every loop 1..`b` is set beside each algorithm's closest iterate (`closest_iterates`),
+    with the R^2 of the loop's implied predictor (`implied_weights`, on `queries` query points from the "queries"
+    seed: mean and worst context) and its relative distance to least squares. On `curve_kind` inputs, per context
+    length in `lengths` and label noise std in `noises`: the query error / d at every loop of the model and at every
+    step of each algorithm at its fitted hyperparameter, on `curve_prompts` prompts from the "curves" seed. The
+    algorithms run `gd_steps`, `newton_steps` and `ridge_steps` steps, each at least `b`."""
+
+    tasks: Mapping[str, Any]
+    n_examples: int
+    b: int
+    contexts: int
+    queries: int
+    gd_rates: Sequence[float]
+    ridge: Sequence[tuple[float, float]]
+    gd_steps: int
+    newton_steps: int
+    ridge_steps: int
+    lengths: Sequence[int]
+    noises: Sequence[float]
+    curve_prompts: int
+    seeds: Mapping[str, int]
+    curve_kind: str = "isotropic"
+
+    def __post_init__(self) -> None:
+        # loop j is set beside step j: every algorithm runs at least as many steps as the loops probed
+        require(min(self.gd_steps, self.newton_steps, self.ridge_steps) >= self.b,
+                "AlgorithmProbe: algorithm steps must cover the loops probed (b)")
+        missing = {"tuning", "report", "queries", "curves"} - set(self.seeds)
+        require(not missing, f"AlgorithmProbe.seeds lacks {sorted(missing)}")
+        require(self.curve_kind in self.tasks, f"AlgorithmProbe.curve_kind={self.curve_kind!r} is not one of the tasks")
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        return tuple(ALGORITHMS)
+
+    def candidates(self, name: str) -> Sequence[Any]:
+        """The hyperparameters `fit_algorithm` tries for algorithm `name`."""
+        return {"iterative Newton": (None,), "ridge path": self.ridge}.get(name, self.gd_rates)
+
+    def iterates(self, name: str, xs: torch.Tensor, ys: torch.Tensor, choice: Any, inverse_cov: torch.Tensor):
+        """Algorithm `name`'s iterates [K + 1, B, d] on contexts xs [B, n, d], ys [B, n] at hyperparameter `choice`."""
+        if name == "gradient descent":
+            return gd_iterates(xs, ys, self.gd_steps, choice)
+        if name == "preconditioned gradient descent":
+            return gd_iterates(xs, ys, self.gd_steps, choice, preconditioner=inverse_cov)
+        if name == "iterative Newton":
+            return newton_iterates(xs, ys, self.newton_steps)
+        lam0, ratio = choice
+        return ridge_path(xs, ys, [lam0 * ratio**k for k in range(self.ridge_steps)])
+
+    def sample(self, kind: str, stream: str, n: int, count: int, noise: float = 0.0) -> tuple[torch.Tensor, ...]:
+        """`count` contexts of `n` examples of input kind `kind` (xs [B, n, d], ys [B, n]) from the seed `stream`."""
+        task = self.tasks[kind]
+        if noise != 0:
+            task = NoisyLinearRegression(n_dims=task.n_dims, noise_std=noise, x_variances=task.x_variances)
+        return task.sample_xy(count, n, make_generator(self.seeds[stream], "validation"))
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, Any]:
+        """{"kinds": {kind: {"fitted": {algorithm: hyperparameter}, "probe": {algorithm: {"distance": [b],
+        "step": [b]}, "r2": [b], "r2_min": [b], "to least squares": [b]}}}, "curves": {"N=<n>, noise <std>":
+        {"model": [b], algorithm: [b]}}}, as JSON-ready lists."""
+        queries_gen = make_generator(self.seeds["queries"], "validation")
+        out: dict[str, Any] = {"kinds": {}, "curves": {}}
+        for kind, task in self.tasks.items():
+            d = task.n_dims
+            inverse_cov = torch.diag(1 / torch.tensor(task.x_variances or (1.0,) * d, dtype=torch.float64))
+            queries, _ = task.sample_xy(self.queries, 1, queries_gen)
+            queries = queries[:, 0]  # [K, d]
+            fitted, probed = {}, {}
+            for stream in ("tuning", "report"):
+                xs, ys = self.sample(kind, stream, self.n_examples, self.contexts)
+                implied = implied_weights(model, xs, ys, self.b, queries)
+                w_ls = torch.linalg.lstsq(xs.double(), ys.double().unsqueeze(-1)).solution.squeeze(-1)  # [B, d]
+                if stream == "tuning":
+                    for name in self.algorithms:
+                        iterates_for = lambda c, n=name, x=xs, y=ys, p=inverse_cov: self.iterates(n, x, y, c, p)
+                        fitted[name], _ = fit_algorithm(implied["weights"], iterates_for, self.candidates(name), w_ls)
+                else:
+                    for name in self.algorithms:
+                        closest = closest_iterates(implied["weights"],
+                                                   self.iterates(name, xs, ys, fitted[name], inverse_cov), w_ls)
+                        probed[name] = {"distance": closest["distance"].tolist(), "step": closest["step"].tolist()}
+                    probed["r2"] = implied["r2"].mean(1).tolist()
+                    probed["r2_min"] = implied["r2"].min(1).values.tolist()
+                    probed["to least squares"] = (
+                        (implied["weights"] - w_ls).norm(dim=-1) / w_ls.norm(dim=-1)).mean(1).tolist()
+            out["kinds"][kind] = {"fitted": {n: fitted[n] for n in self.algorithms}, "probe": probed}
+        d = self.tasks[self.curve_kind].n_dims
+        curve_inverse = torch.eye(d, dtype=torch.float64)
+        for n in self.lengths:
+            for noise in self.noises:
+                xs, ys = self.sample(self.curve_kind, "curves", n + 1, self.curve_prompts, noise)  # the last: the query
+                tokens = build_prompt(xs, ys)  # [B, 2n + 1, d]
+                model_errors = prediction_errors(model, tokens, ys, self.b)[:, -1]  # [b]: the query at every loop
+                curves = {"model": model_errors.tolist()}
+                for name in self.algorithms:
+                    steps = self.iterates(name, xs[:, :-1], ys[:, :-1], out["kinds"][self.curve_kind]["fitted"][name],
+                                          curve_inverse)
+                    predictions = (steps[1 : self.b + 1] * xs[None, :, -1].double()).sum(-1)  # [b, B]
+                    curves[name] = ((predictions - ys[None, :, -1].double()).square().mean(1) / d).tolist()
+                out["curves"][f"N={n}, noise {noise:g}"] = curves
+        return out
 
 
 @torch.no_grad()

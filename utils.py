@@ -46,6 +46,7 @@ from configs import (
     TrainConfig,
 )
 from evaluation import (
+    AlgorithmProbe,
     bootstrap_band,
     closest_iterates,
     error_scale,
@@ -81,11 +82,13 @@ from long_loops import (
     loop_at,
     marks_table,
     pass_marks,
+    precision_cell,
     prompt_sets,
     solve_at,
     solve_halting,
     spread_ratio,
     trace_long_loops,
+    trace_precisions,
 )
 from plan import (
     Plan,
@@ -191,6 +194,7 @@ from verdicts import (
 )
 
 __all__ = [
+    "AlgorithmProbe",
     "Answer",
     "COLORS",
     "Cited",
@@ -276,6 +280,7 @@ __all__ = [
     "paired",
     "pass_marks",
     "plan_at",
+    "precision_cell",
     "prediction_errors",
     "prompt_errors",
     "prompt_sets",
@@ -311,6 +316,7 @@ __all__ = [
     "summarise_query_errors",
     "torch_bytes",
     "trace_long_loops",
+    "trace_precisions",
     "train",
     "train_loop",
     "train_step",

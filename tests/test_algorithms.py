@@ -11,7 +11,7 @@ from torch import nn
 from baselines import ALGORITHMS, gd_iterates, newton_iterates, ridge_path
 from tasks import LinearRegression
 from transformer import ModelConfig
-from utils import build_model, closest_iterates, fit_algorithm, implied_weights, make_generator
+from utils import AlgorithmProbe, build_model, closest_iterates, fit_algorithm, implied_weights, make_generator
 
 
 def context(batch=5, n=12, d=4, seed=0, scales=None):
@@ -158,3 +158,32 @@ def test_closest_iterates_and_fit_algorithm_recover_a_known_schedule():
         closest_iterates(weights[:, :3], truth, w)
     with pytest.raises(ValueError, match=r"loops=7 exceeds the 6 loops of weights"):
         fit_algorithm(weights, lambda lr: truth, (0.3,), w, loops=7)
+
+
+def probe(**changes):
+    settings = dict(tasks={"isotropic": LinearRegression(2), "skewed": LinearRegression(2, x_variances=(1.6, 0.4))},
+                    n_examples=4, b=3, contexts=3, queries=8, gd_rates=(0.1, 0.5), ridge=((1.0, 0.5),), gd_steps=4,
+                    newton_steps=3, ridge_steps=3, lengths=(3,), noises=(0.0, 0.5), curve_prompts=4,
+                    seeds={"tuning": 1, "report": 2, "queries": 3, "curves": 4})
+    return AlgorithmProbe(**{**settings, **changes})
+
+
+def test_the_algorithm_probe_reads_every_loop_of_a_model_per_input_kind():
+    model = build_model(ModelConfig(n_dims=2, n_layers=1, n_heads=2, hidden_dim=16, mlp_hidden=32, context=9), 0)
+    out = probe()(model)
+    assert set(out["kinds"]) == {"isotropic", "skewed"} and set(out["curves"]) == {"N=3, noise 0", "N=3, noise 0.5"}
+    kind = out["kinds"]["skewed"]
+    assert list(kind["fitted"]) == list(ALGORITHMS) and kind["fitted"]["iterative Newton"] is None
+    assert kind["fitted"]["gradient descent"] in (0.1, 0.5) and kind["fitted"]["ridge path"] == (1.0, 0.5)
+    for name in ALGORITHMS:  # one distance and matched step per loop
+        assert len(kind["probe"][name]["distance"]) == 3 and all(0 <= s <= 4 for s in kind["probe"][name]["step"])
+    assert len(kind["probe"]["r2"]) == 3 and min(kind["probe"]["r2_min"]) <= min(kind["probe"]["r2"])
+    assert all(len(curve) == 3 for curve in out["curves"]["N=3, noise 0"].values())
+    assert probe()(model) == out  # every prompt set comes from its own seed
+
+
+def test_the_algorithm_probe_needs_steps_for_every_loop_and_its_seeds():
+    with pytest.raises(ValueError, match="must cover"):
+        probe(newton_steps=2)
+    with pytest.raises(ValueError, match="lacks"):
+        probe(seeds={"tuning": 1})
