@@ -94,13 +94,15 @@ class Plan:
         train: Mapping[str, Any] | None = None,
         labels: Mapping[str, Any] | None = None,
         evaluation: EvalConfig | None = None,
+        role: str | None = None,
     ) -> RunSpec:
         """The run of `variant` at `seed`: its model and training are the base with the variant's overrides (then
         `train`'s, for a grid dimension such as b), at peak rate `lr` (None: the rate its overrides give, left out
         of the name) and `steps_factor` x the steps. Named `protocol.run_name(prefix + (stem or the variant's stem),
         ...)` (`prefix`: a grid dimension the stems share, such as the task's name); labelled {label: the variant's
         name (", <factor>x steps" on a longer budget), the variant's labels, `labels`, "seed": seed}; `task` and
-        `evaluation` replace the variant's task and the plan's evaluation for this run (a grid dimension)."""
+        `evaluation` replace the variant's task and the plan's evaluation for this run (a grid dimension), `role` the
+        plan's role (a tuning run of a plan whose other runs are reported)."""
         require(variant in self.variants, f"Plan.spec: no variant {variant!r}; the plan has {list(self.variants)}")
         require(isinstance(steps_factor, int) and steps_factor >= 1,
                 f"Plan.spec: steps_factor={steps_factor!r} must be an integer >= 1")
@@ -118,7 +120,7 @@ class Plan:
             train=TrainConfig(**fields),
             evaluation=self.evaluation if evaluation is None else evaluation,
             labels={self.label: name, **chosen.labels, **(labels or {}), "seed": seed},
-            role=self.role,
+            role=self.role if role is None else role,
         )
 
     def table(self) -> str:

@@ -34,6 +34,8 @@ def test_a_rate_a_longer_budget_and_a_prefix_name_the_run():
     assert longer.labels["variant"] == "base, 3x steps"
     assert plan().spec("base", 7, 1e-2, prefix="noisy_").name == "noisy_base_7"
     assert plan(shared_lr=None).spec("base", 7, 1e-2).name == "base_lr0.01_7"  # no shared rate: every name has its own
+    tuning = plan().spec("base", 7, prefix="tune_", train=dict(eval_seed=11), role="tuning")
+    assert tuning.name == "tune_base_7" and tuning.role == "tuning" and tuning.train.eval_seed == 11
     with pytest.raises(ValueError, match="steps_factor"):
         plan().spec("base", 7, steps_factor=0)
     with pytest.raises(ValueError, match="no variant"):
