@@ -1,6 +1,6 @@
 """Loops run far past training: a trained run's long trace, halting on it, and the numbers the field reports.
 
-Owns what Experiments 10 and 12 read from a trained model beyond its training loop count, and how
+Owns what Experiments 7, 10 and 12 read from a trained model beyond its training loop count, and how
 Experiment 12 scores it:
 - `prompt_sets`: the held-out prompts a run is traced on, and the sets that ask whether a harder
   prompt takes more loops (fewer examples, label noise) or an easier one fewer (fewer active
@@ -9,6 +9,8 @@ Experiment 12 scores it:
   every loop 1..long_b, and adaptive halting on the state update at each tolerance
   (`evaluation.loop_trace`, `evaluation.halting`): what a notebook keeps per run in
   `data/long loops.json`;
+- `trace_precisions` and `precision_cell`: the query error and the largest state value at a few long
+  loop counts with the weights in fp32 and in fp16 (Experiment 7), and the report's cell of them;
 - `solve_at` and `solve_halting`: a deep-equilibrium model at its fixed-point solve (the largest
   relative residual and the query error after a number of evaluations), and halting on the solve's
   residual instead of the state update (each prompt's residual and prediction at every evaluation,
@@ -33,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,6 +110,45 @@ def trace_long_loops(
             "halting": _halted(trace, query, tolerances, scale),
         }
     return out
+
+
+PRECISIONS = {"float32": torch.float32, "float16": torch.float16}
+
+
+def trace_precisions(
+    model: torch.nn.Module, tokens: torch.Tensor, ys: torch.Tensor, loops: Sequence[int], scale: float
+) -> dict[str, dict]:
+    """Per precision of `PRECISIONS` (the model's weights and the prompts cast to it, in place, in that order):
+    {"error": the mean query error at each loop count of `loops`, "max_abs_state": the largest absolute state value
+    there}, None where a value is not finite; {"unsupported": the error's first line} where the device has no
+    kernel for that precision (a CPU's float16, for some operations)."""
+    finite = lambda x: x if np.isfinite(x) else None  # JSON keeps no NaN
+    out = {}
+    for name, dtype in PRECISIONS.items():
+        errors, largest = [], []
+        try:
+            with torch.no_grad():
+                model = model.to(dtype).eval()
+                for loop, state in enumerate(model.states(tokens.to(dtype), max(loops)), 1):
+                    if loop in loops:
+                        prediction = model.read_out(state)[:, -1].double()  # [B]: the query's prediction
+                        errors.append(finite(float((prediction - ys[:, -1].double()).square().mean() / scale)))
+                        largest.append(finite(float(state.double().abs().max())))
+            out[name] = {"error": errors, "max_abs_state": largest}
+        except RuntimeError as error:  # a kernel without a version for this precision
+            out[name] = {"unsupported": str(error).splitlines()[0]}
+    return out
+
+
+def precision_cell(traces: Sequence[Mapping[str, Any]], key: str, index: int) -> str:
+    """A report's cell of one precision's `trace_precisions` over a configuration's runs: the median of `key`'s
+    `index`-th value, or why there is none (no run, no kernel, non-finite values)."""
+    if not traces or "unsupported" in traces[0]:
+        return "not run (no CPU kernel)" if traces else ""
+    picked = [trace[key][index] for trace in traces]
+    if any(x is None for x in picked):
+        return f"non-finite on {sum(x is None for x in picked)} of {len(picked)}"
+    return fmt(np.median(picked))
 
 
 def solve_at(

@@ -19,13 +19,16 @@ from long_loops import (
     loop_at,
     marks_table,
     pass_marks,
+    precision_cell,
     prompt_sets,
     solve_at,
     solve_halting,
     solve_trace,
     spread_ratio,
     trace_long_loops,
+    trace_precisions,
 )
+from plots import fmt
 from tasks import LinearRegression, NoisyLinearRegression
 from transformer import ModelConfig
 from utils import build_model
@@ -192,3 +195,17 @@ def test_the_long_trace_and_halting_on_the_state_update_and_on_the_solve_residua
     assert solved["held-out"]["halting"]["0.1"]["loops"] < solved["held-out"]["halting"]["1e-06"]["loops"]
     at = solve_at(model, (tokens, ys), (3, 12), 1e-3, 3)
     assert set(at) == {"3", "12"} and at["12"]["residual"] <= at["3"]["residual"]
+
+
+def test_a_model_is_traced_in_both_precisions_and_the_cell_says_why_a_value_is_missing():
+    model = build_model(ModelConfig(n_dims=2, n_layers=1, n_heads=2, hidden_dim=16, mlp_hidden=32, context=9), 0)
+    tokens, ys = prompt_sets(LinearRegression(2), 4, 5, 3)["held-out"]
+    traced = trace_precisions(model, tokens, ys, [2, 6], 2)
+    assert set(traced) == {"float32", "float16"}
+    fp32 = traced["float32"]
+    assert len(fp32["error"]) == len(fp32["max_abs_state"]) == 2 and all(x > 0 for x in fp32["max_abs_state"])
+    assert "error" in traced["float16"] or "unsupported" in traced["float16"]  # a CPU may lack the fp16 kernel
+    assert precision_cell([fp32, fp32], "error", 1) == fmt(fp32["error"][1])  # the median over runs
+    assert precision_cell([{"error": [None, 1.0]}, {"error": [0.5, 2.0]}], "error", 0) == "non-finite on 1 of 2"
+    assert precision_cell([{"unsupported": "no kernel"}], "error", 0) == "not run (no CPU kernel)"
+    assert precision_cell([], "error", 0) == ""
