@@ -283,10 +283,13 @@ def evaluation_rows(evaluation, extrapolation_note: str = "") -> dict[str, str]:
 LAPTEV_LOSS = "loss of the Laptev study (all loops, all positions, / d)"
 
 
-def recipe_row(steps: int | str, batch: int, rate: str = "", loss: str = LAPTEV_LOSS, clipping: bool = True) -> str:
+def recipe_row(
+    steps: int | str, batch: int | str, rate: str = "", loss: str = LAPTEV_LOSS, clipping: bool = True
+) -> str:
     """The "steps x batch" cell of a report that trains with `protocol.RECIPE`: '3000 x 64, Adam, <rate, >5% linear
     warm-up then cosine decay, gradient clipping at 1, <loss>' (`rate`: how the peak rate was set, where the cell
-    says it; `clipping` False: the sentence leaves clipping out; `loss` empty: no loss clause)."""
+    says it; `batch` may say more, as '64 (2x 1200)'; `clipping` False: the sentence leaves clipping out; `loss`
+    empty: no loss clause)."""
     parts = [f"{steps} x {batch}", "Adam", *([rate] if rate else []),
              f"{RECIPE['warmup']:.0%} linear warm-up then cosine decay"]
     if clipping:
