@@ -6,7 +6,8 @@ training), `label_sensitivity` (does a prediction see its own answer?), `state_u
 the loop reach a fixed point?), `loop_trace` and `halting` (stop each prompt once its state
 stops moving), `implied_weights` (the linear predictor each loop implements on
 a fixed context) and `AlgorithmProbe` (which iterative algorithm a model's loops track, Experiment 11's
-probe, from `implied_weights`, `fit_algorithm` and `closest_iterates`), `prompt_errors` and
+probe, from `implied_weights`, `fit_algorithm` and `closest_iterates`, with its report tables `probe_table` and
+`closest_table`), `prompt_errors` and
 `bootstrap_band` (a mean over prompts with a bootstrap 5 to 95% band), and the fixed prompt sets they
 score (`heldout_prompts`, `ood_prompts`).
 
@@ -28,6 +29,7 @@ import torch
 
 from baselines import ALGORITHMS, gd_iterates, newton_iterates, ridge_path
 from checks import is_int, is_real, require, require_int
+from plots import fmt, markdown_table
 from seeding import make_generator
 from tasks import OOD_KINDS, NoisyLinearRegression, build_prompt, sample_ood
 from transformer import check_loops
@@ -326,6 +328,39 @@ class AlgorithmProbe:
                     curves[name] = ((predictions - ys[None, :, -1].double()).square().mean(1) / d).tolist()
                 out["curves"][f"N={n}, noise {noise:g}"] = curves
         return out
+
+
+def _mean_distances(probes: Sequence[Mapping[str, Any]], loop: int) -> dict[str, float]:
+    """Each algorithm's mean over `probes` (one `AlgorithmProbe` "probe" per run) of its distance at `loop`."""
+    return {name: np.mean([p[name]["distance"][loop - 1] for p in probes]) for name in ALGORITHMS}
+
+
+def probe_table(groups: Mapping[str, Sequence[Mapping[str, Any]]], loops: Sequence[int]) -> str:
+    """The report's table of `AlgorithmProbe` numbers, per group ({"trained x, probed y": its runs' probes}) and loop
+    of `loops`: the implied predictor's R^2 (mean, and the worst context), its distance to least squares, each
+    algorithm's mean distance with the matched step per run, and the closest algorithm."""
+    rows = []
+    for label, probes in groups.items():
+        for j in loops:
+            cells = [label, j, fmt(np.mean([p["r2"][j - 1] for p in probes])),
+                     fmt(np.min([p["r2_min"][j - 1] for p in probes])),
+                     fmt(np.mean([p["to least squares"][j - 1] for p in probes]))]
+            distances = _mean_distances(probes, j)
+            for name in ALGORITHMS:
+                steps = ", ".join(str(p[name]["step"][j - 1]) for p in probes)
+                cells.append(f"{fmt(distances[name])} (step {steps})")
+            rows.append([*cells, min(distances, key=distances.get)])
+    return markdown_table(["model / prompts", "loop", "R^2 (mean)", "R^2 (worst context)", "to least squares"]
+                          + [f"{name}: distance (step per seed)" for name in ALGORITHMS] + ["closest"], rows)
+
+
+def closest_table(groups: Mapping[str, Sequence[Mapping[str, Any]]], loops: Sequence[int]) -> str:
+    """The closest algorithm (and its mean distance) at every loop of `loops`, one column per group of probes."""
+    def closest(probes, j):
+        distances = _mean_distances(probes, j)
+        name = min(distances, key=distances.get)
+        return f"{name} {fmt(distances[name])}"
+    return markdown_table(["loop", *groups], [[j] + [closest(probes, j) for probes in groups.values()] for j in loops])
 
 
 @torch.no_grad()

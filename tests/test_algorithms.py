@@ -11,7 +11,16 @@ from torch import nn
 from baselines import ALGORITHMS, gd_iterates, newton_iterates, ridge_path
 from tasks import LinearRegression
 from transformer import ModelConfig
-from utils import AlgorithmProbe, build_model, closest_iterates, fit_algorithm, implied_weights, make_generator
+from utils import (
+    AlgorithmProbe,
+    build_model,
+    closest_iterates,
+    closest_table,
+    fit_algorithm,
+    implied_weights,
+    make_generator,
+    probe_table,
+)
 
 
 def context(batch=5, n=12, d=4, seed=0, scales=None):
@@ -187,3 +196,19 @@ def test_the_algorithm_probe_needs_steps_for_every_loop_and_its_seeds():
         probe(newton_steps=2)
     with pytest.raises(ValueError, match="lacks"):
         probe(seeds={"tuning": 1})
+
+
+def test_the_probe_tables_state_each_loops_numbers_and_the_closest_algorithm():
+    def fake(distances, r2=0.9):  # one run's probe over 2 loops; gradient descent's distance is `distances`
+        probe = {name: {"distance": [0.5, 0.5], "step": [1, 2]} for name in ALGORITHMS}
+        probe["gradient descent"] = {"distance": distances, "step": [3, 4]}
+        return {**probe, "r2": [r2, r2], "r2_min": [r2 - 0.1, r2 - 0.2], "to least squares": [0.2, 0.1]}
+
+    groups = {"trained a, probed a": [fake([0.1, 0.9]), fake([0.3, 0.7], r2=0.7)]}
+    rows = probe_table(groups, [1, 2]).splitlines()
+    assert rows[0].startswith("| model / prompts | loop | R^2 (mean) | R^2 (worst context) | to least squares |")
+    assert rows[2] == ("| trained a, probed a | 1 | 0.8 | 0.6 | 0.2 | 0.2 (step 3, 3) | 0.5 (step 1, 1) | "
+                       "0.5 (step 1, 1) | 0.5 (step 1, 1) | gradient descent |")
+    assert rows[3].endswith("| preconditioned gradient descent |")  # at loop 2 gd's 0.8 is not the closest
+    assert closest_table(groups, [1, 2]).splitlines()[2:] == [
+        "| 1 | gradient descent 0.2 |", "| 2 | preconditioned gradient descent 0.5 |"]
