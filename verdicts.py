@@ -1141,13 +1141,15 @@ class Comparisons(Generic[K]):
         return f"{self.label(key)} ({fmt(mean) if mean is not None else '-'})"
 
     def claim(
-        self, title: str, a: K, b: K, value: Value = final_error, named: Callable[[K], str] | None = None
+        self, title: str, a: K, b: K, value: Value = final_error, named: Callable[[K], str] | None = None,
+        note: str = "",
     ) -> str:
-        """The report's line on one comparison: "- **<title>**: <a named> against <b named>: <verdict>." with the
-        verdict's placeholder (`__call__`; `resolve` fills it in). `named`: how a side is named (default `named`:
-        label and mean), for a report that states more of it, such as its rate."""
+        """The report's line on one comparison: "- **<title>** <note>: <a named> against <b named>: <verdict>." with
+        the verdict's placeholder (`__call__`; `resolve` fills it in). `named`: how a side is named (default `named`:
+        label and mean), for a report that states more of it, such as its rate; `note`: what the title leaves out
+        (the setting, the metric), outside the bold."""
         name = self.named if named is None else named
-        return f"- **{title}**: {name(a)} against {name(b)}: {self(a, b, value)}."
+        return f"- **{title}**{f' {note}' if note else ''}: {name(a)} against {name(b)}: {self(a, b, value)}."
 
     def reference(self, key: K, note: str) -> str:
         """The report's line on its reference configuration, which must pass the gate for the recipe

@@ -172,6 +172,8 @@ def test_a_claim_line_names_both_sides_and_holds_the_verdict():
     resolved = compared.resolve(line)
     assert resolved.startswith("- **A against B**: A (0.02) against B (0.04): lower: x0.5") and resolved.endswith(".")
     assert compared.named("empty") == "EMPTY (-)"  # no finished seed: no mean
+    noted = Comparisons(status, groups.get).claim("t", "b", "a", note="(b=5)")  # the note outside the bold
+    assert noted.startswith("- **t** (b=5): b (0.04) against a (0.02): ")
     assert Comparisons(status, groups.get).claim("t", "a", "empty", named=lambda k: f"<{k}>").startswith(
         "- **t**: <a> against <empty>: not compared")
 
