@@ -16,7 +16,8 @@ Experiment 12 scores it:
   residual instead of the state update (each prompt's residual and prediction at every evaluation,
   read by the same `evaluation.halting`);
 - `halting_summary`: halting against fixed b over a configuration's runs: the loops used, the error at
-  halting, fixed b at those loops, and the lowest error of a fixed b;
+  halting, fixed b at those loops, and the lowest error of a fixed b; `halting_panel` draws it against
+  every fixed b (Experiments 10 and 12's figure);
 - `field_numbers` (`FieldNumbers`): the numbers the field reports against the mean training loop count
   b-bar (`TrainConfig.mean_loops`): the loop of lowest error / b-bar (Geiping et al. 2025: about 2),
   err(1.5 b-bar) / err(b-bar) per seed with its interval over seeds (`verdicts.PairedTest`), the error
@@ -250,6 +251,19 @@ def halting_summary(traces: Sequence[Mapping], tolerance: float, set_name: str =
         best_loop,
         float(np.nanmin(mean_curve[: max(1, round(used))])),
     )
+
+
+def halting_panel(
+    ax, traces: Sequence[Mapping], tolerances: Sequence[float], label: str, color: str, set_name: str = "held-out",
+    **line,
+) -> None:
+    """Halting set against fixed b on `ax`, for one configuration's runs (their `trace_long_loops` entries): the mean
+    error of running every prompt b loops at every b (a thin line; a non-finite run left out) and, per tolerance,
+    halting's mean loops used against its mean error (`halting_summary`; dots, joined). `line`: the style of both."""
+    mean_curve = np.nanmean(_curve_array([trace[set_name]["error"] for trace in traces], missing=np.nan), 0)
+    ax.plot(np.arange(1, len(mean_curve) + 1), mean_curve, color=color, linewidth=1, alpha=0.6, **line)
+    points = [halting_summary(traces, tolerance, set_name) for tolerance in tolerances]
+    ax.plot([h.loops for h in points], [h.error for h in points], marker="o", color=color, label=label, **line)
 
 
 def _curve_array(curves: Sequence[Sequence[float | None]], missing: float) -> np.ndarray:

@@ -15,6 +15,7 @@ from long_loops import (
     deq_mark,
     field_numbers,
     field_table,
+    halting_panel,
     halting_summary,
     loop_at,
     marks_table,
@@ -209,3 +210,23 @@ def test_a_model_is_traced_in_both_precisions_and_the_cell_says_why_a_value_is_m
     assert precision_cell([{"error": [None, 1.0]}, {"error": [0.5, 2.0]}], "error", 0) == "non-finite on 1 of 2"
     assert precision_cell([{"unsupported": "no kernel"}], "error", 0) == "not run (no CPU kernel)"
     assert precision_cell([], "error", 0) == ""
+
+
+def test_the_halting_panel_draws_fixed_b_and_each_tolerances_halting():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from plots import subplots
+
+    def trace(scale):  # errors falling with the loop, None where one was not finite
+        return {"held-out": {"error": [scale / b if b != 3 else None for b in range(1, 6)],
+                             "halting": {"0.1": {"loops": 2.0 * scale, "error": 0.5 * scale},
+                                         "0.01": {"loops": 4.0 * scale, "error": 0.25 * scale}}}}
+
+    fig, axes = subplots(1, 1)
+    halting_panel(axes[0, 0], [trace(1.0), trace(1.5)], (0.1, 0.01), "config", "red", linestyle="--")
+    fixed, halted = axes[0, 0].get_lines()
+    assert list(fixed.get_xdata()) == [1, 2, 3, 4, 5] and fixed.get_ydata()[0] == pytest.approx(1.25)
+    assert math.isnan(fixed.get_ydata()[2]) and fixed.get_linestyle() == "--"  # not finite in every run
+    assert list(halted.get_xdata()) == [2.5, 5.0] and list(halted.get_ydata()) == [0.625, 0.3125]
+    assert halted.get_label() == "config" and fixed.get_label().startswith("_")  # one legend entry per configuration
