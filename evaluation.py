@@ -9,7 +9,7 @@ a fixed context) and `AlgorithmProbe` (which iterative algorithm a model's loops
 probe, from `implied_weights`, `fit_algorithm` and `closest_iterates`, with its report tables `probe_table` and
 `closest_table`), `prompt_errors` and
 `bootstrap_band` (a mean over prompts with a bootstrap 5 to 95% band), and the fixed prompt sets they
-score (`heldout_prompts`, `ood_prompts`).
+score (`heldout_prompts`, `ood_prompts`, and `ood_baselines`, the classical estimators on the latter).
 
 Metrics are squared errors divided by the task's `error_scale` (n_dims for linear regression,
 the error of predicting 0). "reference" is the Laptev study's metric: the query error averaged
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from baselines import ALGORITHMS, gd_iterates, newton_iterates, ridge_path
+from baselines import ALGORITHMS, baseline_prompt_errors, gd_iterates, newton_iterates, ridge_path
 from checks import is_int, is_real, require, require_int
 from plots import fmt, markdown_table
 from seeding import make_generator
@@ -499,6 +499,19 @@ def ood_prompts(task, kind: str, n_prompts: int, n_points: int, seed: int) -> tu
         raise ValueError(f"OOD kind {kind!r} is not known; choose one of {OOD_KINDS}")
     generator = make_generator(seed + OOD_KINDS.index(kind), "ood")  # one stream per kind
     return sample_ood(task, kind, n_prompts, n_points, generator)
+
+
+def ood_baselines(
+    task, names: Iterable[str], n_prompts: int, n_points: int, seed: int, kinds: Iterable[str] = OOD_KINDS
+) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """{(kind, baseline name): `bootstrap_band` of the baseline's error at every position} on each OOD prompt set of
+    `kinds` (`ood_prompts`), divided by the task's error scale: what a model's OOD curves are set beside."""
+    bands = {}
+    for kind in kinds:
+        tokens, ys = ood_prompts(task, kind, n_prompts, n_points, seed)
+        for name in names:
+            bands[kind, name] = bootstrap_band(baseline_prompt_errors(tokens, ys, name, error_scale(task)))
+    return bands
 
 
 def validate(

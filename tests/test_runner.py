@@ -164,6 +164,18 @@ def test_ood_prompts_are_fixed_per_kind_and_differ_between_kinds():
         ood_prompts(task, "sideways", 4, 6, seed=7)
 
 
+def test_ood_baselines_score_each_estimator_on_each_kinds_prompts():
+    from utils import baseline_prompt_errors, bootstrap_band, ood_baselines, ood_prompts
+
+    task = LinearRegression(3)
+    bands = ood_baselines(task, ("least squares", "averaging"), 16, 6, seed=7, kinds=("scaled_x", "label_noise"))
+    assert list(bands) == [("scaled_x", "least squares"), ("scaled_x", "averaging"), ("label_noise", "least squares"),
+                           ("label_noise", "averaging")]
+    tokens, ys = ood_prompts(task, "label_noise", 16, 6, seed=7)
+    assert bands["label_noise", "averaging"] == bootstrap_band(baseline_prompt_errors(tokens, ys, "averaging", 3))
+    assert len(bands["scaled_x", "least squares"]["mean"]) == 6
+
+
 def test_label_sensitivity_and_positional_table_are_recorded(tmp_path):
     from dataclasses import replace
 
