@@ -216,7 +216,7 @@ def test_the_halting_panel_draws_fixed_b_and_each_tolerances_halting():
     import matplotlib
 
     matplotlib.use("Agg")
-    from plots import subplots
+    from plots import plt, subplots
 
     def trace(scale):  # errors falling with the loop, None where one was not finite
         return {"held-out": {"error": [scale / b if b != 3 else None for b in range(1, 6)],
@@ -230,3 +230,4 @@ def test_the_halting_panel_draws_fixed_b_and_each_tolerances_halting():
     assert math.isnan(fixed.get_ydata()[2]) and fixed.get_linestyle() == "--"  # not finite in every run
     assert list(halted.get_xdata()) == [2.5, 5.0] and list(halted.get_ydata()) == [0.625, 0.3125]
     assert halted.get_label() == "config" and fixed.get_label().startswith("_")  # one legend entry per configuration
+    plt.close(fig)  # other tests check that every figure they draw is closed
