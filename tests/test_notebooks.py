@@ -108,8 +108,6 @@ ALLOWED = {
     (8, "tuning seed"): "its rate sweep (rule 'lowest') is committed at seed 42, before protocol.SCREEN_SEED; "
     "re-screening it would retrain the sweep",
     (8, "rate screen"): "the same committed sweep, chosen by protocol.choose_rates with rule 'lowest' on its own runs",
-    **{(n, rule): "its conclusions are being rewritten on another branch; it moves to Plan and the protocol after"
-       for n in (4, 5) for rule in RULES},
 }
 
 
@@ -186,5 +184,5 @@ def test_no_notebook_defines_its_own_protocol(path):
     wrong = [f"{rule} (line {line}: {code[:80]!r}): {RULES[rule]}" for rule, line, code in breaches
              if (number, rule) not in ALLOWED]
     assert not wrong, f"{path.name} defines its own protocol:\n" + "\n".join(wrong)
-    stale = [rule for n, rule in ALLOWED if n == number and rule not in flagged and n not in (4, 5)]
+    stale = [rule for n, rule in ALLOWED if n == number and rule not in flagged]
     assert not stale, f"{path.name}: ALLOWED still lists {stale}, which it no longer does; remove them from the list"
