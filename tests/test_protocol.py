@@ -20,8 +20,6 @@ PENDING = {
     9: "the first design was tuned on seed 42, which is also a reported seed; the redesign (issue 37) sweeps its rates "
     "at protocol.SCREEN_SEED on the tuning stream, but its runs are pending (the first design's records stay; its "
     "choices for 'looped' and 'standard' are replaced when the redesign's sweep lands)",
-    5: "re-screened by the protocol (its screen runs have landed); its report, rendered from the old screen, "
-    "awaits the reported seeds at the new rates",
     10: "screened on the reported held-out prompts, the screen run reported as seed 42; re-screen under way",
 }
 
