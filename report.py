@@ -16,12 +16,12 @@ Owns what turns a grid's records into the markdown of `results/experiment N/READ
 
 Report templates: `experiments/reports/experiment N.md` is the report; `experiment N - PART.md`
 are optional parts (e.g. "conclusions cpu") the notebook appends by name. Placeholders follow
-`str.format` with plain names only (`{name}`, `{name:.1f}`); a literal brace is written `{{` / `}}`.
+`str.format` and start with a name (`{name}`, `{name:.1f}`, or `{C.mean[looped L2]}`, an item of a value the
+template indexes); a literal brace is written `{{` / `}}`.
 """
 
 from __future__ import annotations
 
-import _string
 import json
 import re
 import string
@@ -44,6 +44,7 @@ from verdicts import (
     Verdict,
     final_error,
     learned_table,
+    named_with_mean,
     reference_errors,
     reference_names,
     trained_groups,
@@ -112,11 +113,9 @@ def findings_table(root: str | Path = ROOT) -> str:
     return plots.markdown_table(["experiment", "answer", "strength", "budget", "report"], rows)
 
 
-
-
-def _root(field: str) -> Any:
-    """The name a placeholder's field starts with ('C' of 'C.mean[looped L2]'; an int or '' for a position)."""
-    return _string.formatter_field_name_split(field)[0]
+def _root(field: str) -> str:
+    """The name a placeholder's field starts with: 'C' of 'C.mean[looped L2]' ('0' or '' for a position)."""
+    return re.match(r"[^.\[]*", field).group()
 
 
 def placeholders(template: str) -> list[str]:
@@ -127,7 +126,7 @@ def placeholders(template: str) -> list[str]:
         if field is None:
             continue
         root = _root(field)
-        if not isinstance(root, str) or not root.isidentifier():
+        if not root.isidentifier():
             raise ValueError(f"report placeholder {{{field}}} must start with a name (not a position)")
         names.append(root)
     return list(dict.fromkeys(names))
@@ -173,7 +172,6 @@ def baselines_at_query(heldout: tuple, baselines: Mapping[str, Sequence[float]],
     return ", ".join(f"{name} {plots.fmt(errors[-1])}" for name, errors in baselines.items()) + (
         f", predicting 0: {plots.fmt(zero)}"
     )
-
 
 
 def joined(values: Iterable[Any]) -> str:
@@ -452,8 +450,7 @@ class Cited(Generic[K]):
         return plots.fmt(np.mean(self.runs(self.key(key)).values(self.reading(reading))))
 
     def _named(self, key: Any) -> str:
-        mean = self.verdicts[self.key(key)].mean
-        return f"{self.label(self.key(key))} ({plots.fmt(mean) if mean is not None else '-'})"
+        return named_with_mean(self.label(self.key(key)), self.verdicts[self.key(key)])
 
 
 def cite_error(record: dict) -> str:

@@ -727,6 +727,12 @@ K = TypeVar("K", bound=Hashable)
 _TOKENS = itertools.count()
 
 
+def named_with_mean(label: str, status: Verdict) -> str:
+    """A configuration as a report names it beside a verdict: its label and mean final error, 'looped L2 (0.0123)'
+    ('-' for the mean where no seed finished)."""
+    return f"{label} ({fmt(status.mean) if status.mean is not None else '-'})"
+
+
 class Comparisons(Generic[K]):
     """A report's paired verdicts, each drawn only between two trained configurations, by the rule
     (`PairedTest`, `holm`, `called`).
@@ -815,15 +821,14 @@ class Comparisons(Generic[K]):
         why = self._not_compared(a, b)
         if why:
             return "not compared: " + "; ".join(why)
-        budgets = [sorted({r["spec"]["train"]["steps"] for r in self.runs(k)}) for k in (a, b)]
-        if budgets[0] != budgets[1]:  # arms trained for different budgets: never primary, and said in the verdict
+        budgets = self._budgets(a, b)
+        if budgets:  # arms trained for different budgets: never primary, and said in the verdict
             require(
                 family == "exploratory",
                 f"primary comparison {self.describe(a, b, value)} has arms trained for different steps "
                 f"({budgets[0]} against {budgets[1]}); a primary comparison needs equal budgets",
             )
-            steps = lambda k, values: f"{self.label(k)} at {' / '.join(map(str, values))} steps"
-            prefix = f"{prefix}[unequal budgets: {steps(a, budgets[0])}, {steps(b, budgets[1])}] "
+            prefix += self._unequal(a, b, budgets)
         earlier = self._place(a, b, value)
         if earlier is not None:  # drawn before (perhaps the other way round): the same test, once in its family
             family, index, invert = earlier
@@ -837,6 +842,16 @@ class Comparisons(Generic[K]):
         self.places[a, b, value] = (family, len(self.tests[family]) - 1)
         self.tokens[a, b, value] = self._token(*self.places[a, b, value])
         return self.tokens[a, b, value]
+
+    def _budgets(self, a: K, b: K) -> tuple[list[int], list[int]] | None:
+        """The steps each side trained for, when they differ (None: equal budgets)."""
+        budgets = [sorted({r["spec"]["train"]["steps"] for r in self.runs(k)}) for k in (a, b)]
+        return None if budgets[0] == budgets[1] else (budgets[0], budgets[1])
+
+    def _unequal(self, a: K, b: K, budgets: tuple[list[int], list[int]]) -> str:
+        """The prefix a verdict between arms of unequal budgets opens with, naming both."""
+        steps = lambda k, values: f"{self.label(k)} at {' / '.join(map(str, values))} steps"
+        return f"[unequal budgets: {steps(a, budgets[0])}, {steps(b, budgets[1])}] "
 
     def _place(self, a: K, b: K, value: Value) -> tuple[str, int, bool] | None:
         """Where a against b was first drawn, in either orientation: (family, index, inverted); None if never."""
@@ -874,10 +889,11 @@ class Comparisons(Generic[K]):
         compared" when it could not be drawn."""
         require(self.resolved, "Comparisons.result: resolve() the families first (Holm needs every comparison)")
         if (a, b, value) not in self.tokens and self._place(a, b, value) is not None:  # drawn as b against a
-            self.resolved = False
-            token = self(a, b, value)  # the same test, its ratios inverted; no new entry in any family
-            self.resolved = True
-            return self.texts()[token]
+            family = self._place(a, b, value)[0]
+            test, adjusted = self._drawn(a, b, value)  # the same test, its ratios inverted
+            budgets = self._budgets(a, b)
+            return (self._unequal(a, b, budgets) if budgets else "") + describe_test(
+                test, adjusted, family, len(self.tests[family]), self.margin)
         if (a, b, value) not in self.tokens:
             require(
                 bool(self._not_compared(a, b)),
@@ -1135,10 +1151,8 @@ class Comparisons(Generic[K]):
         return core + tail + "."
 
     def named(self, key: K) -> str:
-        """A configuration as a verdict's line names it: its label and mean final error, 'looped L2 (0.0123)'
-        ('-' for the mean where no seed finished)."""
-        mean = self.status[key].mean
-        return f"{self.label(key)} ({fmt(mean) if mean is not None else '-'})"
+        """A configuration as a verdict's line names it (`named_with_mean`)."""
+        return named_with_mean(self.label(key), self.status[key])
 
     def claim(
         self, title: str, a: K, b: K, value: Value = final_error, named: Callable[[K], str] | None = None,
