@@ -621,8 +621,10 @@ class Experiment:
         return load_run(self.out / "models" / record["spec"]["name"])[0]
 
     def figure(self, fig, name: str) -> Path:
-        """Save `fig` as `<out>/<name>.svg` (atomic, byte-stable), close it and show it."""
+        """Save `fig` as `<out>/<name>.svg` (atomic, byte-stable; integer ticks on an axis of integers,
+        `plots.integer_ticks`), close it and show it."""
         path = self.out / (name if name.endswith(".svg") else f"{name}.svg")
+        plots.integer_ticks(fig)
         save_svg(fig, path)
         plots.plt.close(fig)
         try:

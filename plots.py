@@ -103,6 +103,25 @@ def shared_legend(axes, ax=None, **kwargs) -> None:
     target.legend(list(entries.values()), list(entries), **kwargs)
 
 
+def integer_ticks(fig) -> None:
+    """Integer tick marks on every linear axis of `fig` whose plotted values are all integers (loops,
+    examples, steps): matplotlib's default locator puts 1.5 or 2.5 between loop counts on a short
+    axis. Log axes and axes with their own tick positions (a boxplot's categories) are left alone."""
+    from matplotlib.ticker import AutoLocator, MaxNLocator
+
+    for ax in fig.axes:
+        lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 1]
+        for name, axis, get in (("x", ax.xaxis, lambda line: line.get_xdata()),
+                                ("y", ax.yaxis, lambda line: line.get_ydata())):
+            if getattr(ax, f"get_{name}scale")() != "linear" or type(axis.get_major_locator()) is not AutoLocator:
+                continue
+            values = [np.asarray(get(line), dtype=float) for line in lines]
+            values = [v[np.isfinite(v)] for v in values]
+            if values and any(len(v) for v in values) and all(np.all(v == np.round(v)) for v in values):
+                # AutoLocator's own settings, so that only the ticks between integers go
+                axis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

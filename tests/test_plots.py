@@ -36,3 +36,22 @@ def test_a_shared_legend_names_a_series_the_last_panel_lacks():
     names = [text.get_text() for text in axes[0, 1].get_legend().get_texts()]
     assert names == ["b_train=10", "b_train=5"]
     assert axes[0, 0].get_legend() is None
+
+
+def test_an_axis_of_integers_gets_integer_ticks_and_others_are_left_alone():
+    """Loops 1 and 2 on a linear axis: the default locator puts ticks between them; `integer_ticks`
+    keeps only integers there, and leaves a log axis and an axis of fractions as they were."""
+    fig, (loops, errors) = plots.plt.subplots(1, 2)
+    loops.plot([1, 2], [0.5, 0.25])
+    errors.plot([0.1, 0.2, 0.35], [1.0, 2.0, 3.0])
+    errors.set_yscale("log")
+    fig.canvas.draw()
+    assert any(tick != round(tick) for tick in loops.get_xticks())  # the default: 1.0, 1.2, 1.4, ...
+    fractions_before, log_before = list(errors.get_xticks()), type(errors.yaxis.get_major_locator())
+    plots.integer_ticks(fig)
+    fig.canvas.draw()
+    assert all(tick == round(tick) for tick in loops.get_xticks())
+    assert not all(tick == round(tick) for tick in loops.get_yticks())  # the errors are not integers
+    assert list(errors.get_xticks()) == fractions_before
+    assert type(errors.yaxis.get_major_locator()) is log_before
+    plots.plt.close(fig)
