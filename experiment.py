@@ -544,6 +544,15 @@ class Experiment:
         pairs = {key: (specs, [longer_twin(spec, factor) for spec in specs]) for key, specs in groups.items()}
         return self._budget_checks(pairs, sitting)
 
+    def primary_checks(self, primaries: Any, spec_for: Callable[[Any, int], RunSpec]) -> dict[Any, BudgetCheck]:
+        """The budget check of a report's primary comparisons (`plan.Primaries`): each configuration's
+        `longer_seeds`, `spec_for(key, seed)` as the grid ran them, again with `factor` x the steps
+        (`budget_checks`, one sitting)."""
+        return self.budget_checks(
+            {key: [spec_for(key, seed) for seed in primaries.longer_seeds] for key in primaries.configs},
+            primaries.factor,
+        )
+
     def _budget_checks(
         self, pairs: Mapping[Any, tuple[list[RunSpec], list[RunSpec]]], sitting: str = "budget-check"
     ) -> dict[Any, BudgetCheck]:

@@ -8,7 +8,9 @@ Owns:
   evaluation and the variants; `spec(variant, seed, lr, steps_factor)` builds a run the one way every notebook
   does (the variant's name under `label` and the seed in the labels, the rate in the name only when it is not
   the shared one, `steps_factor` x the steps for a longer budget), so a notebook writes its science (the table of
-  overrides, `table()`) and not the plumbing of a spec function.
+  overrides, `table()`) and not the plumbing of a spec function;
+- `Primaries`: a report's primary comparisons, fixed before its runs, with their questions and the seeds they add
+  (new seeds, and seeds again at a multiple of the steps: the budget check).
 """
 
 from __future__ import annotations
@@ -130,3 +132,67 @@ class Plan:
         rows = [[name, variant.stem, overrides(variant.model), overrides(variant.train)]
                 for name, variant in self.variants.items()]
         return markdown_table([self.label, "run stem", "model (overrides)", "training (overrides)"], rows)
+
+
+@dataclass(frozen=True)
+class Primaries:
+    """The primary comparisons a report fixes before its runs (at most three, each (a, b) or (a, b, value) as
+    `verdicts.Comparisons` takes them), the question each answers (one line each), and the seeds they add
+    (issue 38): every configuration in them trains `new_seeds` beside the grid's `seeds`, and its
+    `longer_seeds` again from scratch with `factor` x the steps (`Experiment.primary_checks`), so that each is
+    drawn on six seeds and checked at twice the budget. A notebook states these once; the grid's seeds, the
+    budget check, the report's seed counts and its settings rows are read from here."""
+
+    comparisons: tuple
+    questions: tuple[str, ...]
+    seeds: tuple[int, ...]
+    new_seeds: tuple[int, ...] = ()
+    longer_seeds: tuple[int, ...] = ()
+    factor: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("comparisons", "questions", "seeds", "new_seeds", "longer_seeds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        require(len(self.comparisons) <= 3 and all(isinstance(c, tuple) and len(c) in (2, 3) for c in self.comparisons),
+                f"Primaries.comparisons={self.comparisons!r} must be at most 3 entries, each (a, b) or (a, b, value)")
+        require(len(self.questions) == len(self.comparisons)
+                and all(isinstance(q, str) and q.strip() and "\n" not in q for q in self.questions),
+                f"Primaries.questions must give one line of text per comparison ({len(self.comparisons)}); "
+                f"got {self.questions!r}")
+        seeds = self.seeds + self.new_seeds
+        require(len(self.seeds) > 0 and all(isinstance(s, int) for s in seeds) and len(set(seeds)) == len(seeds),
+                f"Primaries: seeds={self.seeds!r} and new_seeds={self.new_seeds!r} must be distinct integers, at "
+                "least one seed")
+        require(set(self.longer_seeds) <= set(seeds),
+                f"Primaries.longer_seeds={self.longer_seeds!r} must be among seeds and new_seeds {seeds!r}")
+        require(isinstance(self.factor, int) and self.factor >= 2,
+                f"Primaries.factor={self.factor!r} must be an integer >= 2")
+
+    @property
+    def configs(self) -> list:
+        """Every configuration in a primary comparison, each once, in the order named."""
+        return list(dict.fromkeys(key for comparison in self.comparisons for key in comparison[:2]))
+
+    def seeds_of(self, key: Any) -> list[int]:
+        """The seeds configuration `key` trains: the grid's, and the new ones when it is in a primary comparison."""
+        return list(self.seeds) + (list(self.new_seeds) if key in self.configs else [])
+
+    def seed_counts(self, steps: int, unit: str = "configuration") -> str:
+        """The report's sentence on how many seeds its means are over."""
+        if not self.new_seeds:
+            return f"{len(self.seeds)} seeds per {unit}"
+        return (f"{len(self.seeds)} seeds per {unit} ({len(self.seeds) + len(self.new_seeds)} for the {unit}s of a "
+                f"primary comparison, whose first {len(self.longer_seeds)} also ran at {self.factor * steps} steps)")
+
+    def settings_rows(self, name: Any, steps: int, checks: Mapping[Any, Any], before: str = "") -> dict[str, str]:
+        """The settings table's rows on seeds and the budget check: `name(key)` names a configuration, `checks` are
+        `Experiment.primary_checks`' results (their run-minutes are stated), `before` what the seeds row says first
+        (a tuning seed, say)."""
+        joined = lambda values: ", ".join(str(v) for v in values)
+        minutes = sum(check.longer_runs.run_minutes() for check in checks.values())
+        return {
+            "seeds": f"{before}{joined(self.seeds)}; also {joined(self.new_seeds)} for the configurations of a primary "
+                     f"comparison ({'; '.join(str(name(key)) for key in self.configs)})",
+            "budget check": f"seeds {joined(self.longer_seeds)} of those configurations again at {self.factor * steps} "
+                            f"steps, each a fresh run with its own schedule; {minutes:.1f} run-minutes",
+        }

@@ -21,7 +21,8 @@ one place to start. The modules, in an order where each imports only those liste
 - `protocol`:   the recipe (and `recipe`, its overrides), the tuning stream and screen seed, the rate choice and
                 the run-naming rule;
 - `plan`:       a notebook's plan (`Plan`, `Variant`): the base model and recipe, each variant its overrides,
-                and the RunSpec of a variant at a seed, rate and budget;
+                and the RunSpec of a variant at a seed, rate and budget; its primary comparisons and the
+                seeds they add (`Primaries`);
 - `report`:     the report's text: the template filled, its settings cells and sections, its `Answer`, and the
                 numbers its conclusions cite (`Cited`, `Cites`, `reference_values`);
 - `experiment`: one notebook's scaffolding (`Experiment`, `Results`) and its figures;
@@ -96,6 +97,7 @@ from long_loops import (
 )
 from plan import (
     Plan,
+    Primaries,
     Variant,
 )
 from plots import (
@@ -214,6 +216,7 @@ __all__ = [
     "OOD_KINDS",
     "PASS_MARKS",
     "Plan",
+    "Primaries",
     "RECIPE",
     "ReLUNetwork",
     "Reading",

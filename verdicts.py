@@ -1106,6 +1106,13 @@ class Comparisons(Generic[K]):
         )
         return intro + "\n\n" + "\n".join(lines)
 
+    def answer(
+        self, a: K, b: K, longer: Callable[[K], Iterable[dict]], value: Value = final_error, gate: Gate | None = None
+    ) -> str:
+        """A primary comparison for a report's one-line answer: the head of its verdict and its budget check's
+        class, "lower: x0.52 (budget-robust)"."""
+        return f"{short_verdict(self.result(a, b, value))} ({self.budget(a, b, longer, value, gate).kind})"
+
     def _answer(
         self, a: K, b: K, value: Value, check: BudgetRobustness | None, longer: Callable[[K], Iterable[dict]] | None
     ) -> str:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from plan import Plan, Variant
+from plan import Plan, Primaries, Variant
 from protocol import RECIPE
 from runner import EvalConfig
 from tasks import LinearRegression, NoisyLinearRegression
@@ -53,3 +53,33 @@ def test_a_run_task_replaces_the_variants_and_the_plans():
 def test_the_table_states_each_variants_overrides():
     table = plan().table()
     assert "| deep | deep | n_layers=2 | b=2 |" in table and "| base | base | - | - |" in table
+
+
+def primaries(**changes):
+    fields = dict(comparisons=[("a", "ref"), ("b", "ref", len)], questions=["Is a lower?", "Is b lower?"],
+                  seeds=(42, 451, 1984), new_seeds=(2024, 31415, 271828), longer_seeds=(42, 451, 1984))
+    return Primaries(**{**fields, **changes})
+
+
+def test_primaries_add_seeds_only_to_the_configurations_they_compare():
+    fixed = primaries()
+    assert fixed.configs == ["a", "ref", "b"]  # each once, in the order named
+    assert fixed.seeds_of("ref") == [42, 451, 1984, 2024, 31415, 271828]
+    assert fixed.seeds_of("other") == [42, 451, 1984]
+    assert fixed.seed_counts(2500, "objective") == ("3 seeds per objective (6 for the objectives of a primary "
+                                                    "comparison, whose first 3 also ran at 5000 steps)")
+    assert primaries(new_seeds=(), longer_seeds=()).seed_counts(2500) == "3 seeds per configuration"
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(comparisons=[("a", "b")] * 4, questions=["q"] * 4), "Primaries.comparisons"),
+    (dict(comparisons=[("a",)], questions=["q"]), "Primaries.comparisons"),
+    (dict(questions=["Is a lower?"]), "Primaries.questions"),
+    (dict(questions=["Is a lower?", "two\nlines"]), "Primaries.questions"),
+    (dict(new_seeds=(42,)), "new_seeds"),
+    (dict(longer_seeds=(7,)), "Primaries.longer_seeds"),
+    (dict(factor=1), "Primaries.factor"),
+])
+def test_primaries_refuse_bad_input_naming_the_field(changes, field):
+    with pytest.raises(ValueError, match=field):
+        primaries(**changes)
