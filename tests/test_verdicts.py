@@ -555,6 +555,8 @@ def test_the_primary_section_gives_both_budgets_the_budget_class_the_new_seeds_a
                                                                       "check).")
     assert compared.budget("a", "b", longer.get).kind == "budget-robust"
     assert compared.answer("a", "b", longer.get) == "lower: x0.496 (budget-robust)"  # the report's one-line answer
+    # drawn only at twice the steps (stuck failed the gate at the preset's): the answer says what 2x measured
+    assert compared.answer("stuck", "b", longer.get).startswith("not compared at 100 steps; at 200 steps x5.13")
     # a side that does not pass the gate at 2x is not compared there
     failing = {**longer, "b": [run(s, [1.0, 0.5, 0.5], steps=200) for s in (1, 2, 3)]}
     check = compared.budget("a", "b", failing.get)
