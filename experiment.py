@@ -547,10 +547,12 @@ class Experiment:
     def primary_checks(self, primaries: Any, spec_for: Callable[[Any, int], RunSpec]) -> dict[Any, BudgetCheck]:
         """The budget check of a report's primary comparisons (`plan.Primaries`): each configuration's
         `longer_seeds`, `spec_for(key, seed)` as the grid ran them, again with `factor` x the steps
-        (`budget_checks`, one sitting)."""
+        (`budget_checks`, in a sitting of its own, `data/primary-checks.json`, so that a reference's budget
+        check keeps its record)."""
         return self.budget_checks(
             {key: [spec_for(key, seed) for seed in primaries.longer_seeds] for key in primaries.configs},
             primaries.factor,
+            sitting="primary-checks",
         )
 
     def _budget_checks(

@@ -15,7 +15,7 @@ Owns:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,22 +177,40 @@ class Primaries:
         """The seeds configuration `key` trains: the grid's, and the new ones when it is in a primary comparison."""
         return list(self.seeds) + (list(self.new_seeds) if key in self.configs else [])
 
-    def seed_counts(self, steps: int, unit: str = "configuration") -> str:
-        """The report's sentence on how many seeds its means are over."""
-        if not self.new_seeds:
-            return f"{len(self.seeds)} seeds per {unit}"
-        return (f"{len(self.seeds)} seeds per {unit} ({len(self.seeds) + len(self.new_seeds)} for the {unit}s of a "
-                f"primary comparison, whose first {len(self.longer_seeds)} also ran at {self.factor * steps} steps)")
+    def longer_budgets(self, steps: int | Callable[[Any], int], name: Callable[[Any], Any] = str) -> str:
+        """The budget check's steps: "5000 steps", or where the configurations train for different steps (`steps`
+        a function of a configuration), "2x their steps (40000 steps for A / B; 5000 steps for C)"."""
+        steps_of = steps if callable(steps) else (lambda key: steps)
+        groups: dict[int, list[str]] = {}
+        for key in self.configs:
+            groups.setdefault(self.factor * steps_of(key), []).append(str(name(key)))
+        if len(groups) == 1:
+            return f"{next(iter(groups))} steps"
+        return (f"{self.factor}x their steps ("
+                + "; ".join(f"{total} steps for {' / '.join(keys)}" for total, keys in groups.items()) + ")")
 
-    def settings_rows(self, name: Any, steps: int, checks: Mapping[Any, Any], before: str = "") -> dict[str, str]:
-        """The settings table's rows on seeds and the budget check: `name(key)` names a configuration, `checks` are
-        `Experiment.primary_checks`' results (their run-minutes are stated), `before` what the seeds row says first
-        (a tuning seed, say)."""
+    def seed_counts(self, steps: int | Callable[[Any], int], unit: str = "configuration", lead: str = "") -> str:
+        """The report's sentence on how many seeds its means are over (`steps`: the preset's, or each
+        configuration's as a function; `lead`: what replaces "<n> seeds per <unit>" where the grid's other
+        configurations ran fewer)."""
+        lead = lead or f"{len(self.seeds)} seeds per {unit}"
+        if not self.new_seeds:
+            return lead
+        return (f"{lead} ({len(self.seeds) + len(self.new_seeds)} for the {unit}s of a primary comparison, whose first "
+                f"{len(self.longer_seeds)} also ran at {self.longer_budgets(steps)})")
+
+    def settings_rows(
+        self, name: Callable[[Any], Any], steps: int | Callable[[Any], int], checks: Mapping[Any, Any], before: str = ""
+    ) -> dict[str, str]:
+        """The settings table's rows on seeds and the budget check: `name(key)` names a configuration, `steps` as in
+        `seed_counts`, `checks` are `Experiment.primary_checks`' results (their run-minutes are stated), `before` what
+        the seeds row says first (a tuning seed, say)."""
         joined = lambda values: ", ".join(str(v) for v in values)
         minutes = sum(check.longer_runs.run_minutes() for check in checks.values())
         return {
             "seeds": f"{before}{joined(self.seeds)}; also {joined(self.new_seeds)} for the configurations of a primary "
                      f"comparison ({'; '.join(str(name(key)) for key in self.configs)})",
-            "budget check": f"seeds {joined(self.longer_seeds)} of those configurations again at {self.factor * steps} "
-                            f"steps, each a fresh run with its own schedule; {minutes:.1f} run-minutes",
+            "budget check": f"seeds {joined(self.longer_seeds)} of those configurations again at "
+                            f"{self.longer_budgets(steps, name)}, each a fresh run with its own schedule; "
+                            f"{minutes:.1f} run-minutes",
         }

@@ -69,6 +69,10 @@ def test_primaries_add_seeds_only_to_the_configurations_they_compare():
     assert fixed.seed_counts(2500, "objective") == ("3 seeds per objective (6 for the objectives of a primary "
                                                     "comparison, whose first 3 also ran at 5000 steps)")
     assert primaries(new_seeds=(), longer_seeds=()).seed_counts(2500) == "3 seeds per configuration"
+    # configurations at different budgets: each group's twice the steps is named
+    steps_of = lambda key: 20000 if key == "ref" else 2500
+    assert fixed.longer_budgets(steps_of) == "2x their steps (5000 steps for a / b; 40000 steps for ref)"
+    assert fixed.seed_counts(steps_of, lead="3 seeds, 1 for the others").startswith("3 seeds, 1 for the others (6 ")
 
 
 @pytest.mark.parametrize("changes, field", [
