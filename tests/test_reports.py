@@ -17,6 +17,7 @@ NOTEBOOKS = {int(p.name.split()[1]): p for p in (ROOT / "experiments").glob("exp
 PENDING = {  # experiment: why its committed report cannot be re-rendered yet (the runs its notebook asks for)
     3: "its notebook asks for the six-seed primaries and their 2x runs (issue 38)",
     5: "its notebook asks for the six-seed primaries and the 2x runs of random n=6 and first n=6 (issue 38)",
+    7: "its notebook asks for the six-seed primaries and their 2x runs (issue 38)",
     8: "its notebook asks for the six-seed primaries and their 2x runs (issue 38)",
     9: "its notebook is the redesign (d = 8, both arms learning, six seeds): its rate sweep and grid have not run",
     10: "its notebook asks for the re-screen on the tuning stream and the reference at stage 4's budget",
