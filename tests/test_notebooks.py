@@ -96,15 +96,6 @@ SEED_FIELDS = {"tune_seed", "screen_seed", "tuning_seed"}
 ALLOWED = {
     (0, "tuning seed"): "Experiment 0 chose the recipe before the protocol existed: its screen runs are committed at "
     "seed 42 (the recipe's variants are protocol.recipe overrides)",
-    (1, "tuning seed"): "the 'Tuning the peak learning rate' cells, kept as they are until the branch that "
-    "replaces them",
-    (1, "rate screen"): "the same tuning cells",
-    (1, "run name"): "the same tuning cells (tune_<size>_lr<rate>), and the grid's names, which move to Plan with them",
-    (2, "tuning seed"): "the 'Tuning the peak learning rate' cells, kept as they are until the branch that "
-    "replaces them",
-    (2, "rate screen"): "the same tuning cells",
-    (2, "run name"): "the same tuning cells (tune_L<depth>_lr<rate>), and the grid's names, which move to Plan with "
-    "them",
     (8, "tuning seed"): "its rate sweep (rule 'lowest') is committed at seed 42, before protocol.SCREEN_SEED; "
     "re-screening it would retrain the sweep",
     (8, "rate screen"): "the same committed sweep, chosen by protocol.choose_rates with rule 'lowest' on its own runs",
