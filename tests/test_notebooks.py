@@ -39,7 +39,7 @@ def test_notebook_runs_at_smoke(path, tmp_path, monkeypatch):
 
 
 def test_experiment_1_reports_a_grid_with_diverged_runs(tmp_path, monkeypatch):
-    """Every seed of one model and one seed of another diverged: the notebook still plots what
+    """Every seed of one model and all but one seed of another diverged: the notebook still plots what
     finished, writes its report, names the diverged runs and calls no verdict from one seed."""
     monkeypatch.setenv("PRESET", "smoke")
     monkeypatch.setenv("BACKEND", "inline")
@@ -60,7 +60,9 @@ def test_experiment_1_reports_a_grid_with_diverged_runs(tmp_path, monkeypatch):
         labels = record.get("spec", {}).get("labels", {})
         if labels.get("stage") == "tuning":  # the tuning table states its own diverged runs
             continue
-        if labels.get("model") == "tiny" or (labels.get("model") == "small" and labels.get("seed") == 42):
+        if str(labels.get("budget", "")).startswith("x"):  # a budget check's run: its primary comparison states it
+            continue
+        if labels.get("model") == "tiny" or (labels.get("model") == "small" and labels.get("seed") != 451):
             record["train"]["status"] = "diverged"
             record["train"]["message"] = "training stopped at step 3: the loss is nan (not finite)"
             for key in ("level2", "position_errors", "loop_errors"):
@@ -96,15 +98,6 @@ SEED_FIELDS = {"tune_seed", "screen_seed", "tuning_seed"}
 ALLOWED = {
     (0, "tuning seed"): "Experiment 0 chose the recipe before the protocol existed: its screen runs are committed at "
     "seed 42 (the recipe's variants are protocol.recipe overrides)",
-    (1, "tuning seed"): "the 'Tuning the peak learning rate' cells, kept as they are until the branch that "
-    "replaces them",
-    (1, "rate screen"): "the same tuning cells",
-    (1, "run name"): "the same tuning cells (tune_<size>_lr<rate>), and the grid's names, which move to Plan with them",
-    (2, "tuning seed"): "the 'Tuning the peak learning rate' cells, kept as they are until the branch that "
-    "replaces them",
-    (2, "rate screen"): "the same tuning cells",
-    (2, "run name"): "the same tuning cells (tune_L<depth>_lr<rate>), and the grid's names, which move to Plan with "
-    "them",
     (8, "tuning seed"): "its rate sweep (rule 'lowest') is committed at seed 42, before protocol.SCREEN_SEED; "
     "re-screening it would retrain the sweep",
     (8, "rate screen"): "the same committed sweep, chosen by protocol.choose_rates with rule 'lowest' on its own runs",
