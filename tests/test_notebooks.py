@@ -1,8 +1,11 @@
-"""Every experiment notebook runs top to bottom at the smoke preset, and is committed stripped."""
+"""Every experiment notebook runs top to bottom at the smoke preset and writes a report that shows every figure it
+drew, and is committed stripped."""
 
 import json
 import os
+import re
 from pathlib import Path
+from urllib.parse import unquote
 
 import nbformat
 import pytest
@@ -31,11 +34,18 @@ def test_notebook_runs_at_smoke(path, tmp_path, monkeypatch):
     NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     ).execute()
-    written = list((tmp_path / "scratch").rglob("*"))
-    assert any(p.name == "README.md" for p in written)
-    assert any(p.suffix == ".svg" for p in written)
     assert not (tmp_path / "results").exists()
     assert os.environ["PRESET"] == "smoke"
+    # The report reads as a report: titled with its preset, stating hardware and wall time, and showing every figure
+    # the notebook drew, each one it links written (the same holds for every committed cpu report).
+    out = tmp_path / "scratch" / f"experiment {path.name.split()[1]}"
+    report = (out / "README.md").read_text()
+    assert "(smoke preset)" in report.splitlines()[0]
+    for row in ("hardware", "wall time"):
+        assert re.search(rf"^\| {row} \| .+ \|$", report, flags=re.M), f"the report states no {row}"
+    linked = {unquote(link) for link in re.findall(r"!\[[^\]]*\]\(([^)]+\.svg)\)", report)}
+    drawn = {p.name for p in out.glob("*.svg")}
+    assert drawn and linked == drawn, f"drawn, not shown: {drawn - linked}; shown, not drawn: {linked - drawn}"
 
 
 def test_experiment_1_reports_a_grid_with_diverged_runs(tmp_path, monkeypatch):
