@@ -592,6 +592,40 @@ def test_budget_checks_train_several_configurations_at_twice_the_steps_in_one_si
         exp.budget_checks({"tiny": []})
 
 
+def test_primary_checks_read_the_notebooks_own_longer_runs_where_it_names_them(tmp_path, monkeypatch):
+    from plan import Primaries
+
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("BACKEND", "inline")
+    monkeypatch.setenv("LOOPED_RESULTS_ROOT", str(tmp_path))
+    exp = Experiment(4, {"smoke": {}})
+    base = {s.train.seed: s for s in tiny_specs((1, 2, 3), steps=4)}
+    wide = {seed: dataclasses.replace(spec, name=f"wide_{seed}", labels={**spec.labels, "model": "wide"},
+                                      model=dataclasses.replace(spec.model, hidden_dim=12))
+            for seed, spec in base.items()}  # fmt: skip
+    spec_for = lambda key, seed: (base if key == "tiny" else wide)[seed]
+    # the notebook's own longer runs (Plan.spec with steps_factor): longer_twin's names, other labels
+    own = lambda key, seed, factor=2: dataclasses.replace(
+        spec_for(key, seed), name=f"{key}_x{factor}steps_{seed}",
+        labels={"model": f"{key}, {factor}x steps", "seed": seed},
+        train=dataclasses.replace(spec_for(key, seed).train, steps=4 * factor))
+    exp.run(list(base.values()) + list(wide.values()))
+    committed = exp.run([own("tiny", 1), own("tiny", 2)], sitting="budget-check")  # the reference's, trained before
+    primaries = Primaries([("wide", "tiny")], ["Is wide lower than tiny?"], (1, 2), (3,), (1, 2))
+    with pytest.raises(ValueError, match="tiny_x2steps_1.json holds a run with another configuration"):
+        exp.primary_checks(primaries, spec_for)  # longer_twin's labels: the committed runs would be replaced
+    checks = exp.primary_checks(primaries, spec_for, own)
+    assert checks["tiny"].longer_runs.names == ["tiny_x2steps_1", "tiny_x2steps_2"]
+    assert checks["wide"].longer_runs.names == ["wide_x2steps_1", "wide_x2steps_2"]
+    wall = lambda results: list(results.values(lambda r: r["train"]["wall_time_s"]))
+    assert wall(checks["tiny"].longer_runs) == wall(committed)  # read, not trained again
+    assert json.loads((exp.out / "data" / "primary-checks.json").read_text())["computed"] == 2  # wide's only
+    assert checks["wide"].factor == 2 and checks["wide"].test.seeds == (1, 2)
+    with pytest.raises(ValueError, match=r"primary_checks: \['wide_x3steps_1', .*\] do not train 2x their run's"):
+        exp.primary_checks(primaries, spec_for, lambda key, seed: own(key, seed, 3))
+    assert not (exp.out / "data" / "tiny_x3steps_1.json").exists()  # nothing trained
+
+
 def test_sweep_rates_runs_every_candidate_for_every_config_and_records_the_choice(tmp_path, monkeypatch):
     from protocol import TUNING_STREAM, rate_choice_problems
     from verdicts import final_error
