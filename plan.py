@@ -207,10 +207,11 @@ class Primaries:
         the seeds row says first (a tuning seed, say)."""
         joined = lambda values: ", ".join(str(v) for v in values)
         minutes = sum(check.longer_runs.run_minutes() for check in checks.values())
+        added = (f"; also {joined(self.new_seeds)} for the configurations of a primary comparison "
+                 f"({'; '.join(str(name(key)) for key in self.configs)})") if self.new_seeds else ""
         return {
-            "seeds": f"{before}{joined(self.seeds)}; also {joined(self.new_seeds)} for the configurations of a primary "
-                     f"comparison ({'; '.join(str(name(key)) for key in self.configs)})",
-            "budget check": f"seeds {joined(self.longer_seeds)} of those configurations again at "
-                            f"{self.longer_budgets(steps, name)}, each a fresh run with its own schedule; "
-                            f"{minutes:.1f} run-minutes",
+            "seeds": f"{before}{joined(self.seeds)}{added}",
+            "budget check": (f"seeds {joined(self.longer_seeds)} of the configurations of a primary comparison again "
+                             f"at {self.longer_budgets(steps, name)}, each a fresh run with its own schedule; "
+                             f"{minutes:.1f} run-minutes") if self.longer_seeds else "none",
         }

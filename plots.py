@@ -106,18 +106,22 @@ def shared_legend(axes, ax=None, **kwargs) -> None:
 def integer_ticks(fig) -> None:
     """Integer tick marks on every linear axis of `fig` whose plotted values are all integers (loops,
     examples, steps): matplotlib's default locator puts 1.5 or 2.5 between loop counts on a short
-    axis. Log axes and axes with their own tick positions (a boxplot's categories) are left alone."""
+    axis. What is read: the lines in data coordinates (not a gate's axhline, which spans the axes) and
+    the points of a scatter; an axis with neither, a log axis and an axis with its own tick positions (a
+    boxplot's categories) are left alone."""
+    from matplotlib.collections import PathCollection
     from matplotlib.ticker import AutoLocator, MaxNLocator
 
     for ax in fig.axes:
-        lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 1]
-        for name, axis, get in (("x", ax.xaxis, lambda line: line.get_xdata()),
-                                ("y", ax.yaxis, lambda line: line.get_ydata())):
+        lines = [line.get_xydata() for line in ax.get_lines() if line.get_transform() == ax.transData]
+        points = [c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)]
+        for index, (name, axis) in enumerate((("x", ax.xaxis), ("y", ax.yaxis))):
             if getattr(ax, f"get_{name}scale")() != "linear" or type(axis.get_major_locator()) is not AutoLocator:
                 continue
-            values = [np.asarray(get(line), dtype=float) for line in lines]
-            values = [v[np.isfinite(v)] for v in values]
-            if values and any(len(v) for v in values) and all(np.all(v == np.round(v)) for v in values):
+            values = [np.asarray(xy, dtype=float).reshape(-1, 2)[:, index] for xy in lines + points]
+            values = np.concatenate(values) if values else np.array([])
+            values = values[np.isfinite(values)]
+            if len(lines) and len(values) > 1 and np.all(values == np.round(values)):
                 # AutoLocator's own settings, so that only the ticks between integers go
                 axis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
 

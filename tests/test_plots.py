@@ -55,3 +55,12 @@ def test_an_axis_of_integers_gets_integer_ticks_and_others_are_left_alone():
     assert list(errors.get_xticks()) == fractions_before
     assert type(errors.yaxis.get_major_locator()) is log_before
     plots.plt.close(fig)
+    # a gate's line spans the axes (not data) and a scatter's points are read: fractions keep the default ticks
+    fig, ax = plots.plt.subplots()
+    ax.scatter([0.5, 0.7], [0.01, 0.03])
+    ax.axvline(1, color="gray")
+    ax.axhline(0, color="gray")
+    plots.integer_ticks(fig)
+    assert type(ax.xaxis.get_major_locator()).__name__ == "AutoLocator"
+    assert type(ax.yaxis.get_major_locator()).__name__ == "AutoLocator"
+    plots.plt.close(fig)
