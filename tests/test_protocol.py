@@ -15,12 +15,15 @@ CHOOSE_RATES = (1, 2, 4, 5, 6, 7, 8, 9, 10, 11)
 # Committed before the protocol, and not yet re-run by it: each is a known fault, listed so that the
 # test fails as soon as one is fixed (remove it here then) or another one appears.
 PENDING = {
-    1: "tuned on seed 42, which is also a reported seed; to be re-tuned at protocol.SCREEN_SEED",
-    2: "tuned on seed 42, which is also a reported seed; to be re-tuned at protocol.SCREEN_SEED",
+    1: "tuned on seed 42, which is also a reported seed; its notebook re-tunes at protocol.SCREEN_SEED, whose runs "
+    "are pending (the committed choice stays the seed-42 one until they land)",
+    2: "tuned on seed 42, which is also a reported seed; its notebook re-tunes at protocol.SCREEN_SEED, whose runs "
+    "are pending (the committed choice stays the seed-42 one until they land)",
     9: "the first design was tuned on seed 42, which is also a reported seed; the redesign (issue 37) sweeps its rates "
     "at protocol.SCREEN_SEED on the tuning stream, but its runs are pending (the first design's records stay; its "
     "choices for 'looped' and 'standard' are replaced when the redesign's sweep lands)",
-    10: "screened on the reported held-out prompts, the screen run reported as seed 42; re-screen under way",
+    10: "screened on the reported held-out prompts, the screen run reported as seed 42; the re-screen has landed, "
+    "its committed report still shows the old screen until its reported runs land and it is re-rendered",
 }
 
 
