@@ -552,22 +552,19 @@ class Experiment:
     ) -> dict[Any, BudgetCheck]:
         """The budget check of a report's primary comparisons (`plan.Primaries`): each configuration's
         `longer_seeds`, `spec_for(key, seed)` as the grid ran them, again with `factor` x the steps
-        (`budget_checks`, in a sitting of its own, `data/primary-checks.json`, so that a reference's budget
+        (in a sitting of its own, `data/primary-checks.json`, so that a reference's budget
         check keeps its record). `longer(key, seed)` gives those runs where the notebook names its own longer
         runs (as `budget_check`'s `longer`: a budget check or probe it committed before under its own name and
         labels is then the same run, read and not trained again); by default `protocol.longer_twin`."""
-        if longer is None:
-            return self.budget_checks(
-                {key: [spec_for(key, seed) for seed in primaries.longer_seeds] for key in primaries.configs},
-                primaries.factor,
-                sitting="primary-checks",
-            )
+        require(len(primaries.configs) > 0 and len(primaries.longer_seeds) > 0,
+                "primary_checks: the primaries name no configuration or no longer_seeds; there is nothing to check")
+        factor = primaries.factor
+        longer = longer or (lambda key, seed: longer_twin(spec_for(key, seed), factor))
         pairs = {key: ([spec_for(key, seed) for seed in primaries.longer_seeds],
                        [longer(key, seed) for seed in primaries.longer_seeds]) for key in primaries.configs}
         wrong = [twin.name for specs, twins in pairs.values() for spec, twin in zip(specs, twins, strict=True)
-                 if twin.train.steps != primaries.factor * spec.train.steps]  # fmt: skip
-        require(not wrong, f"primary_checks: {wrong} do not train {primaries.factor}x their run's steps "
-                           "(Primaries.factor)")
+                 if twin.train.steps != factor * spec.train.steps]  # fmt: skip
+        require(not wrong, f"primary_checks: {wrong} do not train {factor}x their run's steps (Primaries.factor)")
         return self._budget_checks(pairs, "primary-checks")
 
     def _budget_checks(
